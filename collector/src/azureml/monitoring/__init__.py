@@ -1,0 +1,3 @@
+"""Legacy import path: `from azureml.monitoring import ModelDataCollector`."""
+
+from collector import *  # noqa: F403

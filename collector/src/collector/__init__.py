@@ -1,0 +1,1 @@
+"""Tributary's model data collector (filled in by the collector issue)."""
