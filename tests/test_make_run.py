@@ -1,0 +1,97 @@
+"""`make run` as a new user meets it: the printed URL and credentials log in, in Chromium, and Ctrl-C stops all."""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Page, expect
+
+import devstack
+from tests.conftest import wait_until
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class RunCommand:
+    """`python -m devstack.run` (what `make run` runs) in a fresh state folder, its output read line by line."""
+
+    def __init__(self, var_dir: Path) -> None:
+        self.port = devstack.free_port()
+        env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "BLOB_CONNECTION_STRING", "REDIS_URL")}
+        env.update(PORT=str(self.port), VAR_DIR=str(var_dir), PYTHONUNBUFFERED="1")
+        env.pop("DJANGO_SUPERUSER_PASSWORD", None)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "devstack.run"],
+            cwd=REPO,
+            env=env,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.output: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.process.stdout
+        for line in self.process.stdout:
+            self.lines.put(line)
+
+    def wait_for(self, pattern: str, timeout: float = 90) -> re.Match[str]:
+        def seen() -> re.Match[str] | None:
+            while not self.lines.empty():
+                self.output.append(self.lines.get())
+            return next(filter(None, (re.search(pattern, line) for line in self.output)), None)
+
+        if self.process.poll() is not None and not seen():
+            pytest.fail("make run exited:\n" + "".join(self.output))
+        return wait_until(seen, timeout=timeout, interval=0.1, message=f"{pattern!r} in make run's output")
+
+    def interrupt(self) -> int:
+        self.process.send_signal(signal.SIGINT)
+        return self.process.wait(30)
+
+
+@pytest.fixture
+def make_run(tmp_path: Path) -> Iterator[RunCommand]:
+    run = RunCommand(tmp_path / "var")
+    yield run
+    if run.process.poll() is None:
+        run.process.kill()
+
+
+def _port_is_closed(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) != 0
+
+
+@pytest.mark.browser
+def test_it_logs_in_with_the_printed_credentials_and_shows_the_demo_workspace(make_run: RunCommand, page: Page) -> None:
+    url = make_run.wait_for(r"Tributary is running at (http://\S+)").group(1)
+    password = make_run.wait_for(r"Log in as admin with the generated password: (\S+)").group(1)
+    assert url == f"http://127.0.0.1:{make_run.port}/"
+
+    page.goto(url)
+    page.get_by_label("Username").fill("admin")
+    page.get_by_label("Password").fill(password)
+    page.get_by_role("button", name="Log in").click()
+
+    expect(page.get_by_role("heading", name="Workspaces")).to_be_visible()
+    expect(page.get_by_role("link", name="demo", exact=True)).to_be_visible()
+    page.get_by_role("navigation", name="Main").get_by_role("link", name="Deployments").click()
+    expect(page.get_by_role("heading", name="Deployments")).to_be_visible()
+
+    assert make_run.interrupt() == 0
+    make_run.wait_for(r"\[tributary\] stopping")
+    assert _port_is_closed(make_run.port)
