@@ -63,6 +63,14 @@ def bob(workspace: Workspace) -> Any:
 
 
 @pytest.fixture
+def carol(workspace: Workspace) -> Any:
+    """Contributes to the workspace: may change it, like its owner."""
+    return MembershipFactory(
+        workspace=workspace, user=UserFactory(username="carol"), role=Membership.Role.CONTRIBUTOR
+    ).user
+
+
+@pytest.fixture
 def charlie(db: None) -> Any:
     """Belongs to another workspace only."""
     return MembershipFactory(user=UserFactory(username="charlie"), role=Membership.Role.OWNER).user
@@ -138,57 +146,123 @@ def _database_url_of(settings_dict: dict[str, Any]) -> str:
     return urlunsplit(parts._replace(path=f"/{name}"))
 
 
-@pytest.fixture(scope="session")
-def celery_worker(
-    django_db_setup: None, django_db_blocker: Any, redis_url: str, celery_queue: str
-) -> Iterator[subprocess.Popen]:
-    """A real `celery -A portal worker` process consuming this session's queue from the test database.
+class WorkerProcess:
+    """A real `celery -A portal worker` process on this session's queue and test database."""
 
-    Tests that use it need `@pytest.mark.django_db(transaction=True)`, so that the worker sees their rows.
-    """
+    def __init__(self, redis_url: str, queue: str, database_url: str, log_path: Path, **env: str) -> None:
+        self.name = f"{queue}-{uuid.uuid4().hex[:6]}@{os.uname().nodename}"
+        self.log_path = log_path
+        full_env = {
+            **os.environ,
+            "DATABASE_URL": database_url,
+            "REDIS_URL": redis_url,
+            "CELERY_QUEUE": queue,
+            "DEBUG": "true",
+            "DJANGO_SETTINGS_MODULE": "portal.settings",
+            **env,
+        }
+        with open(log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "portal",
+                    "worker",
+                    "--pool=solo",
+                    "--loglevel=INFO",
+                    f"--queues={queue}",
+                    f"--hostname={self.name}",
+                    "--without-mingle",
+                    "--without-gossip",
+                ],
+                cwd=REPO,
+                env=full_env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def wait_ready(self, timeout: float = 30) -> WorkerProcess:
+        from portal.celery import app
+
+        deadline = time.monotonic() + timeout
+        while not app.control.ping(timeout=0.5, destination=[self.name]):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.process.kill()
+                pytest.fail(f"the Celery worker did not start:\n{self.log_path.read_text()[-3000:]}")
+        return self
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def kill(self) -> None:
+        """SIGKILL: the worker dies in the middle of whatever it does, as on an OOM kill or a lost node."""
+        self.process.kill()
+        self.process.wait()
+
+
+@pytest.fixture(scope="session")
+def start_worker(django_db_setup: None, redis_url: str, celery_queue: str) -> Iterator[Callable[..., WorkerProcess]]:
+    """Start extra workers (e.g. with their own settings as environment variables); all stop at session end."""
     from django.db import connection
 
-    env = dict(os.environ)
-    env.update(
-        DATABASE_URL=_database_url_of(connection.settings_dict),
-        REDIS_URL=redis_url,
-        CELERY_QUEUE=celery_queue,
-        DEBUG="true",
-        DJANGO_SETTINGS_MODULE="portal.settings",
-    )
-    log = open(REPO / "var" / "test-worker.log", "wb")  # noqa: SIM115
-    worker = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "portal",
-            "worker",
-            "--pool=solo",
-            "--loglevel=INFO",
-            f"--queues={celery_queue}",
-            f"--hostname=test-{celery_queue}@%h",
-            "--without-mingle",
-            "--without-gossip",
-        ],
-        cwd=REPO,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    from portal.celery import app
+    started: list[WorkerProcess] = []
 
-    deadline = time.monotonic() + 30
-    while not (app.control.ping(timeout=0.5, destination=[f"test-{celery_queue}@{os.uname().nodename}"])):
-        if worker.poll() is not None or time.monotonic() > deadline:
-            worker.kill()
-            pytest.fail(f"the Celery worker did not start:\n{(REPO / 'var' / 'test-worker.log').read_text()[-3000:]}")
-    yield worker
-    worker.terminate()
-    worker.wait(20)
-    log.close()
+    def start(**env: str) -> WorkerProcess:
+        worker = WorkerProcess(
+            redis_url, celery_queue, _database_url_of(connection.settings_dict), REPO / "var" / "test-worker.log", **env
+        )
+        started.append(worker)
+        return worker.wait_ready()
+
+    yield start
+    for worker in started:
+        worker.stop()
+
+
+@pytest.fixture(scope="session")
+def celery_worker(start_worker: Callable[..., WorkerProcess]) -> WorkerProcess:
+    """A worker for the session. Tests that use it need `@pytest.mark.django_db(transaction=True)`, so that the
+    worker sees their rows."""
+    return start_worker()
+
+
+# --- Kubernetes API test server -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def kube_server() -> Iterator[Any]:
+    from devstack.kube import KubeTestServer
+
+    server = KubeTestServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def kube(kube_server: Any) -> Iterator[Any]:
+    """The Kubernetes API test server, emptied for this test, and checked for server-side errors after it."""
+    kube_server.reset()
+    yield kube_server
+    assert kube_server.unexpected_errors == []
+
+
+@pytest.fixture
+def kubeconfig(kube: Any, tmp_path: Path) -> Path:
+    """A kubeconfig file for the test server, as a compute target references it."""
+    import json
+
+    path = tmp_path / "kubeconfig"
+    path.write_text(json.dumps(kube.kubeconfig_dict()))
+    return path
 
 
 # --- Chromium ------------------------------------------------------------------------------------------------
