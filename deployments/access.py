@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.http import Http404, HttpRequest
 
-from deployments.models import Membership, Workspace
+from deployments.models import Membership, Service, Workspace
 
 
 def get_workspace_for_user(request: HttpRequest, workspace_id: int) -> tuple[Workspace, bool]:
@@ -21,3 +21,13 @@ def get_workspace_for_user(request: HttpRequest, workspace_id: int) -> tuple[Wor
     if membership is None:
         raise Http404("No such workspace")
     return membership.workspace, membership.can_write
+
+
+def get_service_for_user(request: HttpRequest, service_id: int) -> tuple[Service, bool]:
+    """Return the service and whether the user may change it; 404 unless the user is a member of its workspace."""
+    service = Service.objects.select_related("workspace", "compute_target").filter(pk=service_id).first()
+    if service is None:
+        raise Http404("No such service")
+    workspace, can_write = get_workspace_for_user(request, service.workspace_id)
+    service.workspace = workspace
+    return service, can_write

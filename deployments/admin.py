@@ -1,6 +1,9 @@
-from django.contrib import admin
+from typing import Any
 
-from deployments.models import Membership, Workspace
+from django.contrib import admin
+from django.http import HttpRequest
+
+from deployments.models import AuditEvent, ComputeTarget, Membership, Model, Service, ServiceUpdate, Workspace
 
 
 class MembershipInline(admin.TabularInline):
@@ -14,3 +17,58 @@ class WorkspaceAdmin(admin.ModelAdmin):
     list_display = ["name", "resource_group", "subscription_id", "created"]
     search_fields = ["name", "resource_group", "subscription_id"]
     inlines = [MembershipInline]
+
+
+@admin.register(ComputeTarget)
+class ComputeTargetAdmin(admin.ModelAdmin):
+    list_display = ["name", "kind", "workspace", "namespace"]
+    list_filter = ["kind"]
+
+
+@admin.register(Model)
+class ModelAdmin(admin.ModelAdmin):
+    list_display = ["name", "version", "workspace", "path", "created"]
+    search_fields = ["name"]
+
+
+@admin.register(Service)
+class ServiceAdmin(admin.ModelAdmin):
+    """Read-only: services change through the portal's Edit page, so that every change is audited and applied."""
+
+    list_display = ["name", "workspace", "state", "compute_target", "collect_model_data", "enable_app_insights"]
+    list_filter = ["state", "collect_model_data", "enable_app_insights"]
+    search_fields = ["name"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Records of what happened: nobody adds, changes or deletes them, superusers included."""
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(AuditEvent)
+class AuditEventAdmin(ReadOnlyAdmin):
+    list_display = ["created", "actor_name", "action", "target_repr", "workspace"]
+    list_filter = ["action", "workspace", "created"]
+    search_fields = ["target_repr", "actor_name"]
+    date_hierarchy = "created"
+
+
+@admin.register(ServiceUpdate)
+class ServiceUpdateAdmin(ReadOnlyAdmin):
+    list_display = ["id", "service", "status", "attempts", "created", "finished"]
+    list_filter = ["status", "created"]
+    search_fields = ["service__name"]

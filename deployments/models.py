@@ -13,12 +13,25 @@ SEGMENT = RegexValidator(
 )
 
 
+DNS_LABEL = RegexValidator(
+    re.compile(r"^[a-z]([-a-z0-9]{0,30}[a-z0-9])?$"),
+    "Use 1 to 32 lowercase letters, digits and dashes, starting with a letter and not ending with a dash.",
+)
+DNS_SUBDOMAIN = RegexValidator(
+    re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"),
+    "Use lowercase letters, digits, dashes and dots.",
+)
+
+
 class Workspace(models.Model):
     """A team's space: its services, its members and its collected data (`<subscription>/<group>/<name>/...`)."""
 
     subscription_id = models.CharField(max_length=90, validators=[SEGMENT])
     resource_group = models.CharField(max_length=90, validators=[SEGMENT])
     name = models.CharField(max_length=90, validators=[SEGMENT])
+    # The blob storage that services of this workspace collect into, by reference: the name of a Kubernetes Secret
+    # (key `connection-string`) on clusters; on this machine, the portal's own BLOB_CONNECTION_STRING.
+    storage_secret = models.CharField(max_length=253, default="tributary-storage", validators=[DNS_SUBDOMAIN])
     created = models.DateTimeField(auto_now_add=True)
     members = models.ManyToManyField(settings.AUTH_USER_MODEL, through="Membership", related_name="workspaces")
 
@@ -59,3 +72,140 @@ class Membership(models.Model):
     @property
     def can_write(self) -> bool:
         return self.role in (self.Role.OWNER, self.Role.CONTRIBUTOR)
+
+
+class ComputeTarget(models.Model):
+    """Where services run: a Kubernetes cluster, reached through a kubeconfig file on the worker, or this machine."""
+
+    class Kind(models.TextChoices):
+        KUBERNETES = "kubernetes", "Kubernetes"
+        LOCAL = "local", "This machine"
+
+    workspace = models.ForeignKey(Workspace, models.CASCADE, related_name="compute_targets")
+    name = models.CharField(max_length=64)
+    kind = models.CharField(max_length=20, choices=Kind.choices, default=Kind.LOCAL)
+    # By reference: the path of a kubeconfig file readable by the Celery worker, never its contents.
+    kubeconfig_path = models.CharField(max_length=500, blank=True)
+    kubeconfig_context = models.CharField(max_length=253, blank=True)
+    namespace = models.CharField(max_length=63, blank=True, default="default")
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [models.UniqueConstraint(fields=["workspace", "name"], name="compute_target_unique_name")]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Model(models.Model):
+    """A registered model version: files in a folder (this machine) or at a path inside the scoring image."""
+
+    workspace = models.ForeignKey(Workspace, models.CASCADE, related_name="models")
+    name = models.CharField(max_length=255, validators=[SEGMENT])
+    version = models.PositiveIntegerField(default=1)
+    path = models.CharField(max_length=500, help_text="Folder of the model's files.")
+    description = models.TextField(blank=True)
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name", "-version"]
+        constraints = [models.UniqueConstraint(fields=["workspace", "name", "version"], name="model_unique_version")]
+
+    def __str__(self) -> str:
+        return f"{self.name}:{self.version}"
+
+
+class Service(models.Model):
+    """A deployed web service: its desired settings (what the portal wants) and last known state (what runs)."""
+
+    class State(models.TextChoices):
+        TRANSITIONING = "Transitioning"
+        HEALTHY = "Healthy"
+        FAILED = "Failed"
+
+    workspace = models.ForeignKey(Workspace, models.CASCADE, related_name="services")
+    name = models.CharField(max_length=32, validators=[DNS_LABEL])
+    compute_target = models.ForeignKey(ComputeTarget, models.PROTECT, related_name="services")
+    entry_script = models.CharField(max_length=500, blank=True)
+    image = models.CharField(max_length=500, blank=True)
+    replicas = models.PositiveSmallIntegerField(default=1)
+    collect_model_data = models.BooleanField(default=False)
+    enable_app_insights = models.BooleanField(default=False)
+    state = models.CharField(max_length=20, choices=State.choices, default=State.TRANSITIONING)
+    state_reason = models.TextField(blank=True)
+    scoring_url = models.CharField(max_length=500, blank=True)
+    # Bumped by every settings change; an edit made from an older version is refused (optimistic locking).
+    version = models.PositiveIntegerField(default=1)
+    created = models.DateTimeField(auto_now_add=True)
+    updated = models.DateTimeField(auto_now=True)
+    # Last: from here on, `models` in this class body is this field, not the django.db.models module.
+    models = models.ManyToManyField(Model, related_name="services")
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [models.UniqueConstraint(fields=["workspace", "name"], name="service_unique_name")]
+        indexes = [models.Index(fields=["workspace", "state"])]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class ServiceUpdate(models.Model):
+    """One request to make a service's target match its settings: recorded first, then applied by a task."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        RUNNING = "running", "Running"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+
+    service = models.ForeignKey(Service, models.CASCADE, related_name="updates")
+    desired_spec = models.JSONField()
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING, db_index=True)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    error = models.TextField(blank=True)
+    # While RUNNING, the worker holding the update owns it until then; past it, the update may be claimed again.
+    lease_until = models.DateTimeField(null=True, blank=True)
+    requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, models.SET_NULL, null=True, blank=True)
+    created = models.DateTimeField(auto_now_add=True)
+    started = models.DateTimeField(null=True, blank=True)
+    finished = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created", "-id"]
+
+    def __str__(self) -> str:
+        return f"Update #{self.pk} of {self.service_id}"
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in (self.Status.SUCCEEDED, self.Status.FAILED)
+
+
+class AuditEvent(models.Model):
+    """An append-only record of a change: who, what, from what to what, why, and how it ended."""
+
+    class Action(models.TextChoices):
+        SERVICE_CREATED = "service.created"
+        SERVICE_SETTINGS_CHANGED = "service.settings_changed"
+        SERVICE_UPDATE_SUCCEEDED = "service.update_succeeded"
+        SERVICE_UPDATE_FAILED = "service.update_failed"
+
+    created = models.DateTimeField(auto_now_add=True, db_index=True)
+    actor = models.ForeignKey(settings.AUTH_USER_MODEL, models.SET_NULL, null=True, blank=True)
+    actor_name = models.CharField(max_length=150)
+    workspace = models.ForeignKey(Workspace, models.CASCADE, related_name="audit_events")
+    action = models.CharField(max_length=64, choices=Action.choices)
+    target_type = models.CharField(max_length=64)
+    target_id = models.BigIntegerField(null=True)
+    target_repr = models.CharField(max_length=255)
+    changes = models.JSONField(default=dict, blank=True)
+    reason = models.TextField(blank=True)
+    request_id = models.UUIDField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created", "-id"]
+        indexes = [models.Index(fields=["workspace", "-created"])]
+
+    def __str__(self) -> str:
+        return f"{self.actor_name} {self.action} {self.target_repr}"

@@ -4,9 +4,22 @@ from deployments import views
 
 app_name = "deployments"
 
+workspace_urls = [
+    path("w/<int:workspace_id>/deployments/", views.service_list, name="service-list"),
+    path("w/<int:workspace_id>/deployments/new/", views.service_create, name="service-create"),
+    path("w/<int:workspace_id>/audit/", views.audit_log, name="audit-log"),
+]
+
+service_urls = [
+    path("services/<int:service_id>/", views.service_detail, name="service-detail"),
+    path("services/<int:service_id>/status/", views.service_status, name="service-status"),
+    path("services/<int:service_id>/edit/", views.service_edit, name="service-edit"),
+]
+
 urlpatterns = [
     path("", views.home, name="home"),
     path("health/", views.health, name="health"),
     path("deployments/", views.deployments_redirect, name="deployments"),
-    path("w/<int:workspace_id>/deployments/", views.service_list, name="service-list"),
+    *workspace_urls,
+    *service_urls,
 ]

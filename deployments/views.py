@@ -1,18 +1,37 @@
 from __future__ import annotations
 
+from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
+from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
-from django.views.decorators.http import require_GET
+from django.urls import reverse
+from django.views.decorators.http import require_GET, require_http_methods
+from django_htmx.http import HttpResponseClientRedirect, HttpResponseStopPolling
 from django_htmx.middleware import HtmxDetails
 
+from deployments import actions
 from deployments import health as health_checks
-from deployments.access import get_workspace_for_user
-from deployments.models import Membership
+from deployments.access import get_service_for_user, get_workspace_for_user
+from deployments.forms import AuditFilterForm, ServiceCreateForm, ServiceEditForm, ServiceFilterForm
+from deployments.models import AuditEvent, Membership, Service
+
+SERVICES_PER_PAGE = 50
+AUDIT_EVENTS_PER_PAGE = 50
 
 
 class HtmxHttpRequest(HttpRequest):
     htmx: HtmxDetails
+
+
+def _require_write(can_write: bool) -> None:
+    if not can_write:
+        raise PermissionDenied("Readers cannot change this workspace.")
+
+
+def _after_change(request: HtmxHttpRequest, url: str) -> HttpResponse:
+    return HttpResponseClientRedirect(url) if request.htmx else redirect(url)
 
 
 @require_GET
@@ -20,7 +39,7 @@ class HtmxHttpRequest(HttpRequest):
 def home(request: HtmxHttpRequest) -> HttpResponse:
     memberships = Membership.objects.filter(user_id=request.user.pk).select_related("workspace")
     memberships = memberships.order_by("workspace__name")
-    return render(request, "deployments/home.html", {"memberships": memberships})
+    return render(request, "deployments/home.html", {"memberships": memberships, "nav": "workspaces"})
 
 
 @require_GET
@@ -37,7 +56,118 @@ def deployments_redirect(request: HtmxHttpRequest) -> HttpResponse:
 @login_required
 def service_list(request: HtmxHttpRequest, workspace_id: int) -> HttpResponse:
     workspace, can_write = get_workspace_for_user(request, workspace_id)
-    return render(request, "deployments/service_list.html", {"workspace": workspace, "can_write": can_write})
+    services = workspace.services.select_related("compute_target").prefetch_related("models").order_by("name")
+    filters = ServiceFilterForm(request.GET)
+    if filters.is_valid():
+        if filters.cleaned_data["q"]:
+            services = services.filter(name__icontains=filters.cleaned_data["q"])
+        if filters.cleaned_data["state"]:
+            services = services.filter(state=filters.cleaned_data["state"])
+    page = Paginator(services, SERVICES_PER_PAGE).get_page(request.GET.get("page"))
+    template = "deployments/service_list.html" + ("#services" if request.htmx else "")
+    context = {"workspace": workspace, "can_write": can_write, "page": page, "filters": filters, "nav": "deployments"}
+    return render(request, template, context)
+
+
+def _status_context(service: Service) -> dict[str, object]:
+    updates = list(service.updates.select_related("requested_by")[:10])
+    return {"service": service, "updates": updates, "polling": any(not u.is_finished for u in updates)}
+
+
+@require_GET
+@login_required
+def service_detail(request: HtmxHttpRequest, service_id: int) -> HttpResponse:
+    service, can_write = get_service_for_user(request, service_id)
+    events = AuditEvent.objects.filter(workspace=service.workspace, target_type="service", target_id=service.pk)
+    context = {
+        **_status_context(service),
+        "workspace": service.workspace,
+        "can_write": can_write,
+        "models": service.models.all(),
+        "events": events[:10],
+        "nav": "deployments",
+    }
+    return render(request, "deployments/service_detail.html", context)
+
+
+@require_GET
+@login_required
+def service_status(request: HtmxHttpRequest, service_id: int) -> HttpResponse:
+    """The live region of a service's page: its state and updates; polling stops once every update has ended."""
+    service, _ = get_service_for_user(request, service_id)
+    context = _status_context(service)
+    response = render(request, "deployments/service_detail.html#status", context)
+    if not context["polling"]:
+        response.status_code = HttpResponseStopPolling.status_code
+    return response
+
+
+@require_http_methods(["GET", "POST"])
+@login_required
+def service_edit(request: HtmxHttpRequest, service_id: int) -> HttpResponse:
+    service, can_write = get_service_for_user(request, service_id)
+    _require_write(can_write)
+    form = ServiceEditForm(
+        request.POST or None, workspace=service.workspace, initial=ServiceEditForm.initial_for(service)
+    )
+    if request.method == "POST" and form.is_valid():
+        try:
+            actions.do_update_service(
+                service,
+                expected_version=form.cleaned_data["version"],
+                acting_user=request.user,
+                reason=form.cleaned_data["reason"],
+                request_id=request.id,
+                **form.settings(),
+            )
+        except actions.ActionError as exc:
+            form.add_error(None, str(exc))
+        else:
+            messages.success(request, f"Updating {service.name}: the change is being applied.")
+            return _after_change(request, reverse("deployments:service-detail", args=[service.pk]))
+    template = "deployments/service_edit.html" + ("#service-form" if request.htmx else "")
+    return render(
+        request, template, {"service": service, "workspace": service.workspace, "form": form, "nav": "deployments"}
+    )
+
+
+@require_http_methods(["GET", "POST"])
+@login_required
+def service_create(request: HtmxHttpRequest, workspace_id: int) -> HttpResponse:
+    workspace, can_write = get_workspace_for_user(request, workspace_id)
+    _require_write(can_write)
+    form = ServiceCreateForm(request.POST or None, workspace=workspace)
+    if request.method == "POST" and form.is_valid():
+        update = actions.do_deploy_service(
+            workspace,
+            acting_user=request.user,
+            reason=form.cleaned_data["reason"],
+            request_id=request.id,
+            **form.settings(),
+        )
+        messages.success(request, f"Deploying {update.service.name}.")
+        return _after_change(request, reverse("deployments:service-detail", args=[update.service_id]))
+    template = "deployments/service_create.html" + ("#service-form" if request.htmx else "")
+    return render(request, template, {"workspace": workspace, "form": form, "nav": "deployments"})
+
+
+@require_GET
+@login_required
+def audit_log(request: HtmxHttpRequest, workspace_id: int) -> HttpResponse:
+    workspace, _ = get_workspace_for_user(request, workspace_id)
+    events = AuditEvent.objects.filter(workspace=workspace)
+    filters = AuditFilterForm(request.GET)
+    if filters.is_valid():
+        data = filters.cleaned_data
+        if data["service"]:
+            events = events.filter(target_type="service", target_repr=data["service"])
+        if data["actor"]:
+            events = events.filter(actor_name=data["actor"])
+        if data["action"]:
+            events = events.filter(action=data["action"])
+    page = Paginator(events, AUDIT_EVENTS_PER_PAGE).get_page(request.GET.get("page"))
+    template = "deployments/audit_log.html" + ("#events" if request.htmx else "")
+    return render(request, template, {"workspace": workspace, "page": page, "filters": filters, "nav": "audit"})
 
 
 @require_GET

@@ -86,6 +86,8 @@ TEMPLATES = [
         "DIRS": [BASE_DIR / "templates"],
         "APP_DIRS": True,
         "OPTIONS": {
+            # {% partialdef %} in every template without a {% load %}.
+            "builtins": ["template_partials.templatetags.partials"],
             "context_processors": [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
@@ -169,6 +171,13 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # Above the longest task plus the longest retry countdown, so Redis never redelivers a task that is still running.
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": envint("CELERY_VISIBILITY_TIMEOUT", "3600")}
 CELERY_TASK_DEFAULT_QUEUE = envstr("CELERY_QUEUE", "tributary")
+
+# Service updates: how long a rollout may take, how often it is polled, and how a crashed worker's update is
+# taken over (its lease runs out) without ever running twice at once.
+ROLLOUT_TIMEOUT_SECONDS = envint("ROLLOUT_TIMEOUT_SECONDS", "600")
+ROLLOUT_POLL_SECONDS = float(envstr("ROLLOUT_POLL_SECONDS", "1"))
+UPDATE_LEASE_SECONDS = envint("UPDATE_LEASE_SECONDS", str(ROLLOUT_TIMEOUT_SECONDS + 120))
+UPDATE_MAX_ATTEMPTS = envint("UPDATE_MAX_ATTEMPTS", "5")
 
 # Collected model data lives here (Azurite in development). The connection string is a secret: settings only.
 BLOB_CONNECTION_STRING = envstr("BLOB_CONNECTION_STRING")

@@ -209,30 +209,67 @@ class WorkerProcess:
         self.process.wait()
 
 
-@pytest.fixture(scope="session")
-def start_worker(django_db_setup: None, redis_url: str, celery_queue: str) -> Iterator[Callable[..., WorkerProcess]]:
-    """Start extra workers (e.g. with their own settings as environment variables); all stop at session end."""
-    from django.db import connection
+class WorkerPool:
+    """The workers of this test session, all on its queue; a test can pause them to run its own alone."""
 
-    started: list[WorkerProcess] = []
+    def __init__(self, redis_url: str, queue: str, database_url: str) -> None:
+        self.redis_url, self.queue, self.database_url = redis_url, queue, database_url
+        self.workers: list[WorkerProcess] = []
 
-    def start(**env: str) -> WorkerProcess:
-        worker = WorkerProcess(
-            redis_url, celery_queue, _database_url_of(connection.settings_dict), REPO / "var" / "test-worker.log", **env
-        )
-        started.append(worker)
+    def start(self, **env: str) -> WorkerProcess:
+        """Start a worker, e.g. with its own settings as environment variables."""
+        worker = WorkerProcess(self.redis_url, self.queue, self.database_url, REPO / "var" / "test-worker.log", **env)
+        self.workers.append(worker)
         return worker.wait_ready()
 
-    yield start
-    for worker in started:
-        worker.stop()
+    def _running(self) -> list[str]:
+        return [w.name for w in self.workers if w.process.poll() is None]
+
+    def pause(self) -> list[str]:
+        """Make every running worker stop taking tasks from the queue; returns their names for `resume`."""
+        from portal.celery import app
+
+        names = self._running()
+        if names:
+            app.control.cancel_consumer(self.queue, destination=names, reply=True, timeout=5)
+        return names
+
+    def resume(self, names: list[str]) -> None:
+        from portal.celery import app
+
+        if names:
+            app.control.add_consumer(self.queue, destination=names, reply=True, timeout=5)
+
+    def stop_all(self) -> None:
+        for worker in self.workers:
+            worker.stop()
 
 
 @pytest.fixture(scope="session")
-def celery_worker(start_worker: Callable[..., WorkerProcess]) -> WorkerProcess:
+def workers(django_db_setup: None, redis_url: str, celery_queue: str) -> Iterator[WorkerPool]:
+    from django.db import connection
+
+    pool = WorkerPool(redis_url, celery_queue, _database_url_of(connection.settings_dict))
+    yield pool
+    pool.stop_all()
+
+
+@pytest.fixture
+def own_workers(workers: WorkerPool) -> Iterator[WorkerPool]:
+    """For a test that starts (and kills) its own workers: the session's other workers take no task meanwhile."""
+    paused = workers.pause()
+    before = len(workers.workers)
+    yield workers
+    for worker in workers.workers[before:]:
+        worker.stop()
+    workers.resume(paused)
+
+
+@pytest.fixture(scope="session")
+def celery_worker(workers: WorkerPool) -> WorkerProcess:
     """A worker for the session. Tests that use it need `@pytest.mark.django_db(transaction=True)`, so that the
     worker sees their rows."""
-    return start_worker()
+    return workers.start()
 
 
 # --- Kubernetes API test server -------------------------------------------------------------------------------

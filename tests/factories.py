@@ -1,7 +1,7 @@
 import factory
 from django.contrib.auth import get_user_model
 
-from deployments.models import Membership, Workspace
+from deployments.models import ComputeTarget, Membership, Model, Service, Workspace
 
 
 class UserFactory(factory.django.DjangoModelFactory):
@@ -30,3 +30,39 @@ class MembershipFactory(factory.django.DjangoModelFactory):
     workspace = factory.SubFactory(WorkspaceFactory)
     user = factory.SubFactory(UserFactory)
     role = Membership.Role.READER
+
+
+class ComputeTargetFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = ComputeTarget
+
+    workspace = factory.SubFactory(WorkspaceFactory)
+    name = factory.Sequence(lambda n: f"target{n}")
+    kind = ComputeTarget.Kind.LOCAL
+
+
+class ModelFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Model
+
+    workspace = factory.SubFactory(WorkspaceFactory)
+    name = "best_model"
+    version = factory.Sequence(lambda n: n + 1)
+    path = "/models/best_model"
+
+
+class ServiceFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Service
+        skip_postgeneration_save = True
+
+    workspace = factory.SubFactory(WorkspaceFactory)
+    name = factory.Sequence(lambda n: f"service-{n}")
+    compute_target = factory.SubFactory(ComputeTargetFactory, workspace=factory.SelfAttribute("..workspace"))
+    entry_script = "/app/score.py"
+    state = Service.State.HEALTHY
+
+    @factory.post_generation
+    def models(self, create: bool, extracted: object, **kwargs: object) -> None:
+        if create:
+            self.models.set(extracted if extracted is not None else [ModelFactory(workspace=self.workspace)])

@@ -1,0 +1,303 @@
+"""Every change of state happens here: each `do_*` function changes rows and writes the audit row in one
+transaction, and enqueues work only once that transaction has committed.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from datetime import timedelta
+from functools import partial
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from deployments import tasks
+from deployments.compute import DesiredSpec, ModelRef, RolloutState
+from deployments.models import AuditEvent, ComputeTarget, Model, Service, ServiceUpdate, Workspace
+
+# The settings that users change and the audit log records; secrets are never among them.
+SERVICE_FIELDS = (
+    "compute_target",
+    "models",
+    "entry_script",
+    "image",
+    "replicas",
+    "collect_model_data",
+    "enable_app_insights",
+)
+
+
+class ActionError(Exception):
+    """A change was refused; the message is for the user."""
+
+
+class StaleEdit(ActionError):
+    def __init__(self) -> None:
+        super().__init__(
+            "Someone else changed this service since you opened the form. Nothing was changed: "
+            "review the current settings and make your change again."
+        )
+
+
+class NothingToUpdate(ActionError):
+    def __init__(self) -> None:
+        super().__init__("No parameters provided to update: the settings are the same as before.")
+
+
+def _actor_name(user: Any) -> str:
+    return user.get_username() if user is not None else "system"
+
+
+def _audit(
+    workspace: Workspace,
+    action: AuditEvent.Action,
+    target: Service,
+    *,
+    actor: Any = None,
+    changes: dict[str, list[Any]] | None = None,
+    reason: str = "",
+    request_id: uuid.UUID | None = None,
+) -> AuditEvent:
+    return AuditEvent.objects.create(
+        workspace=workspace,
+        actor=actor,
+        actor_name=_actor_name(actor),
+        action=action,
+        target_type="service",
+        target_id=target.pk,
+        target_repr=target.name,
+        changes=changes or {},
+        reason=reason,
+        request_id=request_id,
+    )
+
+
+def _display(field: str, value: Any) -> Any:
+    """A JSON-safe, human-readable form of a setting for the audit log."""
+    if field == "compute_target":
+        return str(value) if value is not None else None
+    if field == "models":
+        return sorted(str(m) for m in value)
+    return value
+
+
+def _snapshot(service: Service) -> dict[str, Any]:
+    values = {name: getattr(service, name) for name in SERVICE_FIELDS if name != "models"}
+    values["models"] = list(service.models.all()) if service.pk else []
+    return values
+
+
+def desired_spec(service: Service, update_id: int) -> DesiredSpec:
+    """The whole spec a driver applies for this service as it is now (never a delta)."""
+    return DesiredSpec(
+        update_id=update_id,
+        service_id=service.pk,
+        service_name=service.name,
+        workspace_path=service.workspace.path,
+        models=tuple(ModelRef(m.name, str(m.version), m.path) for m in service.models.order_by("name", "version")),
+        replicas=service.replicas,
+        entry_script=service.entry_script,
+        image=service.image,
+        collect_model_data=service.collect_model_data,
+        enable_app_insights=service.enable_app_insights,
+        storage_secret=service.workspace.storage_secret,
+        target={"namespace": service.compute_target.namespace}
+        if service.compute_target.kind == ComputeTarget.Kind.KUBERNETES
+        else {},
+    )
+
+
+def _record_update(service: Service, user: Any) -> ServiceUpdate:
+    update = ServiceUpdate.objects.create(service=service, desired_spec={}, requested_by=user)
+    update.desired_spec = desired_spec(service, update.pk).to_json()
+    update.save(update_fields=["desired_spec"])
+    # An older update still waiting would apply an outdated spec after this one: it will never run.
+    ServiceUpdate.objects.filter(service=service, status=ServiceUpdate.Status.PENDING, pk__lt=update.pk).update(
+        status=ServiceUpdate.Status.FAILED, error=f"Superseded by update #{update.pk}.", finished=timezone.now()
+    )
+    transaction.on_commit(partial(tasks.apply_service_update.delay, update.pk))
+    return update
+
+
+@transaction.atomic
+def do_deploy_service(
+    workspace: Workspace,
+    *,
+    name: str,
+    compute_target: ComputeTarget,
+    models: Iterable[Model],
+    acting_user: Any,
+    entry_script: str = "",
+    image: str = "",
+    replicas: int = 1,
+    collect_model_data: bool = False,
+    enable_app_insights: bool = False,
+    reason: str = "",
+    request_id: uuid.UUID | None = None,
+) -> ServiceUpdate:
+    service = Service.objects.create(
+        workspace=workspace,
+        name=name,
+        compute_target=compute_target,
+        entry_script=entry_script,
+        image=image,
+        replicas=replicas,
+        collect_model_data=collect_model_data,
+        enable_app_insights=enable_app_insights,
+        state=Service.State.TRANSITIONING,
+    )
+    service.models.set(models)
+    after = _snapshot(service)
+    changes = {name: [None, _display(name, value)] for name, value in after.items()}
+    _audit(
+        workspace,
+        AuditEvent.Action.SERVICE_CREATED,
+        service,
+        actor=acting_user,
+        changes=changes,
+        reason=reason,
+        request_id=request_id,
+    )
+    return _record_update(service, acting_user)
+
+
+@transaction.atomic
+def do_update_service(
+    service: Service,
+    *,
+    expected_version: int,
+    acting_user: Any,
+    reason: str = "",
+    request_id: uuid.UUID | None = None,
+    **new_values: Any,
+) -> ServiceUpdate:
+    """Change a service's settings and apply them; refused if it changed since `expected_version` was read."""
+    unknown = set(new_values) - set(SERVICE_FIELDS)
+    if unknown:
+        raise ActionError(f"Unknown settings: {', '.join(sorted(unknown))}")
+    # Claims the edit: of two edits made from the same version, exactly one passes this conditional UPDATE.
+    claimed = Service.objects.filter(pk=service.pk, version=expected_version).update(version=F("version") + 1)
+    if not claimed:
+        raise StaleEdit()
+    service.refresh_from_db()
+    before = _snapshot(service)
+    changes = {}
+    for name, value in new_values.items():
+        old = before[name]
+        if name == "models":
+            if {m.pk for m in old} != {m.pk for m in value}:
+                changes[name] = [_display(name, old), _display(name, value)]
+        elif old != value:
+            changes[name] = [_display(name, old), _display(name, value)]
+    if not changes:
+        raise NothingToUpdate()
+    for name, value in new_values.items():
+        if name == "models":
+            service.models.set(value)
+        else:
+            setattr(service, name, value)
+    service.state = Service.State.TRANSITIONING
+    service.state_reason = ""
+    service.save()
+    _audit(
+        service.workspace,
+        AuditEvent.Action.SERVICE_SETTINGS_CHANGED,
+        service,
+        actor=acting_user,
+        changes=changes,
+        reason=reason,
+        request_id=request_id,
+    )
+    return _record_update(service, acting_user)
+
+
+def claim_update(update_id: int) -> ServiceUpdate | None:
+    """Take an update for this worker, or return None if it is finished, held by another worker, out of attempts,
+    or waiting behind a running update of the same service.
+
+    A conditional UPDATE, so that two workers given the same task (a redelivery) never both run it.
+    """
+    now = timezone.now()
+    busy = ServiceUpdate.objects.filter(
+        service_id=_service_id_of(update_id), status=ServiceUpdate.Status.RUNNING, lease_until__gte=now
+    ).exclude(pk=update_id)
+    if busy.exists():
+        return None
+    claimable = Q(status=ServiceUpdate.Status.PENDING) | Q(status=ServiceUpdate.Status.RUNNING, lease_until__lt=now)
+    claimed = ServiceUpdate.objects.filter(claimable, pk=update_id, attempts__lt=settings.UPDATE_MAX_ATTEMPTS).update(
+        status=ServiceUpdate.Status.RUNNING,
+        lease_until=now + timedelta(seconds=settings.UPDATE_LEASE_SECONDS),
+        attempts=F("attempts") + 1,
+        started=now,
+    )
+    if not claimed:
+        return None
+    return ServiceUpdate.objects.select_related("service__workspace", "service__compute_target").get(pk=update_id)
+
+
+def _service_id_of(update_id: int) -> int | None:
+    return ServiceUpdate.objects.filter(pk=update_id).values_list("service_id", flat=True).first()
+
+
+def release_update(update: ServiceUpdate, error: str) -> None:
+    """Hand a claimed update back, to be claimed again by its retry."""
+    ServiceUpdate.objects.filter(pk=update.pk, status=ServiceUpdate.Status.RUNNING, attempts=update.attempts).update(
+        status=ServiceUpdate.Status.PENDING, lease_until=None, error=error
+    )
+
+
+def do_finish_update(update: ServiceUpdate, outcome: RolloutState) -> bool:
+    """Record how an update ended, on the update, on its service, and in the audit log.
+
+    Returns False, changing nothing, when this worker no longer holds the update (its lease ran out and another
+    worker claimed it): a stale worker never overwrites a newer result.
+    """
+    return _close_update(update, outcome, held_as=[ServiceUpdate.Status.RUNNING])
+
+
+def do_fail_abandoned_update(update: ServiceUpdate, reason: str) -> bool:
+    """Close an update that no worker will finish (it used up its attempts)."""
+    return _close_update(
+        update, RolloutState("Failed", reason), held_as=[ServiceUpdate.Status.PENDING, ServiceUpdate.Status.RUNNING]
+    )
+
+
+@transaction.atomic
+def _close_update(update: ServiceUpdate, outcome: RolloutState, *, held_as: list[str]) -> bool:
+    succeeded = outcome.status == "Healthy"
+    held = ServiceUpdate.objects.filter(pk=update.pk, status__in=held_as, attempts=update.attempts).update(
+        status=ServiceUpdate.Status.SUCCEEDED if succeeded else ServiceUpdate.Status.FAILED,
+        error="" if succeeded else outcome.reason,
+        finished=timezone.now(),
+        lease_until=None,
+    )
+    if not held:
+        return False
+    service = update.service
+    # Only the newest update speaks for the service's state; an older one finishing late must not overwrite it.
+    if not ServiceUpdate.objects.filter(service=service, pk__gt=update.pk).exists():
+        Service.objects.filter(pk=service.pk).update(
+            state=Service.State.HEALTHY if succeeded else Service.State.FAILED,
+            state_reason="" if succeeded else outcome.reason,
+            scoring_url=outcome.scoring_url or F("scoring_url"),
+        )
+    action = AuditEvent.Action.SERVICE_UPDATE_SUCCEEDED if succeeded else AuditEvent.Action.SERVICE_UPDATE_FAILED
+    _audit(
+        service.workspace,
+        action,
+        service,
+        changes={"update": [None, update.pk]},
+        reason="" if succeeded else outcome.reason,
+    )
+    return True
+
+
+def update_is_waiting(update_id: int) -> bool:
+    """True when an update could not be claimed only because it waits its turn (it is still pending)."""
+    return ServiceUpdate.objects.filter(
+        pk=update_id, status=ServiceUpdate.Status.PENDING, attempts__lt=settings.UPDATE_MAX_ATTEMPTS
+    ).exists()

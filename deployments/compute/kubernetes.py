@@ -1,0 +1,217 @@
+"""The Kubernetes driver: a Deployment and a Service per web service, through the official client.
+
+The Deployment is created whole, or changed with a JSON merge patch that carries the whole pod template (so a
+patched container list keeps its image on every API server), and stamped with the update id: applying the same
+update again changes nothing. A rollout is followed as `kubectl rollout status` follows it.
+
+The storage connection string reaches the pods by reference only: `secretKeyRef` to the workspace's Secret.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import urllib3
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from collector import config as dc
+from deployments.compute import DesiredSpec, PermanentError, RolloutState, TransientError
+
+UPDATE_ANNOTATION = "tributary.dev/update-id"
+SERVICE_LABEL = "tributary.dev/service"
+SECRET_KEY = "connection-string"
+CONTAINER_PORT = 5001  # the legacy scoring containers' port
+MODEL_DIR = "/var/azureml-app/azureml-models"
+APP_INSIGHTS_ENABLED = "AML_APP_INSIGHTS_ENABLED"
+
+
+class KubernetesDriver:
+    def __init__(self, *, api_client: client.ApiClient, namespace: str) -> None:
+        self.apps = client.AppsV1Api(api_client)
+        self.core = client.CoreV1Api(api_client)
+        self.namespace = namespace
+
+    @classmethod
+    def from_kubeconfig(cls, path: str, *, context: str | None, namespace: str) -> KubernetesDriver:
+        try:
+            api_client = config.new_client_from_config(config_file=path, context=context or None)
+        except (OSError, config.ConfigException) as exc:
+            raise PermanentError(f"Cannot load the kubeconfig of this compute target: {type(exc).__name__}") from exc
+        return cls(api_client=api_client, namespace=namespace)
+
+    def apply(self, spec: DesiredSpec) -> None:
+        name = _name(spec)
+        with _translated_errors("apply the Deployment"):
+            current = self._read_deployment(name)
+            if current is None:
+                self.apps.create_namespaced_deployment(self.namespace, deployment_manifest(spec))
+            elif (current.metadata.annotations or {}).get(UPDATE_ANNOTATION) != str(spec.update_id):
+                manifest = deployment_manifest(spec)
+                patch = {
+                    "metadata": manifest["metadata"],
+                    "spec": {k: manifest["spec"][k] for k in ("replicas", "template")},
+                }
+                self.apps.patch_namespaced_deployment(
+                    name, self.namespace, patch, _content_type="application/merge-patch+json"
+                )
+        with _translated_errors("apply the Service"):
+            try:
+                self.core.read_namespaced_service(name, self.namespace)
+                self.core.patch_namespaced_service(
+                    name, self.namespace, service_manifest(spec), _content_type="application/merge-patch+json"
+                )
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
+                self.core.create_namespaced_service(self.namespace, service_manifest(spec))
+
+    def rollout_state(self, spec: DesiredSpec) -> RolloutState:
+        with _translated_errors("read the Deployment"):
+            deployment = self._read_deployment(_name(spec))
+        if deployment is None:
+            return RolloutState("Failed", "The Deployment is gone from the cluster.")
+        return rollout_state_of(deployment, scoring_url=f"http://{_name(spec)}.{self.namespace}.svc/score")
+
+    def remove(self, spec: DesiredSpec) -> None:
+        name = _name(spec)
+        with _translated_errors("remove the service"):
+            for delete in (self.apps.delete_namespaced_deployment, self.core.delete_namespaced_service):
+                try:
+                    delete(name, self.namespace)
+                except ApiException as exc:
+                    if exc.status != 404:
+                        raise
+
+    def _read_deployment(self, name: str) -> client.V1Deployment | None:
+        try:
+            return self.apps.read_namespaced_deployment(name, self.namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+
+def rollout_state_of(deployment: client.V1Deployment, *, scoring_url: str) -> RolloutState:
+    """The rules of `kubectl rollout status`: the controller has seen this generation, every replica is updated
+    and available, and no old replica is left; `ProgressDeadlineExceeded` means it failed."""
+    status = deployment.status or client.V1DeploymentStatus()
+    # Until the controller has seen this generation, the conditions still describe the previous rollout.
+    if (status.observed_generation or 0) < (deployment.metadata.generation or 0):
+        return RolloutState("Transitioning", "Waiting for the rollout to start.")
+    for condition in status.conditions or []:
+        if condition.type == "Progressing" and condition.reason == "ProgressDeadlineExceeded":
+            return RolloutState("Failed", f"Rollout exceeded its progress deadline: {condition.message or ''}".strip())
+    wanted = deployment.spec.replicas if deployment.spec.replicas is not None else 1
+    updated = status.updated_replicas or 0
+    if updated < wanted:
+        return RolloutState("Transitioning", f"{updated} of {wanted} replicas updated.")
+    if (status.replicas or 0) > updated:
+        return RolloutState("Transitioning", f"{(status.replicas or 0) - updated} old replicas pending termination.")
+    if (status.available_replicas or 0) < updated:
+        return RolloutState(
+            "Transitioning", f"{status.available_replicas or 0} of {updated} updated replicas available."
+        )
+    return RolloutState("Healthy", scoring_url=scoring_url)
+
+
+def _name(spec: DesiredSpec) -> str:
+    return spec.service_name
+
+
+def _labels(spec: DesiredSpec) -> dict[str, str]:
+    return {SERVICE_LABEL: spec.service_name, "app.kubernetes.io/managed-by": "tributary"}
+
+
+def container_env(spec: DesiredSpec) -> list[dict[str, Any]]:
+    """The collector's and the runtime's environment contract, with the storage secret by reference."""
+    plain = dc.environ_for(
+        enabled=spec.collect_model_data,
+        workspace=spec.workspace_path,
+        service_name=spec.service_name,
+        model_versions={m.name: m.version for m in spec.models},
+    )
+    plain.update(spec.environment)
+    plain[APP_INSIGHTS_ENABLED] = "true" if spec.enable_app_insights else "false"
+    plain["AZUREML_MODEL_DIR"] = MODEL_DIR
+    env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in sorted(plain.items())]
+    if spec.collect_model_data and spec.storage_secret:
+        env.append(
+            {
+                "name": dc.STORAGE,
+                "valueFrom": {"secretKeyRef": {"name": spec.storage_secret, "key": SECRET_KEY}},
+            }
+        )
+    return env
+
+
+def deployment_manifest(spec: DesiredSpec) -> dict[str, Any]:
+    if not spec.image:
+        raise PermanentError("A Kubernetes service needs a scoring image.")
+    labels = _labels(spec)
+    container = {
+        "name": "scoring",
+        "image": spec.image,
+        "ports": [{"name": "http", "containerPort": CONTAINER_PORT}],
+        "env": container_env(spec),
+        "readinessProbe": {"httpGet": {"path": "/ready", "port": CONTAINER_PORT}, "periodSeconds": 5},
+        "livenessProbe": {"httpGet": {"path": "/", "port": CONTAINER_PORT}, "periodSeconds": 10},
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": _name(spec),
+            "labels": labels,
+            "annotations": {
+                UPDATE_ANNOTATION: str(spec.update_id),
+                "tributary.dev/models": json.dumps([f"{m.name}:{m.version}" for m in spec.models]),
+            },
+        },
+        "spec": {
+            "replicas": spec.replicas,
+            "selector": {"matchLabels": {SERVICE_LABEL: spec.service_name}},
+            "progressDeadlineSeconds": 600,
+            "template": {
+                "metadata": {"labels": labels, "annotations": {UPDATE_ANNOTATION: str(spec.update_id)}},
+                # SIGTERM lets the runtime flush the collector's spool before the pod goes.
+                "spec": {"containers": [container], "terminationGracePeriodSeconds": 60},
+            },
+        },
+    }
+
+
+def service_manifest(spec: DesiredSpec) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": _name(spec), "labels": _labels(spec)},
+        "spec": {
+            "selector": {SERVICE_LABEL: spec.service_name},
+            "ports": [{"name": "http", "port": 80, "targetPort": CONTAINER_PORT}],
+        },
+    }
+
+
+@contextmanager
+def _translated_errors(doing: str) -> Iterator[None]:
+    """Turns client errors into the driver's: 409, 429, 5xx and network errors are worth a retry; others not."""
+    try:
+        yield
+    except ApiException as exc:
+        message = f"Could not {doing}: HTTP {exc.status} {_reason(exc)}"
+        if exc.status in (409, 429) or (exc.status or 0) >= 500:
+            raise TransientError(message) from exc
+        raise PermanentError(message) from exc
+    except (urllib3.exceptions.HTTPError, OSError) as exc:
+        raise TransientError(f"Could not {doing}: the cluster did not answer ({type(exc).__name__}).") from exc
+
+
+def _reason(exc: ApiException) -> str:
+    try:
+        return str(json.loads(exc.body or "{}").get("message") or exc.reason or "")
+    except ValueError:
+        return str(exc.reason or "")

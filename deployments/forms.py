@@ -1,0 +1,91 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+
+from deployments.models import AuditEvent, ComputeTarget, Model, Service, Workspace
+
+
+class ServiceSettingsForm(forms.Form):
+    """A service's settings: the basics, and the Advanced settings of the legacy portal (two checkboxes)."""
+
+    compute_target = forms.ModelChoiceField(queryset=ComputeTarget.objects.none(), empty_label=None)
+    models = forms.ModelMultipleChoiceField(queryset=Model.objects.none(), required=True)
+    entry_script = forms.CharField(
+        max_length=500, required=False, help_text="Path of score.py on this machine (the local compute target)."
+    )
+    image = forms.CharField(max_length=500, required=False, help_text="Scoring image (Kubernetes compute targets).")
+    replicas = forms.IntegerField(min_value=1, max_value=50, initial=1)
+    collect_model_data = forms.BooleanField(required=False, label="Enable model data collection")
+    enable_app_insights = forms.BooleanField(required=False, label="Enable AppInsights diagnostics")
+    reason = forms.CharField(
+        max_length=500, required=False, widget=forms.TextInput, help_text="Optional: recorded in the audit log."
+    )
+
+    def __init__(self, *args: Any, workspace: Workspace, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["compute_target"].queryset = workspace.compute_targets.all()
+        self.fields["models"].queryset = workspace.models.all()
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        target = data.get("compute_target")
+        if target is not None and target.kind == ComputeTarget.Kind.KUBERNETES and not data.get("image"):
+            self.add_error("image", "A Kubernetes compute target runs a scoring image: name one.")
+        if target is not None and target.kind == ComputeTarget.Kind.LOCAL and not data.get("entry_script"):
+            self.add_error("entry_script", "The local compute target runs an entry script: give its path.")
+        return data
+
+    def settings(self) -> dict[str, Any]:
+        """The cleaned settings, as `do_*` actions take them."""
+        return {name: self.cleaned_data[name] for name in self.fields if name not in ("reason", "version")}
+
+
+class ServiceEditForm(ServiceSettingsForm):
+    # The service's version when the form was opened: an edit from an older version is refused.
+    version = forms.IntegerField(widget=forms.HiddenInput)
+
+    @staticmethod
+    def initial_for(service: Service) -> dict[str, Any]:
+        return {
+            "compute_target": service.compute_target_id,
+            "models": list(service.models.all()),
+            "entry_script": service.entry_script,
+            "image": service.image,
+            "replicas": service.replicas,
+            "collect_model_data": service.collect_model_data,
+            "enable_app_insights": service.enable_app_insights,
+            "version": service.version,
+        }
+
+
+class ServiceCreateForm(ServiceSettingsForm):
+    name = forms.RegexField(
+        regex=r"^[a-z]([-a-z0-9]{0,30}[a-z0-9])?$",
+        max_length=32,
+        error_messages={"invalid": "Use 1 to 32 lowercase letters, digits and dashes, starting with a letter."},
+    )
+    field_order = ["name"]
+
+    def __init__(self, *args: Any, workspace: Workspace, **kwargs: Any) -> None:
+        super().__init__(*args, workspace=workspace, **kwargs)
+        self.workspace = workspace
+
+    def clean_name(self) -> str:
+        name = self.cleaned_data["name"]
+        if self.workspace.services.filter(name=name).exists():
+            raise forms.ValidationError("A service with this name already exists in this workspace.")
+        return name
+
+
+class ServiceFilterForm(forms.Form):
+    q = forms.CharField(required=False, max_length=100, label="Name")
+    state = forms.ChoiceField(required=False, choices=[("", "Any state"), *Service.State.choices])
+
+
+class AuditFilterForm(forms.Form):
+    service = forms.CharField(required=False, max_length=100)
+    actor = forms.CharField(required=False, max_length=150)
+
+    action = forms.ChoiceField(required=False, choices=[("", "Any action"), *AuditEvent.Action.choices])

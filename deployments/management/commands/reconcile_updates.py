@@ -1,0 +1,42 @@
+"""Finishes what crashes left behind: updates whose worker died, and updates whose task never reached Redis.
+
+Run it periodically (cron, or a loop beside the worker). It only re-enqueues: the task's claim decides who runs
+an update, so running this while workers are busy, or twice at once, does no harm.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from django.conf import settings
+from django.core.management.base import BaseCommand
+from django.db.models import Q
+from django.utils import timezone
+
+from deployments import actions, tasks
+from deployments.models import ServiceUpdate
+
+
+class Command(BaseCommand):
+    help = "Re-enqueue service updates stuck in Pending or in an expired Running; fail those out of attempts."
+
+    def add_arguments(self, parser) -> None:  # type: ignore[no-untyped-def]
+        parser.add_argument(
+            "--pending-after", type=int, default=60, help="Seconds after which a Pending update counts as lost."
+        )
+
+    def handle(self, *args: object, pending_after: int, **options: object) -> None:
+        now = timezone.now()
+        stuck = ServiceUpdate.objects.filter(
+            Q(status=ServiceUpdate.Status.PENDING, created__lt=now - timedelta(seconds=pending_after))
+            | Q(status=ServiceUpdate.Status.RUNNING, lease_until__lt=now)
+        ).select_related("service__workspace")
+        requeued = failed = 0
+        for update in stuck:
+            if update.attempts >= settings.UPDATE_MAX_ATTEMPTS:
+                reason = f"Gave up after {update.attempts} attempts: the worker stopped before finishing."
+                failed += actions.do_fail_abandoned_update(update, reason)
+            else:
+                tasks.apply_service_update.delay(update.pk)
+                requeued += 1
+        self.stdout.write(f"Re-enqueued {requeued} update(s); failed {failed} that ran out of attempts.")

@@ -1,0 +1,95 @@
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import User
+from django.test import Client
+from django.urls import reverse
+
+from deployments.models import AuditEvent, Workspace
+
+
+def _event(workspace: Workspace, actor: User | None, action: str, target: str, **kw: Any) -> AuditEvent:
+    return AuditEvent.objects.create(
+        workspace=workspace,
+        actor=actor,
+        actor_name=actor.username if actor else "system",
+        action=action,
+        target_type="service",
+        target_id=1,
+        target_repr=target,
+        **kw,
+    )
+
+
+@pytest.fixture
+def events(workspace: Workspace, alice: Any, carol: Any) -> None:
+    _event(
+        workspace,
+        alice,
+        AuditEvent.Action.SERVICE_SETTINGS_CHANGED,
+        "churn",
+        changes={"collect_model_data": [True, False]},
+        reason="privacy",
+    )
+    _event(workspace, carol, AuditEvent.Action.SERVICE_SETTINGS_CHANGED, "fraud", changes={"replicas": [1, 2]})
+    _event(workspace, None, AuditEvent.Action.SERVICE_UPDATE_SUCCEEDED, "churn")
+
+
+def test_it_shows_who_changed_what_from_what_to_what(
+    client: Client, bob: Any, workspace: Workspace, events: None
+) -> None:
+    client.force_login(bob)
+
+    response = client.get(reverse("deployments:audit-log", args=[workspace.pk]))
+
+    content = response.content.decode()
+    assert "collect_model_data</span>: True → False" in content
+    assert "privacy" in content
+    assert "<td>system</td>" in content
+
+
+@pytest.mark.parametrize(
+    ("params", "shown", "hidden"),
+    [
+        ({"service": "churn"}, ["collect_model_data", "service.update_succeeded"], ["replicas"]),
+        ({"actor": "carol"}, ["replicas"], ["collect_model_data"]),
+        ({"action": "service.update_succeeded"}, ["service.update_succeeded"], ["replicas", "collect_model_data"]),
+    ],
+)
+def test_it_filters(
+    client: Client,
+    alice: Any,
+    workspace: Workspace,
+    events: None,
+    params: dict[str, str],
+    shown: list[str],
+    hidden: list[str],
+) -> None:
+    client.force_login(alice)
+
+    response = client.get(reverse("deployments:audit-log", args=[workspace.pk]), params, headers={"HX-Request": "true"})
+
+    content = response.content.decode()
+    assert "<html" not in content
+    for text in shown:
+        assert text in content
+    for text in hidden:
+        assert text not in content
+
+
+def test_it_escapes_reasons(client: Client, alice: Any, workspace: Workspace) -> None:
+    _event(workspace, alice, AuditEvent.Action.SERVICE_SETTINGS_CHANGED, "churn", reason="<script>alert(1)</script>")
+    client.force_login(alice)
+
+    response = client.get(reverse("deployments:audit-log", args=[workspace.pk]))
+
+    assert b"&lt;script&gt;alert(1)&lt;/script&gt;" in response.content
+    assert b"<script>alert(1)" not in response.content
+
+
+def test_it_is_404_for_outsiders(client: Client, charlie: Any, workspace: Workspace, events: None) -> None:
+    client.force_login(charlie)
+
+    assert client.get(reverse("deployments:audit-log", args=[workspace.pk])).status_code == 404
