@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import hashlib
 import re
+import secrets
+from typing import Any
 
 from django.conf import settings
 from django.core.validators import RegexValidator
@@ -209,3 +212,28 @@ class AuditEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.actor_name} {self.action} {self.target_repr}"
+
+
+class ApiToken(models.Model):
+    """A personal token for the REST API and the SDK. Only its hash is stored; the token is shown once."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, models.CASCADE, related_name="api_tokens")
+    name = models.CharField(max_length=100)
+    key_hash = models.CharField(max_length=64, unique=True)
+    # The first characters, so that a user can tell tokens apart without the token itself.
+    prefix = models.CharField(max_length=12)
+    created = models.DateTimeField(auto_now_add=True)
+    last_used = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"
+
+    @staticmethod
+    def hash(key: str) -> str:
+        return hashlib.sha256(key.encode()).hexdigest()
+
+    @classmethod
+    def issue(cls, user: Any, name: str) -> tuple[ApiToken, str]:
+        """Create a token; returns the row and the token itself, which is not stored anywhere."""
+        key = f"trib_{secrets.token_urlsafe(32)}"
+        return cls.objects.create(user=user, name=name, key_hash=cls.hash(key), prefix=key[:12]), key

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from deployments import views
+from deployments import api, views
 
 app_name = "deployments"
 
@@ -16,10 +16,18 @@ service_urls = [
     path("services/<int:service_id>/edit/", views.service_edit, name="service-edit"),
 ]
 
+api_urls = [
+    path("api/v1/workspaces/", api.workspaces, name="api-workspaces"),
+    path("api/v1/workspaces/<int:workspace_id>/services/", api.services, name="api-services"),
+    path("api/v1/workspaces/<int:workspace_id>/services/<str:name>/", api.service, name="api-service"),
+    path("api/v1/updates/<int:update_id>/", api.update, name="api-update"),
+]
+
 urlpatterns = [
     path("", views.home, name="home"),
     path("health/", views.health, name="health"),
     path("deployments/", views.deployments_redirect, name="deployments"),
     *workspace_urls,
     *service_urls,
+    *api_urls,
 ]

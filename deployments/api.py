@@ -1,0 +1,244 @@
+"""The JSON REST API that the SDK and CI use: token authentication, the same forms and actions as the pages.
+
+Requests carry `Authorization: Bearer <token>` (see `manage.py create_api_token`); cookies are not accepted, so
+the API needs no CSRF token. Errors are JSON `{"error": "..."}` with a 4xx status.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from functools import wraps
+from typing import Any
+
+from django.core.exceptions import PermissionDenied
+from django.http import Http404, HttpRequest, JsonResponse
+from django.shortcuts import get_object_or_404
+from django.utils import timezone
+from django.views.decorators.csrf import csrf_exempt
+
+from deployments import actions
+from deployments.access import get_workspace_for_user
+from deployments.forms import ServiceCreateForm, ServiceEditForm
+from deployments.models import ApiToken, Membership, Service, ServiceUpdate, Workspace
+
+View = Callable[..., JsonResponse]
+UPDATABLE = {
+    "compute_target",
+    "models",
+    "entry_script",
+    "image",
+    "replicas",
+    "collect_model_data",
+    "enable_app_insights",
+}
+
+
+def _error(message: str, status: int) -> JsonResponse:
+    return JsonResponse({"error": message}, status=status)
+
+
+def api_view(*methods: str) -> Callable[[View], View]:
+    """Token authentication, allowed methods, and 4xx JSON errors for the API's views."""
+
+    def decorator(view: View) -> View:
+        @csrf_exempt
+        @wraps(view)
+        def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> JsonResponse:
+            scheme, _, key = request.headers.get("Authorization", "").partition(" ")
+            token = ApiToken.objects.select_related("user").filter(key_hash=ApiToken.hash(key.strip())).first()
+            if scheme.lower() != "bearer" or token is None or not token.user.is_active:
+                return _error("Authentication required: send Authorization: Bearer <token>.", 401)
+            ApiToken.objects.filter(pk=token.pk).update(last_used=timezone.now())
+            request.user = token.user
+            if request.method not in methods:
+                return _error(f"Method {request.method} is not allowed here.", 405)
+            try:
+                return view(request, *args, **kwargs)
+            except Http404 as exc:
+                return _error(str(exc) or "Not found.", 404)
+            except PermissionDenied:
+                return _error("Your role in this workspace does not allow changes.", 403)
+            except actions.StaleEdit as exc:
+                return _error(str(exc), 409)
+            except (actions.ActionError, ValueError) as exc:
+                return _error(str(exc), 400)
+
+        return wrapper
+
+    return decorator
+
+
+def _body(request: HttpRequest) -> dict[str, Any]:
+    try:
+        data = json.loads(request.body or b"{}")
+    except ValueError as exc:
+        raise ValueError("The body must be a JSON object.") from exc
+    if not isinstance(data, dict):
+        raise ValueError("The body must be a JSON object.")
+    return data
+
+
+def _form_errors(form: Any) -> JsonResponse:
+    errors = {field: [str(e) for e in errs] for field, errs in form.errors.items()}
+    field, messages = next(iter(errors.items()))
+    first = messages[0] if field == "__all__" else f"{field}: {messages[0]}"
+    return JsonResponse({"error": first, "fields": errors}, status=400)
+
+
+def _model_ids(workspace: Workspace, refs: Any) -> list[int]:
+    """Models as the SDK names them, `name:version` (or a bare name: its newest version), to their ids."""
+    if not isinstance(refs, list) or not all(isinstance(r, str) for r in refs):
+        raise ValueError("models must be a list of 'name:version' strings.")
+    ids = []
+    for ref in refs:
+        name, _, version = ref.partition(":")
+        found = workspace.models.filter(name=name)
+        found = found.filter(version=version) if version.isdigit() else found.order_by("-version")
+        model = found.first()
+        if model is None:
+            raise ValueError(f"No model {ref!r} in this workspace.")
+        ids.append(model.pk)
+    return ids
+
+
+def _form_data(workspace: Workspace, values: dict[str, Any]) -> dict[str, Any]:
+    data = dict(values)
+    if "models" in data:
+        data["models"] = _model_ids(workspace, data["models"])
+    if "compute_target" in data:
+        target = workspace.compute_targets.filter(name=data["compute_target"]).first()
+        if target is None:
+            raise ValueError(f"No compute target {data['compute_target']!r} in this workspace.")
+        data["compute_target"] = target.pk
+    return data
+
+
+def _as_form_post(data: dict[str, Any]) -> dict[str, Any]:
+    """An unchecked box is absent from a form post: drop the flags that are off."""
+    return {k: v for k, v in data.items() if not (k in ("collect_model_data", "enable_app_insights") and not v)}
+
+
+def _update_json(update: ServiceUpdate | None) -> dict[str, Any] | None:
+    if update is None:
+        return None
+    return {
+        "id": update.pk,
+        "status": update.get_status_display(),
+        "attempts": update.attempts,
+        "error": update.error,
+        "created": update.created.isoformat(),
+        "finished": update.finished.isoformat() if update.finished else None,
+    }
+
+
+def _service_json(service: Service) -> dict[str, Any]:
+    return {
+        "id": service.pk,
+        "name": service.name,
+        "state": service.state,
+        "state_reason": service.state_reason,
+        "scoring_uri": service.scoring_url,
+        "compute_target": service.compute_target.name,
+        "compute_type": service.compute_target.kind,
+        "models": [str(m) for m in service.models.all()],
+        "entry_script": service.entry_script,
+        "image": service.image,
+        "replicas": service.replicas,
+        "collect_model_data": service.collect_model_data,
+        "enable_app_insights": service.enable_app_insights,
+        "version": service.version,
+        "latest_update": _update_json(service.updates.first()),
+    }
+
+
+def _service(request: HttpRequest, workspace_id: int, name: str) -> tuple[Service, bool]:
+    workspace, can_write = get_workspace_for_user(request, workspace_id)
+    service = get_object_or_404(
+        Service.objects.select_related("compute_target", "workspace"), workspace=workspace, name=name
+    )
+    return service, can_write
+
+
+@api_view("GET")
+def workspaces(request: HttpRequest) -> JsonResponse:
+    memberships = Membership.objects.filter(user_id=request.user.pk).select_related("workspace")
+    return JsonResponse(
+        {
+            "workspaces": [
+                {
+                    "id": m.workspace.pk,
+                    "subscription_id": m.workspace.subscription_id,
+                    "resource_group": m.workspace.resource_group,
+                    "name": m.workspace.name,
+                    "role": m.role,
+                }
+                for m in memberships
+            ]
+        }
+    )
+
+
+@api_view("GET", "POST")
+def services(request: HttpRequest, workspace_id: int) -> JsonResponse:
+    workspace, can_write = get_workspace_for_user(request, workspace_id)
+    if request.method == "GET":
+        found = workspace.services.select_related("compute_target").prefetch_related("models").order_by("name")
+        return JsonResponse({"services": [_service_json(s) for s in found[:1000]]})
+    if not can_write:
+        raise PermissionDenied
+    body = _body(request)
+    unknown = set(body) - UPDATABLE - {"name", "reason"}
+    if unknown:
+        raise ValueError(f"Unknown parameters: {', '.join(sorted(unknown))}")
+    defaults = {"replicas": 1}
+    form = ServiceCreateForm(_as_form_post({**defaults, **_form_data(workspace, body)}), workspace=workspace)
+    if not form.is_valid():
+        return _form_errors(form)
+    update = actions.do_deploy_service(
+        workspace,
+        acting_user=request.user,
+        reason=form.cleaned_data["reason"],
+        request_id=request.id,  # type: ignore[attr-defined]
+        **form.settings(),
+    )
+    return JsonResponse(_service_json(update.service), status=202)
+
+
+@api_view("GET", "PATCH")
+def service(request: HttpRequest, workspace_id: int, name: str) -> JsonResponse:
+    service, can_write = _service(request, workspace_id, name)
+    if request.method == "GET":
+        return JsonResponse(_service_json(service))
+    if not can_write:
+        raise PermissionDenied
+    body = _body(request)
+    unknown = set(body) - UPDATABLE - {"version", "reason"}
+    if unknown:
+        raise ValueError(f"Unknown parameters: {', '.join(sorted(unknown))}")
+    if not set(body) & UPDATABLE:
+        raise actions.NothingToUpdate()
+    # Without a version the caller accepts the current one, as the legacy SDK's update() did.
+    current = {**ServiceEditForm.initial_for(service), "models": list(service.models.values_list("pk", flat=True))}
+    form = ServiceEditForm(
+        _as_form_post({**current, **_form_data(service.workspace, body)}), workspace=service.workspace
+    )
+    if not form.is_valid():
+        return _form_errors(form)
+    actions.do_update_service(
+        service,
+        expected_version=form.cleaned_data["version"],
+        acting_user=request.user,
+        reason=form.cleaned_data["reason"],
+        request_id=request.id,
+        **form.settings(),  # type: ignore[attr-defined]
+    )
+    service.refresh_from_db()
+    return JsonResponse(_service_json(service), status=202)
+
+
+@api_view("GET")
+def update(request: HttpRequest, update_id: int) -> JsonResponse:
+    found = get_object_or_404(ServiceUpdate.objects.select_related("service"), pk=update_id)
+    get_workspace_for_user(request, found.service.workspace_id)
+    return JsonResponse(_update_json(found) or {})

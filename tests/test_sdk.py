@@ -1,0 +1,104 @@
+"""The Python SDK against a live portal, a real Celery worker and the Kubernetes API test server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client as k8s
+
+from deployments.models import ApiToken, ComputeTarget, Workspace
+from tests.factories import ComputeTargetFactory, ModelFactory, ServiceFactory
+from tributary_sdk import AksWebservice, InferenceConfig, Model, Webservice, WebserviceException
+from tributary_sdk import Workspace as SdkWorkspace
+
+
+@pytest.fixture
+def cluster(workspace: Workspace, kubeconfig: Path) -> ComputeTarget:
+    return ComputeTargetFactory(
+        workspace=workspace,
+        name="aks",
+        kind=ComputeTarget.Kind.KUBERNETES,
+        kubeconfig_path=str(kubeconfig),
+        namespace="ml",
+    )
+
+
+@pytest.fixture
+def ws(live_server: Any, alice: Any, workspace: Workspace) -> SdkWorkspace:
+    _, key = ApiToken.issue(alice, "notebook")
+    return SdkWorkspace("sub-0001", "rg-ml", "alices-team", url=live_server.url, token=key)
+
+
+def _env(kube: Any, name: str) -> dict[str, str]:
+    deployment = k8s.AppsV1Api(kube.api_client()).read_namespaced_deployment(name, "ml")
+    return {e.name: e.value for e in deployment.spec.template.spec.containers[0].env}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_deploys_then_updates_and_follows_the_rollout(
+    ws: SdkWorkspace, cluster: ComputeTarget, workspace: Workspace, kube: Any, celery_worker: Any
+) -> None:
+    ModelFactory(workspace=workspace, name="best_model", version=1)
+    config = AksWebservice.deploy_configuration(collect_model_data=True, enable_app_insights=True, cpu_cores=1)
+
+    service = Model.deploy(
+        ws,
+        "churn",
+        ["best_model:1"],
+        InferenceConfig(image="registry.example/churn:1"),
+        config,
+        deployment_target="aks",
+    )
+    assert service.state == "Transitioning"
+    service.wait_for_deployment(timeout_sec=60)
+    assert service.state == "Healthy"
+    assert _env(kube, "churn")["AML_MODEL_DC_STORAGE_ENABLED"] == "true"
+
+    again = Webservice(ws, "churn")
+    again.update(collect_model_data=False)
+    again.wait_for_deployment(timeout_sec=60)
+
+    assert (again.state, again.collect_model_data, again.enable_app_insights) == ("Healthy", False, True)
+    assert _env(kube, "churn")["AML_MODEL_DC_STORAGE_ENABLED"] == "false"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_raises_when_the_rollout_fails(
+    ws: SdkWorkspace, cluster: ComputeTarget, workspace: Workspace, kube: Any, celery_worker: Any
+) -> None:
+    ServiceFactory(workspace=workspace, name="fraud", compute_target=cluster, image="registry.example/fraud:1")
+    kube.rollout(name="fraud", delay=0.1, outcome="deadline")
+    service = Webservice(ws, "fraud")
+
+    service.update(enable_app_insights=True)
+    with pytest.raises(
+        WebserviceException, match="non-successful terminal state: Rollout exceeded its progress deadline"
+    ):
+        service.wait_for_deployment(timeout_sec=60)
+    assert service.state == "Failed"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_update_without_parameters_is_an_error(ws: SdkWorkspace, workspace: Workspace) -> None:
+    ServiceFactory(workspace=workspace, name="churn")
+    service = Webservice(ws, "churn")
+
+    with pytest.raises(WebserviceException, match="^No parameters provided to update$"):
+        service.update()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_reports_server_errors_clearly(
+    ws: SdkWorkspace, workspace: Workspace, live_server: Any, charlie: Any
+) -> None:
+    with pytest.raises(WebserviceException) as missing:
+        Webservice(ws, "nope")
+    assert missing.value.status == 404
+
+    _, key = ApiToken.issue(charlie, "x")
+    outsider = SdkWorkspace("sub-0001", "rg-ml", "alices-team", url=live_server.url, token=key)
+    with pytest.raises(WebserviceException, match="No workspace 'alices-team' that this token may see"):
+        Webservice(outsider, "churn")
+    assert key not in repr(outsider._client)

@@ -1,0 +1,215 @@
+"""Workspace, Webservice and deployment configuration, shaped like azureml.core's."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from tributary_sdk.client import Client, WebserviceException
+
+TERMINAL_STATES = ("Healthy", "Failed")
+
+
+class Workspace:
+    """A workspace of the portal, named as Azure ML named it: subscription, resource group, workspace name."""
+
+    def __init__(
+        self,
+        subscription_id: str,
+        resource_group: str,
+        workspace_name: str,
+        *,
+        url: str | None = None,
+        token: str | None = None,
+    ) -> None:
+        self.subscription_id = subscription_id
+        self.resource_group = resource_group
+        self.name = workspace_name
+        self._client = Client(
+            url or os.environ.get("TRIBUTARY_URL", ""), token or os.environ.get("TRIBUTARY_TOKEN", "")
+        )
+        self._id: int | None = None
+
+    def __repr__(self) -> str:
+        return f"Workspace({self.subscription_id!r}, {self.resource_group!r}, {self.name!r})"
+
+    @property
+    def id(self) -> int:
+        if self._id is None:
+            for ws in self._client.request("GET", "workspaces/")["workspaces"]:
+                if (ws["subscription_id"], ws["resource_group"], ws["name"]) == (
+                    self.subscription_id,
+                    self.resource_group,
+                    self.name,
+                ):
+                    self._id = int(ws["id"])
+                    break
+            else:
+                raise WebserviceException(f"No workspace {self.name!r} that this token may see.", status=404)
+        return self._id
+
+    @property
+    def webservices(self) -> dict[str, Webservice]:
+        found = self._client.request("GET", f"workspaces/{self.id}/services/")["services"]
+        return {s["name"]: Webservice._from_json(self, s) for s in found}
+
+
+@dataclass
+class DeploymentConfiguration:
+    compute_type: str
+    collect_model_data: bool = False
+    enable_app_insights: bool = False
+    num_replicas: int = 1
+    compute_target: str | None = None
+
+
+@dataclass
+class InferenceConfig:
+    """What to serve: an entry script on this machine (local target) or a scoring image (Kubernetes)."""
+
+    entry_script: str | None = None
+    image: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class AksWebservice:
+    @staticmethod
+    def deploy_configuration(
+        collect_model_data: bool = False,
+        enable_app_insights: bool = False,
+        num_replicas: int = 1,
+        compute_target: str | None = None,
+        **_ignored: Any,
+    ) -> DeploymentConfiguration:
+        """As in azureml.core; settings that Tributary does not use (cpu_cores, memory_gb, ...) are accepted."""
+        return DeploymentConfiguration(
+            "kubernetes", collect_model_data, enable_app_insights, num_replicas, compute_target
+        )
+
+
+class LocalWebservice:
+    @staticmethod
+    def deploy_configuration(
+        collect_model_data: bool = False,
+        enable_app_insights: bool = False,
+        compute_target: str | None = None,
+        **_ignored: Any,
+    ) -> DeploymentConfiguration:
+        return DeploymentConfiguration("local", collect_model_data, enable_app_insights, 1, compute_target)
+
+
+class Webservice:
+    """A deployed service. `state` is as of the last call that read it (`update_deployment_state()` refreshes)."""
+
+    def __init__(self, workspace: Workspace, name: str) -> None:
+        self.workspace = workspace
+        self.name = name
+        self._load(workspace._client.request("GET", self._path()))
+
+    @classmethod
+    def _from_json(cls, workspace: Workspace, data: dict[str, Any]) -> Webservice:
+        service = cls.__new__(cls)
+        service.workspace, service.name = workspace, data["name"]
+        service._load(data)
+        return service
+
+    def __repr__(self) -> str:
+        return f"Webservice({self.name!r}, state={self.state!r})"
+
+    def _path(self) -> str:
+        return f"workspaces/{self.workspace.id}/services/{self.name}/"
+
+    def _load(self, data: dict[str, Any]) -> None:
+        self._data = data
+        self.state: str = data["state"]
+        self.scoring_uri: str = data["scoring_uri"]
+        self.collect_model_data: bool = data["collect_model_data"]
+        self.enable_app_insights: bool = data["enable_app_insights"]
+        self.compute_type: str = data["compute_type"]
+        self.error: str = data["state_reason"]
+
+    def update_deployment_state(self) -> None:
+        self._load(self.workspace._client.request("GET", self._path()))
+
+    def update(
+        self,
+        *,
+        collect_model_data: bool | None = None,
+        enable_app_insights: bool | None = None,
+        num_replicas: int | None = None,
+        reason: str = "",
+        **_ignored: Any,
+    ) -> None:
+        """Change settings; the portal applies them in the background (follow with `wait_for_deployment()`)."""
+        changes = {
+            key: value
+            for key, value in (
+                ("collect_model_data", collect_model_data),
+                ("enable_app_insights", enable_app_insights),
+                ("replicas", num_replicas),
+            )
+            if value is not None
+        }
+        if not changes:
+            raise WebserviceException("No parameters provided to update")
+        self._load(self.workspace._client.request("PATCH", self._path(), {**changes, "reason": reason}))
+
+    def wait_for_deployment(self, show_output: bool = False, timeout_sec: float | None = None) -> None:
+        """Poll until the service is Healthy or Failed; Failed (or the timeout) raises WebserviceException."""
+        deadline = time.monotonic() + timeout_sec if timeout_sec else None
+        while True:
+            self.update_deployment_state()
+            update = self._data.get("latest_update") or {}
+            unfinished = update.get("status") in ("Pending", "Running")
+            if show_output:
+                print(
+                    f"{self.name}: {self.state}" + (f" (update #{update['id']} {update['status']})" if update else "")
+                )
+            if not unfinished and self.state in TERMINAL_STATES:
+                break
+            if deadline is not None and time.monotonic() > deadline:
+                raise WebserviceException(f"Timed out waiting for {self.name}: still {self.state}.")
+            time.sleep(1)
+        if self.state == "Failed":
+            raise WebserviceException(f"Service deployment polling reached non-successful terminal state: {self.error}")
+
+
+class Model:
+    """A registered model version, by name and version, and the legacy `Model.deploy` entry point."""
+
+    def __init__(self, workspace: Workspace, name: str, version: int | None = None) -> None:
+        self.workspace, self.name, self.version = workspace, name, version
+
+    def __str__(self) -> str:
+        return f"{self.name}:{self.version}" if self.version else self.name
+
+    @staticmethod
+    def deploy(
+        workspace: Workspace,
+        name: str,
+        models: list[Model | str],
+        inference_config: InferenceConfig | None = None,
+        deployment_config: DeploymentConfiguration | None = None,
+        deployment_target: str | None = None,
+        reason: str = "",
+    ) -> Webservice:
+        config = deployment_config or LocalWebservice.deploy_configuration()
+        inference = inference_config or InferenceConfig()
+        target = deployment_target or config.compute_target
+        if not target:
+            raise WebserviceException("Name the compute target to deploy to (deployment_target=...).")
+        body = {
+            "name": name,
+            "compute_target": target,
+            "models": [str(m) for m in models],
+            "entry_script": inference.entry_script or "",
+            "image": inference.image or "",
+            "replicas": config.num_replicas,
+            "collect_model_data": config.collect_model_data,
+            "enable_app_insights": config.enable_app_insights,
+            "reason": reason,
+        }
+        data = workspace._client.request("POST", f"workspaces/{workspace.id}/services/", body)
+        return Webservice._from_json(workspace, data)
