@@ -85,7 +85,7 @@ def test_update_without_parameters_is_an_error(ws: SdkWorkspace, workspace: Work
     ServiceFactory(workspace=workspace, name="churn")
     service = Webservice(ws, "churn")
 
-    with pytest.raises(WebserviceException, match="^No parameters provided to update$"):
+    with pytest.raises(WebserviceException, match=r"^No parameters provided to update$"):
         service.update()
 
 
