@@ -1,0 +1,513 @@
+"""The machinery one process shares among all its collectors: a queue, a spool writer and an uploader.
+
+    collect() ──deque──> spool writer thread ──disk──> uploader thread ──> blob storage
+    (snapshot, enqueue)   (encode CSV, frame, write)    (exactly-once appends, see collector.upload)
+
+The threads start on the first `collect()` with collection on. At interpreter exit (atexit), and on SIGTERM when
+the process had no handler of its own, everything in memory is written to the spool and the uploader gets
+`AML_MODEL_DC_SHUTDOWN_TIMEOUT` seconds to deliver it; what it could not deliver stays in the spool for the next
+process. A process that forks (gunicorn with preload) starts fresh machinery in the child.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import logging
+import os
+import random
+import signal
+import threading
+import time
+import traceback
+from collections import deque
+from typing import Any
+
+from collector import tabular
+from collector.config import Settings
+from collector.spool import Spool, frame
+
+log = logging.getLogger("collector")
+
+IDLE_POLL = 0.02
+ORPHAN_SCAN_SECONDS = 30.0
+MAX_BACKOFF = 5.0
+# Undelivered bytes that make the uploader go again at once rather than after the flush interval.
+BIG_BACKLOG = 4 * 1024 * 1024
+
+
+class Counters:
+    """Process-wide counters; `snapshot()` is what `collector.stats()` returns."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.reset()
+
+    def reset(self) -> None:
+        """Zero everything (tests use this; the scoring runtime never needs to)."""
+        self.rows_collected = 0
+        self.rows_spooled = 0
+        self.rows_delivered = 0
+        self.bytes_delivered = 0
+        self.blocks_appended = 0
+        self.upload_failures = 0
+        self.parts_rolled = 0
+        self.spools_adopted = 0
+        self.dropped: dict[str, int] = dict.fromkeys(tabular.REASONS, 0)
+        self.last_error = ""
+        self.last_error_at: float | None = None
+        self._logged: set[str] = set()
+
+    def drop(self, reason: str, rows: int, detail: str = "", where: str = "") -> None:
+        with self.lock:
+            self.dropped[reason] = self.dropped.get(reason, 0) + rows
+            first = reason not in self._logged
+            self._logged.add(reason)
+        if first:
+            log.warning(
+                "collector: dropped %d row(s)%s: %s%s. Further drops for this reason are only counted "
+                "(collector.stats()['rows_dropped']).",
+                rows,
+                f" of {where}" if where else "",
+                tabular.explain(reason),
+                f" ({detail})" if detail else "",
+            )
+
+    def error(self, message: str) -> None:
+        with self.lock:
+            changed = message != self.last_error
+            self.last_error = message
+            self.last_error_at = time.time()
+            self.upload_failures += 1
+        if changed:
+            log.error("collector: cannot deliver to blob storage, rows stay in the spool and are retried: %s", message)
+
+
+COUNTERS = Counters()
+
+
+class Sink:
+    """What the spool writer needs to know about one collector; its header is fixed by its first rows."""
+
+    __slots__ = (
+        "container",
+        "feature_names",
+        "folder",
+        "header",
+        "header_printed",
+        "inputs",
+        "label",
+        "ncols",
+        "tail_names",
+    )
+
+    def __init__(self, container: str, folder: str, feature_names: list[str] | None, inputs: bool, label: str):
+        self.container = container
+        self.folder = folder  # without the date part
+        self.feature_names = feature_names
+        self.inputs = inputs
+        self.label = label
+        self.ncols: int | None = None
+        self.header = b""
+        self.header_printed = False
+        self.tail_names: tuple[str, ...] = ()  # columns that add_correlations() appends
+
+
+INPUT_COLUMNS = (
+    "$aml_dc_correlation_id",
+    "$aml_dc_scoring_timestamp",
+    "$aml_dc_boundary",
+    "$aml_workspace",
+    "$aml_service_name",
+    "$aml_model_name",
+    "$aml_model_version",
+    "$aml_request_id",
+)
+
+
+class Engine:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.pid = os.getpid()
+        self.closed = False
+        self._lock = threading.Lock()
+        self._queue: deque[tuple[Any, ...]] = deque()
+        self._queued_rows = 0  # by callers, under _lock
+        self._taken_rows = 0  # by the writer
+        self._submitted = 0  # calls, under _lock
+        self._processed = 0  # calls, by the writer
+        self._started = False
+        self._stopping = False
+        self._writer_wake = threading.Event()
+        self._uploader_wake = threading.Event()
+        self._uploader_stop = False
+        self._spool: Spool | None = None
+        self._adopted: list[Spool] = []
+        self._spools_lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self._date_cache: tuple[int, str] = (-1, "")
+
+    # -- caller's thread ---------------------------------------------------------------------------------------
+
+    def submit(self, item: tuple[Any, ...], rows: int) -> bool:
+        """Enqueue a captured call; False when the queue is full (the caller counts the drop)."""
+        with self._lock:
+            if self._queued_rows - self._taken_rows + rows > self.settings.queue_max_rows:
+                return False
+            self._queued_rows += rows
+            self._submitted += 1
+            COUNTERS.rows_collected += rows
+            self._queue.append(item)
+        if not self._started:
+            self.start()
+        return True
+
+    def start(self) -> None:
+        """Create this process's spool and start the threads (also delivers spools left by dead processes)."""
+        with self._spools_lock:
+            if self._started or self.closed:
+                return
+            try:
+                self._spool = Spool.create(self.settings.spool_dir)
+            except OSError as exc:
+                COUNTERS.error(f"cannot create the spool in {self.settings.spool_dir}: {exc}")
+                raise
+            for target, name in (
+                (self._writer_loop, "collector-spool-writer"),
+                (self._uploader_loop, "collector-uploader"),
+            ):
+                t = threading.Thread(target=target, name=name, daemon=True)
+                t.start()
+                self._threads.append(t)
+            self._started = True
+
+    # -- spool writer ------------------------------------------------------------------------------------------
+
+    def _writer_loop(self) -> None:
+        queue = self._queue
+        while True:
+            if not queue:
+                if self._stopping:
+                    return
+                self._writer_wake.wait(IDLE_POLL)
+                self._writer_wake.clear()
+                continue
+            try:
+                item = queue.popleft()
+            except IndexError:
+                continue
+            try:
+                self._write(item)
+            except Exception as exc:  # never let the writer die
+                COUNTERS.drop(tabular.INTERNAL, item[-1], f"{type(exc).__name__}: {exc}")
+                log.debug("collector: writer error\n%s", traceback.format_exc())
+            self._taken_rows += item[-1]
+            self._processed += 1
+            # Hand the GIL back between items, so a request thread waiting to collect() is not held up for the
+            # interpreter's whole switch interval (5 ms) while a big batch is encoded.
+            time.sleep(0)
+
+    def _write(self, item: tuple[Any, ...]) -> None:
+        sink, ts, suffix_values, kind, snap, _rows = item
+        suffix = ""
+        if suffix_values is not None:
+            suffix = "," + ",".join(map(tabular.quote, suffix_values))
+        enc, data_columns = tabular.encode(
+            kind, snap, expected_cols=sink.ncols, suffix=suffix, max_row_bytes=self.settings.max_row_bytes
+        )
+        if sink.ncols is None and enc.ncols:
+            set_header(sink, enc.ncols, data_columns)
+        if enc.first_error is not None:
+            for reason, n in enc.dropped.items():
+                COUNTERS.drop(reason, n, enc.first_error[1], sink.label)
+        if not enc.chunks:
+            return
+        payload = b"".join(frame(chunk, n) for chunk, n in enc.chunks)
+        spool = self._spool
+        assert spool is not None
+        if self.spool_bytes() + len(payload) > self.settings.spool_max_bytes:
+            COUNTERS.drop(tabular.SPOOL_FULL, enc.rows, where=sink.label)
+            return
+        dest = spool.destination(sink.container, f"{sink.folder}/{self._date_path(ts)}", sink.header)
+        dest.write(payload)
+        spool.add_bytes(len(payload))
+        with COUNTERS.lock:
+            COUNTERS.rows_spooled += enc.rows
+
+    def _date_path(self, ts: float) -> str:
+        hour = int(ts // 3600)
+        cached_hour, path = self._date_cache
+        if cached_hour != hour:
+            t = time.gmtime(hour * 3600)
+            path = f"{t.tm_year:04d}/{t.tm_mon:02d}/{t.tm_mday:02d}"
+            if self.settings.boundary == "hour":
+                path += f"/{t.tm_hour:02d}"
+            self._date_cache = (hour, path)
+        return path
+
+    def spool_bytes(self) -> int:
+        with self._spools_lock:
+            spools = [s for s in [self._spool, *self._adopted] if s is not None]
+        return sum(s.bytes for s in spools)
+
+    # -- uploader ----------------------------------------------------------------------------------------------
+
+    def _uploader_loop(self) -> None:
+        from collector.upload import BUSY, FAILED, Uploader
+
+        uploader: Uploader | None = None
+        next_scan = 0.0
+        delay = 0.0
+        while True:
+            if delay:
+                self._uploader_wake.wait(delay)
+            self._uploader_wake.clear()
+            if self._uploader_stop:
+                break
+            try:
+                if uploader is None:
+                    uploader = Uploader(
+                        self.settings.connection_string,
+                        max_blocks=self.settings.max_blocks_per_blob,
+                        on_delivered=_delivered,
+                        on_rollover=_rolled,
+                        request_timeout=self.settings.request_timeout,
+                    )
+                if time.monotonic() >= next_scan:
+                    self._adopt_orphans()
+                    next_scan = time.monotonic() + ORPHAN_SCAN_SECONDS
+                outcomes = set()
+                for spool in self._spools():
+                    for dest in list(spool.destinations.values()):
+                        if dest.has_work():
+                            outcome = uploader.deliver(dest, spool.lease_id)
+                            if outcome == FAILED:
+                                COUNTERS.error(uploader.last_error)
+                            outcomes.add(outcome)
+                    if not spool.own and not spool.has_work():
+                        self._retire(spool)
+            except Exception as exc:  # bad connection string, disk trouble...: keep the thread alive
+                COUNTERS.error(f"{type(exc).__name__}: {exc}")
+                outcomes = {FAILED}
+            more = any(d.has_work() for s in self._spools() for d in list(s.destinations.values()))
+            if FAILED in outcomes:
+                delay = min(MAX_BACKOFF, max(0.2, delay * 2)) if delay else 0.2
+            elif BUSY in outcomes:
+                delay = random.uniform(0.02, 0.1)  # another writer holds a lease: back soon
+            elif more and self._backlog() >= BIG_BACKLOG:
+                delay = 0.001  # a round ran out of time with a full block or more waiting
+            else:
+                delay = self.settings.flush_interval  # collect a while: fewer, larger blocks
+        if uploader is not None:
+            uploader.close()
+
+    def _backlog(self) -> int:
+        return sum(s.bytes for s in self._spools())
+
+    def _spools(self) -> list[Spool]:
+        with self._spools_lock:
+            return [s for s in [self._spool, *self._adopted] if s is not None]
+
+    def _adopt_orphans(self) -> None:
+        with self._spools_lock:
+            known = {s.path for s in [self._spool, *self._adopted] if s is not None}
+        for orphan in Spool.adopt_orphans(self.settings.spool_dir, known):
+            log.info("collector: delivering the rows left in %s by a process that stopped", orphan.path)
+            with self._spools_lock:
+                self._adopted.append(orphan)
+            with COUNTERS.lock:
+                COUNTERS.spools_adopted += 1
+
+    def _retire(self, spool: Spool) -> None:
+        with self._spools_lock:
+            self._adopted.remove(spool)
+        spool.remove()
+
+    # -- flush and shutdown ------------------------------------------------------------------------------------
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until everything collected before the call is in blob storage; False on timeout."""
+        if not self._started:
+            return True
+        deadline = time.monotonic() + timeout
+        if not self._drain_to_spool(deadline):
+            return False
+        targets = [(d, d.end()) for s in self._spools() for d in list(s.destinations.values())]
+        self._uploader_wake.set()
+        while any(d.pending is not None or d.acked < end for d, end in targets):
+            if time.monotonic() >= deadline or not self._threads[1].is_alive():
+                return False
+            time.sleep(0.005)
+        return True
+
+    def _drain_to_spool(self, deadline: float) -> bool:
+        # No lock: this also runs in a SIGTERM handler, which may have interrupted a caller holding _lock.
+        target = self._submitted
+        self._writer_wake.set()
+        while self._processed < target:
+            if time.monotonic() >= deadline or not self._threads[0].is_alive():
+                return False
+            time.sleep(0.001)
+        return True
+
+    def spool_now(self, timeout: float = 5.0) -> bool:
+        """Write what is queued in memory to the spool (fast, local); nothing is uploaded."""
+        return not self._started or self._drain_to_spool(time.monotonic() + timeout)
+
+    def shutdown(self, timeout: float) -> bool:
+        """Flush for up to `timeout` seconds, then stop the threads; undelivered rows stay spooled."""
+        self.closed = True
+        if not self._started:
+            return True
+        deadline = time.monotonic() + timeout
+        # Everything in memory goes to disk first, whatever the storage does.
+        self._stopping = True
+        self._writer_wake.set()
+        self._threads[0].join(max(0.5, timeout))
+        delivered = self.flush(max(0.0, deadline - time.monotonic()))
+        self._uploader_stop = True
+        self._uploader_wake.set()
+        self._threads[1].join(max(0.1, deadline - time.monotonic()))
+        if not self._threads[1].is_alive():
+            for spool in self._spools():
+                if spool.has_work():
+                    spool.close()  # the next process adopts it
+                else:
+                    spool.remove()
+        return delivered
+
+    def forget_after_fork(self) -> None:
+        """In a forked child: let go of the parent's files without touching them."""
+        self.closed = True
+        for spool in self._spools():
+            with contextlib.suppress(OSError):
+                spool.close()
+
+    def queue_rows(self) -> int:
+        return max(0, self._queued_rows - self._taken_rows)
+
+
+def set_header(sink: Sink, ncols: int, data_columns: list[str] | None) -> None:
+    tail = list(sink.tail_names) if 0 < len(sink.tail_names) < ncols else []
+    names = tabular.column_names(ncols - len(tail), sink.feature_names, data_columns) + tail
+    if sink.inputs:
+        names += INPUT_COLUMNS
+    sink.ncols = ncols
+    sink.header = tabular.header_line(names)
+
+
+def _delivered(rows: int, nbytes: int) -> None:
+    with COUNTERS.lock:
+        COUNTERS.rows_delivered += rows
+        COUNTERS.bytes_delivered += nbytes
+        COUNTERS.blocks_appended += 1
+
+
+def _rolled(name: str) -> None:
+    with COUNTERS.lock:
+        COUNTERS.parts_rolled += 1
+    log.info("collector: rolling over to %s", name)
+
+
+# -- the process's engine -------------------------------------------------------------------------------------
+
+_engine: Engine | None = None
+_engine_lock = threading.Lock()
+_hooks_installed = False
+
+
+def current(settings: Settings | None = None) -> Engine:
+    """This process's engine, built from the environment on first use (or after a fork or reconfigure)."""
+    global _engine
+    engine = _engine
+    if engine is not None and not engine.closed and engine.pid == os.getpid():
+        return engine
+    with _engine_lock:
+        if _engine is None or _engine.closed or _engine.pid != os.getpid():
+            from collector.config import from_environ
+
+            _engine = Engine(settings or from_environ())
+            _install_hooks(_engine.settings)
+        return _engine
+
+
+def replace(settings: Settings | None, timeout: float) -> bool:
+    """Shut the current engine down (flushing it) and build the next one from `settings` or the environment."""
+    global _engine
+    with _engine_lock:
+        old, _engine = _engine, None
+    delivered = old.shutdown(timeout) if old is not None and old.pid == os.getpid() else True
+    current(settings)
+    return delivered
+
+
+def shutdown(timeout: float | None = None) -> bool:
+    engine = _engine
+    if engine is None or engine.pid != os.getpid():
+        return True
+    return engine.shutdown(engine.settings.shutdown_timeout if timeout is None else timeout)
+
+
+def _atexit() -> None:
+    with contextlib.suppress(Exception):
+        shutdown()
+
+
+def _install_hooks(settings: Settings) -> None:
+    global _hooks_installed
+    if _hooks_installed:
+        return
+    _hooks_installed = True
+    atexit.register(_atexit)
+    if settings.uploading:
+        install_sigterm_handler()
+
+
+def install_sigterm_handler() -> bool:
+    """Flush on SIGTERM, then hand the signal on to whatever handled it before. Main thread only.
+
+    With no previous handler (the default action, which would kill the process before atexit runs), rows are
+    delivered for up to the shutdown timeout and the process then dies of SIGTERM as it would have. With a
+    Python handler (gunicorn's, say, which exits gracefully and so runs atexit), only the in-memory rows are
+    written to the spool before that handler runs; atexit delivers them.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    previous = signal.getsignal(signal.SIGTERM)
+    if getattr(previous, "_collector_hook", False):
+        return True
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        engine = _engine
+        if callable(previous):
+            if engine is not None and engine.pid == os.getpid():
+                with contextlib.suppress(Exception):
+                    engine.spool_now()
+            previous(signum, frame)
+            return
+        if previous == signal.SIG_IGN:
+            return
+        with contextlib.suppress(Exception):
+            shutdown()
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    on_sigterm._collector_hook = True  # type: ignore[attr-defined]
+    try:
+        signal.signal(signal.SIGTERM, on_sigterm)
+    except (ValueError, OSError):
+        return False
+    return True
+
+
+def _after_fork_in_child() -> None:
+    global _engine, _hooks_installed
+    if _engine is not None:
+        _engine.forget_after_fork()
+    _engine = None
+    # The parent's atexit registration is inherited; the SIGTERM handler too (it looks up the new engine).
+    _hooks_installed = True
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

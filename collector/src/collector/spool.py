@@ -1,0 +1,378 @@
+"""The local spool: rows wait on disk between `collect()` and blob storage.
+
+Layout under the spool folder (AML_MODEL_DC_SPOOL_DIR), which several processes may share:
+
+    <owner>/                 one per process that collected: "<host>-<pid>-<random>"
+      lock                   flock()ed by the owner for its whole life; the kernel drops it when the owner dies
+      owner.json             {"lease_id": ...}: the blob lease id this owner appends under
+      <destination>/         one per target file (container, folder, header): a hash of the three
+        destination.json     {"container", "folder", "header"}
+        00000001.seg ...     frames, appended in order: >III (payload bytes, rows, crc32) then whole CSV rows
+        state.json           {"acked": [segment, offset], "pending": {...} | null, "part": n}
+
+A process creates its owner folder under a hidden name, locks it, then renames it into place, so a scan never
+mistakes a folder being created for an orphan. Any process that starts (and every uploader every 30 s) scans
+the others: a folder whose lock it can take belongs to a dead process, so it adopts it (keeping the lock, so no
+one else does), delivers its rows under the dead owner's lease id, and removes it when empty.
+
+`acked` is how far the blob already has the rows. `pending` records the block being appended (part, position,
+spool range) *before* the request goes out, so that after any failure, in this process or the next one, the
+uploader can find out whether that block is in the blob (see `collector.upload`). state.json is replaced
+atomically (write, then rename), so a kill leaves the old or the new state, never a mix. A frame cut short by a
+crash (only possible on power loss: frames go out in one write) fails its length or crc check and ends the segment.
+Nothing is fsynced: a process kill loses nothing, a power cut may lose or repeat the last moments.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import secrets
+import shutil
+import socket
+import struct
+import threading
+import uuid
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("collector")
+
+FRAME = struct.Struct(">III")
+SEGMENT_BYTES = 8 * 1024 * 1024
+
+Position = tuple[int, int]  # (segment number, byte offset)
+
+
+@dataclass
+class Pending:
+    """A block whose append was sent but not confirmed."""
+
+    part: int
+    pos: int
+    start: Position
+    end: Position
+    length: int
+    rows: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "part": self.part,
+            "pos": self.pos,
+            "start": list(self.start),
+            "end": list(self.end),
+            "length": self.length,
+            "rows": self.rows,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Pending:
+        start, end = d["start"], d["end"]
+        return cls(d["part"], d["pos"], (start[0], start[1]), (end[0], end[1]), d["length"], d["rows"])
+
+
+class Destination:
+    """The spooled rows for one target file, and how far they have been delivered."""
+
+    def __init__(self, spool: Spool, path: Path, container: str, folder: str, header: bytes) -> None:
+        self.spool = spool
+        self.path = path
+        self.container = container
+        self.folder = folder
+        self.header = header
+        self.sizes: dict[int, int] = {}  # segment -> bytes written (complete frames only)
+        self.acked: Position = (1, 0)
+        self.pending: Pending | None = None
+        self.part: int | None = None
+        self._fd: int | None = None  # writer's open segment
+        self._wseg = 0
+        self._read_fds: dict[int, int] = {}
+
+    # -- writer side -------------------------------------------------------------------------------------------
+
+    def write(self, payload: bytes) -> None:
+        """Append whole frames to the current segment (writer thread only)."""
+        with self.spool.lock:
+            if self._fd is None or self.sizes.get(self._wseg, 0) >= SEGMENT_BYTES:
+                seg = max(self.sizes) + 1 if self.sizes else self.acked[0]
+                if self._fd is not None:
+                    os.close(self._fd)
+                self._fd = os.open(self._segment_path(seg), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+                self._wseg = seg
+                self.sizes[seg] = 0
+            fd, seg = self._fd, self._wseg
+        view = memoryview(payload)
+        written = 0
+        while written < len(payload):
+            written += os.write(fd, view[written:])
+        # Only now may the uploader read these bytes.
+        with self.spool.lock:
+            self.sizes[seg] += len(payload)
+
+    def end(self) -> Position:
+        with self.spool.lock:
+            if not self.sizes:
+                return self.acked
+            seg = max(self.sizes)
+            return (seg, self.sizes[seg])
+
+    # -- uploader side -----------------------------------------------------------------------------------------
+
+    def has_work(self) -> bool:
+        return self.pending is not None or self.acked < self.end()
+
+    def read_range(self, start: Position, end: Position) -> tuple[bytes, int]:
+        """The CSV bytes and row count of the frames in [start, end) (one segment)."""
+        seg, off = start
+        data, rows, _, _ = self._unframe(self._pread(seg, off, end[1] - off))
+        return data, rows
+
+    def next_block(self, max_bytes: int, stop: Position | None = None) -> tuple[bytes, int, Position, Position] | None:
+        """The next undelivered whole frames before `stop`, at most max_bytes of CSV: (bytes, rows, start, end)."""
+        if self.pending is not None:
+            p = self.pending
+            data, rows = self.read_range(p.start, p.end)
+            return data, rows, p.start, p.end
+        while True:
+            seg, off = self.acked
+            with self.spool.lock:
+                size = self.sizes.get(seg, 0)
+                later = [s for s in self.sizes if s > seg]
+            if stop is not None:
+                if (seg, off) >= stop:
+                    return None
+                if stop[0] == seg:
+                    size = min(size, stop[1])
+                    later = []
+            if off < size:
+                window = min(size - off, max_bytes + FRAME.size * 256)
+                data, rows, used, damaged = self._unframe(self._pread(seg, off, window), max_bytes)
+                if used:
+                    return data, rows, (seg, off), (seg, off + used)
+                # Nothing whole at `off`: only a spool left by a crash can end in a damaged frame.
+                log.error(
+                    "collector: spool segment %s of %s is damaged at offset %d; skipping its rest", seg, self.path, off
+                )
+                with self.spool.lock:
+                    self.sizes[seg] = off
+                self.spool.release_bytes(size - off)
+                if not damaged and not later:
+                    return None
+            if not later:
+                return None
+            self._advance(min(later))
+
+    @staticmethod
+    def _unframe(raw: bytes, max_bytes: int | None = None) -> tuple[bytes, int, int, bool]:
+        """(payloads joined, rows, bytes of whole frames used, damaged) of the frames at the start of raw."""
+        parts: list[bytes] = []
+        rows = total = i = 0
+        while i + FRAME.size <= len(raw):
+            length, n, crc = FRAME.unpack_from(raw, i)
+            body = raw[i + FRAME.size : i + FRAME.size + length]
+            if len(body) < length:
+                break
+            if zlib.crc32(body) != crc:
+                return b"".join(parts), rows, i, True
+            if max_bytes is not None and parts and total + length > max_bytes:
+                break
+            parts.append(body)
+            total += length
+            rows += n
+            i += FRAME.size + length
+        return b"".join(parts), rows, i, False
+
+    def set_pending(self, pending: Pending | None) -> None:
+        self.pending = pending
+        self._save_state()
+
+    def ack(self, end: Position, rows: int, nbytes: int) -> None:
+        """The blob has the rows up to `end`: move past them and forget the pending block."""
+        self.acked = end
+        self.pending = None
+        self._save_state()
+        self.spool.release_bytes(nbytes)
+        with self.spool.lock:
+            done_segments = [s for s in self.sizes if s < end[0]]
+        for seg in done_segments:
+            self._drop_segment(seg)
+
+    def _advance(self, seg: int) -> None:
+        for old in [s for s in self.sizes if s < seg]:
+            self._drop_segment(old)
+        self.acked = (seg, 0)
+        self._save_state()
+
+    def _drop_segment(self, seg: int) -> None:
+        with self.spool.lock:
+            self.sizes.pop(seg, None)
+        fd = self._read_fds.pop(seg, None)
+        if fd is not None:
+            os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._segment_path(seg))
+
+    def _pread(self, seg: int, off: int, n: int) -> bytes:
+        fd = self._read_fds.get(seg)
+        if fd is None:
+            fd = self._read_fds[seg] = os.open(self._segment_path(seg), os.O_RDONLY)
+        return os.pread(fd, n, off)
+
+    def _segment_path(self, seg: int) -> Path:
+        return self.path / f"{seg:08d}.seg"
+
+    def _save_state(self) -> None:
+        state = {
+            "acked": list(self.acked),
+            "pending": self.pending.to_json() if self.pending else None,
+            "part": self.part,
+        }
+        tmp = self.path / "state.json.tmp"
+        tmp.write_text(json.dumps(state))
+        os.replace(tmp, self.path / "state.json")
+
+    def load(self) -> int:
+        """Read state and segments left by a previous owner; returns undelivered bytes."""
+        with contextlib.suppress(FileNotFoundError):
+            state = json.loads((self.path / "state.json").read_text())
+            self.acked = (state["acked"][0], state["acked"][1])
+            self.pending = Pending.from_json(state["pending"]) if state.get("pending") else None
+            self.part = state.get("part")
+        for seg_path in self.path.glob("*.seg"):
+            seg = int(seg_path.stem)
+            if seg < self.acked[0]:
+                seg_path.unlink()
+            else:
+                self.sizes[seg] = seg_path.stat().st_size
+        return sum(self.sizes.values()) - (self.acked[1] if self.acked[0] in self.sizes else 0)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        for fd in self._read_fds.values():
+            os.close(fd)
+        self._read_fds.clear()
+
+
+def frame(chunk: bytes, rows: int) -> bytes:
+    return FRAME.pack(len(chunk), rows, zlib.crc32(chunk)) + chunk
+
+
+def destination_id(container: str, folder: str, header: bytes) -> str:
+    h = hashlib.sha256(b"\0".join([container.encode(), folder.encode(), header])).hexdigest()
+    return h[:24]
+
+
+class Spool:
+    """One owner's spool folder: this process's own, or one adopted from a dead process."""
+
+    def __init__(self, path: Path, lease_id: str, lock_fd: int, own: bool) -> None:
+        self.path = path
+        self.lease_id = lease_id
+        self.own = own
+        self.lock = threading.Lock()
+        self.destinations: dict[str, Destination] = {}
+        self.bytes = 0  # undelivered bytes, frames included
+        self._lock_fd = lock_fd
+
+    @classmethod
+    def create(cls, root: Path) -> Spool:
+        root.mkdir(parents=True, exist_ok=True)
+        name = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
+        hidden = root / f".{name}"
+        hidden.mkdir(mode=0o700)
+        lock_fd = os.open(hidden / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        lease_id = str(uuid.uuid4())
+        (hidden / "owner.json").write_text(json.dumps({"lease_id": lease_id, "pid": os.getpid()}))
+        os.rename(hidden, root / name)
+        return cls(root / name, lease_id, lock_fd, own=True)
+
+    @classmethod
+    def adopt_orphans(cls, root: Path, skip: set[Path]) -> Iterator[Spool]:
+        """Spool folders whose owner is dead, locked for this process; empty ones are removed on the way."""
+        try:
+            entries = list(root.iterdir())
+        except FileNotFoundError:
+            return
+        for path in entries:
+            if path.name.startswith(".") or path in skip or not path.is_dir():
+                continue
+            try:
+                lock_fd = os.open(path / "lock", os.O_RDWR)
+            except OSError:
+                continue
+            try:
+                fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(lock_fd)
+                continue  # alive
+            try:
+                lease_id = json.loads((path / "owner.json").read_text())["lease_id"]
+                spool = cls(path, lease_id, lock_fd, own=False)
+                spool._load()
+            except (OSError, ValueError, KeyError) as exc:
+                log.error("collector: cannot read the orphaned spool %s (%s); leaving it", path, exc)
+                os.close(lock_fd)
+                continue
+            if spool.has_work():
+                yield spool
+            else:
+                spool.remove()
+
+    def _load(self) -> None:
+        for dest_path in self.path.iterdir():
+            meta = dest_path / "destination.json"
+            if not meta.exists():
+                continue
+            info = json.loads(meta.read_text())
+            dest = Destination(self, dest_path, info["container"], info["folder"], info["header"].encode("utf-8"))
+            self.bytes += dest.load()
+            self.destinations[dest_path.name] = dest
+
+    def destination(self, container: str, folder: str, header: bytes) -> Destination:
+        key = destination_id(container, folder, header)
+        dest = self.destinations.get(key)
+        if dest is None:
+            path = self.path / key
+            path.mkdir(exist_ok=True)
+            meta = {"container": container, "folder": folder, "header": header.decode("utf-8")}
+            (path / "destination.json").write_text(json.dumps(meta))
+            dest = Destination(self, path, container, folder, header)
+            dest._save_state()
+            with self.lock:
+                self.destinations[key] = dest
+        return dest
+
+    def add_bytes(self, n: int) -> None:
+        with self.lock:
+            self.bytes += n
+
+    def release_bytes(self, n: int) -> None:
+        with self.lock:
+            self.bytes = max(0, self.bytes - n)
+
+    def has_work(self) -> bool:
+        return any(d.has_work() for d in list(self.destinations.values()))
+
+    def close(self) -> None:
+        for dest in list(self.destinations.values()):
+            dest.close()
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+
+    def remove(self) -> None:
+        """Delete this (fully delivered) folder, then let go of its lock."""
+        for dest in list(self.destinations.values()):
+            dest.close()
+        shutil.rmtree(self.path, ignore_errors=True)
+        self.close()

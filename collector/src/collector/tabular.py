@@ -1,0 +1,303 @@
+"""Turning what a scoring script passes to `collect()` into CSV rows.
+
+Two halves, for two threads. `capture()` runs on the caller's thread and does the least it can: it classifies the
+value by type and takes a snapshot the caller can no longer change (a numpy copy, tuples of the rows). `encode()`
+runs on the spool writer's thread: it checks the shape, names the columns and writes the CSV.
+
+Shapes, as the legacy package wrote them (DESIGN.md section 2), except the list-of-lists defect:
+- a flat list or tuple, a 1-D array, a pandas Series: ONE row;
+- a list of rows (lists, tuples or 1-D arrays), a 2-D array: one row each;
+- a DataFrame: one row per row, its columns are the header when the collector has no `feature_names`;
+- a scalar (number, string, bool): one row of one cell.
+Anything else (a dict, None, a 3-D array, an arbitrary object) is not tabular and is dropped.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+# Capture kinds.
+ROW = 1  # one row: a tuple of cells
+ROWS = 2  # a list of rows (tuples)
+ARRAY = 3  # a numpy array (1-D: one row, 2-D: rows)
+FRAME = 4  # (column names, 2-D numpy array)
+SCALAR = 5  # one cell
+
+# Drop reasons, also the keys of the `rows_dropped` counters.
+NOT_TABULAR = "not_tabular"
+RAGGED = "ragged"
+UNENCODABLE = "unencodable_cell"
+ROW_TOO_LARGE = "row_too_large"
+QUEUE_FULL = "queue_full"
+SPOOL_FULL = "spool_full"
+INTERNAL = "internal_error"
+REASONS = (NOT_TABULAR, RAGGED, UNENCODABLE, ROW_TOO_LARGE, QUEUE_FULL, SPOOL_FULL, INTERNAL)
+
+_EXPLAIN = {
+    NOT_TABULAR: "collect() was given a value that is not a list, numpy array, DataFrame or scalar",
+    RAGGED: "a row has a different number of columns than the first row this collector wrote",
+    UNENCODABLE: "a cell could not be written as CSV text (a nested list, dict or array, or undecodable text)",
+    ROW_TOO_LARGE: "a row is larger than AML_MODEL_DC_MAX_ROW_BYTES",
+    QUEUE_FULL: "rows arrive faster than the spool writer takes them (AML_MODEL_DC_QUEUE_MAX_ROWS)",
+    SPOOL_FULL: "the local spool is full (AML_MODEL_DC_SPOOL_MAX_BYTES) because storage is not taking rows",
+    INTERNAL: "an unexpected error in the collector",
+}
+
+
+def explain(reason: str) -> str:
+    return _EXPLAIN.get(reason, reason)
+
+
+class CollectError(ValueError):
+    """Bad input to `collect()`, raised only in strict mode (`AML_MODEL_DC_STRICT=true` or `strict=True`)."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{explain(reason)}{': ' + detail if detail else ''}")
+
+
+class _Unencodable(Exception):
+    pass
+
+
+_SCALARS = (str, int, float, bool)
+_ROW_TYPES = (list, tuple)
+
+
+def capture(data: Any) -> tuple[int, Any, int]:
+    """Classify and snapshot `data` on the caller's thread: (kind, snapshot, estimated rows).
+
+    Raises CollectError(NOT_TABULAR) for values that cannot be rows.
+    """
+    t = type(data)
+    if t is list or t is tuple:
+        if data and type(data[0]) in _ROW_TYPES:
+            return ROWS, [tuple(r) for r in data], len(data)
+        if data and _is_array(data[0]):
+            return ROWS, [tuple(r.tolist()) for r in data], len(data)
+        return ROW, tuple(data), 1
+    np = sys.modules.get("numpy")
+    if np is not None and isinstance(data, np.ndarray):
+        if data.ndim == 1:
+            return ARRAY, data.copy(), 1
+        if data.ndim == 2:
+            return ARRAY, data.copy(), data.shape[0]
+        if data.ndim == 0:
+            return SCALAR, data.item(), 1
+        raise CollectError(NOT_TABULAR, f"a {data.ndim}-D array")
+    pd = sys.modules.get("pandas")
+    if pd is not None:
+        if isinstance(data, pd.DataFrame):
+            return FRAME, ([str(c) for c in data.columns], data.to_numpy(copy=True)), len(data)
+        if isinstance(data, pd.Series):
+            return ARRAY, data.to_numpy(copy=True), 1
+    if t in _SCALARS or (np is not None and isinstance(data, np.generic)):
+        return SCALAR, data, 1
+    if isinstance(data, Sequence) and not isinstance(data, str | bytes):
+        return capture(list(data))
+    raise CollectError(NOT_TABULAR, f"got {t.__module__}.{t.__qualname__}")
+
+
+def _is_array(x: Any) -> bool:
+    np = sys.modules.get("numpy")
+    return np is not None and isinstance(x, np.ndarray) and x.ndim == 1
+
+
+_NEEDS_QUOTE = re.compile(r'[",\r\n]')
+
+
+def quote(text: str) -> str:
+    """One CSV field (RFC 4180): quoted only when it holds a comma, a quote or a line break."""
+    if _NEEDS_QUOTE.search(text) is None:
+        return text
+    return '"' + text.replace('"', '""') + '"'
+
+
+def _cell(v: Any) -> str:
+    t = type(v)
+    if t is float or t is int or t is bool:
+        return str(v)
+    if t is str:
+        return quote(v)
+    if v is None:
+        return ""
+    if isinstance(v, list | tuple | dict | set | frozenset):
+        raise _Unencodable(f"a {t.__name__} inside a cell")
+    if isinstance(v, bytes | bytearray):
+        try:
+            return quote(bytes(v).decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            raise _Unencodable("bytes that are not UTF-8") from exc
+    np = sys.modules.get("numpy")
+    if np is not None and isinstance(v, np.ndarray):
+        raise _Unencodable("an array inside a cell")
+    try:
+        return quote(str(v))
+    except Exception as exc:
+        raise _Unencodable(f"str() of a {t.__name__} failed: {exc}") from exc
+
+
+# repr() of a float64 is at most 24 characters (-2.2250738585072014e-308); of an int64, 20; of a bool, 5.
+_WIDEST_NUMBER = 25
+
+# How encode() turns a row's cells into text.
+_GENERIC = 0  # any Python values: _cell() each
+_NUMBERS = 1  # Python int, float or bool only: repr() (faster than str(), same text)
+_TEXT = 2  # already CSV-safe strings
+
+
+def _rows_of(kind: int, snap: Any) -> tuple[list[str] | None, list[Sequence[Any]], int]:
+    """(column names from the data or None, rows as sequences, how to write their cells)."""
+    if kind == ROW:
+        return None, [snap], _GENERIC
+    if kind == ROWS:
+        return None, snap, _GENERIC
+    if kind == SCALAR:
+        return None, [(snap,)], _GENERIC
+    if kind == FRAME:
+        columns, values = snap
+        rows, how = _array_rows(values, 2)
+        return columns, rows, how
+    rows, how = _array_rows(snap, snap.ndim)
+    return None, rows, how
+
+
+def _array_rows(values: Any, ndim: int) -> tuple[list[Sequence[Any]], int]:
+    kind = values.dtype.kind
+    if kind == "f" and values.dtype.itemsize < 8:
+        # float32/float16: tolist() widens to float64 and prints 0.1 as 0.10000000149011612; numpy's str() does not.
+        return [[str(x) for x in row] for row in (values if ndim == 2 else [values])], _TEXT
+    listed = values.tolist()
+    how = _NUMBERS if kind in "iubf" else _GENERIC
+    return ([listed] if ndim == 1 else listed), how
+
+
+def column_names(ncols: int, feature_names: Sequence[str] | None, data_columns: Sequence[str] | None) -> list[str]:
+    """Header for `ncols` data columns: feature_names first, then the data's own names, then `feature_<n>`.
+
+    `feature_<n>` uses the 1-based column position, so with 6 names for 10 columns the extra columns are
+    `feature_7` to `feature_10`. A generated name that collides with a given one gets `_` appended.
+    """
+    given = list(feature_names or [])
+    if not given and data_columns:
+        given = list(data_columns)
+    names = [str(n) for n in given[:ncols]]
+    taken = set(names)
+    for i in range(len(names), ncols):
+        name = f"feature_{i + 1}"
+        while name in taken:
+            name += "_"
+        taken.add(name)
+        names.append(name)
+    return names
+
+
+class Encoded:
+    """The CSV of one collect() call: whole-row chunks, rows written, and rows dropped by reason."""
+
+    __slots__ = ("chunks", "dropped", "first_error", "ncols", "rows")
+
+    def __init__(self) -> None:
+        self.chunks: list[tuple[bytes, int]] = []  # (utf-8 CSV of whole rows, row count)
+        self.rows = 0
+        self.dropped: dict[str, int] = {}
+        self.first_error: tuple[str, str] | None = None
+        self.ncols = 0
+
+    def drop(self, reason: str, detail: str, n: int = 1) -> None:
+        self.dropped[reason] = self.dropped.get(reason, 0) + n
+        if self.first_error is None:
+            self.first_error = (reason, detail)
+
+
+def encode(
+    kind: int,
+    snap: Any,
+    *,
+    expected_cols: int | None,
+    suffix: str,
+    max_row_bytes: int,
+    chunk_bytes: int = 1024 * 1024,
+) -> tuple[Encoded, list[str] | None]:
+    """Encode a captured value as CSV rows, each ending in `suffix` (the inputs columns) and a newline.
+
+    `expected_cols` is the collector's column count once fixed (None before its first rows). Returns the result
+    and the data's own column names (a DataFrame's), so the caller can fix the header on the first call.
+    """
+    out = Encoded()
+    data_columns, rows, how = _rows_of(kind, snap)
+    cell = repr if how == _NUMBERS else str if how == _TEXT else _cell
+    if not rows:
+        return out, data_columns
+    ncols = expected_cols if expected_cols is not None else len(rows[0])
+    out.ncols = ncols
+    if ncols == 0:
+        out.drop(RAGGED, "a row with no cells", len(rows))
+        return out, data_columns
+    widest = ncols * _WIDEST_NUMBER + len(suffix) * 4 + 1
+    if how == _NUMBERS and kind in (ARRAY, FRAME) and len(rows[0]) == ncols and widest <= max_row_bytes:
+        # A numeric array: every row has ncols cells of ASCII no longer than _WIDEST_NUMBER, so no row can be
+        # ragged, too large or unencodable; write whole chunks at once (this is most of the writer's time).
+        per_chunk = max(1, chunk_bytes // widest)
+        end = suffix + "\n"
+        for i in range(0, len(rows), per_chunk):
+            part = rows[i : i + per_chunk]
+            text = end.join([",".join(map(repr, row)) for row in part]) + end
+            out.chunks.append((text.encode("utf-8"), len(part)))
+            out.rows += len(part)
+        return out, data_columns
+    lines: list[str] = []
+    size = 0
+    count = 0
+    for row in rows:
+        if len(row) != ncols:
+            out.drop(RAGGED, f"{len(row)} cells where {ncols} were expected")
+            continue
+        try:
+            line = ",".join(map(cell, row)) + suffix
+        except _Unencodable as exc:
+            out.drop(UNENCODABLE, str(exc))
+            continue
+        n = len(line)
+        if n * 4 > max_row_bytes or size + n * 4 > chunk_bytes:
+            # Characters are 1 to 4 bytes: measure exactly only when it could matter.
+            try:
+                n = len(line.encode("utf-8"))
+            except UnicodeEncodeError:
+                out.drop(UNENCODABLE, "text that cannot be encoded as UTF-8")
+                continue
+            if n + 1 > max_row_bytes:
+                out.drop(ROW_TOO_LARGE, f"{n + 1} bytes, limit {max_row_bytes}")
+                continue
+            if lines and size + n + 1 > chunk_bytes:
+                _emit(out, lines, count)
+                lines, size, count = [], 0, 0
+        lines.append(line)
+        size += n + 1
+        count += 1
+    if lines:
+        _emit(out, lines, count)
+    return out, data_columns
+
+
+def _emit(out: Encoded, lines: list[str], count: int) -> None:
+    text = "\n".join(lines) + "\n"
+    try:
+        out.chunks.append((text.encode("utf-8"), count))
+        out.rows += count
+    except UnicodeEncodeError:
+        # A lone surrogate somewhere: find the rows that carry it.
+        for line in lines:
+            try:
+                out.chunks.append(((line + "\n").encode("utf-8"), 1))
+                out.rows += 1
+            except UnicodeEncodeError:
+                out.drop(UNENCODABLE, "text that cannot be encoded as UTF-8")
+
+
+def header_line(names: Sequence[str]) -> bytes:
+    return (",".join(quote(n) for n in names) + "\n").encode("utf-8", "replace")

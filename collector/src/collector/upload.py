@@ -1,0 +1,252 @@
+"""Delivering spooled rows to append blobs, each row exactly once, with many writers and retries.
+
+The file of one model, designation and day is an append blob, `<folder>/data.csv`, shared by every replica and
+process that collects for it. An append block is atomic, and every block we append holds whole rows only, so rows
+are never split or interleaved. The protocol for one file:
+
+1. Create the blob if missing (`If-None-Match: *`; 409 means someone else did).
+2. Take a 15 s lease on it with this spool's lease id (409 `LeaseAlreadyPresent`: another writer is busy; come back
+   in a moment). While we hold the lease no one else can append, so whatever the blob holds past the length we read
+   next was written by us.
+3. Read its length L and committed block count C. An empty blob gets the header first, as block 1 at position 0.
+4. Before each append, record in the spool the block's part, position L and spool range (`pending`). Then append
+   it with `appendpos = L` and the lease. On success, record the new acked position (the row is now delivered).
+5. After any failure whose outcome is unknown (a timeout, a reset connection, a 5xx, a crash of this process, a
+   412 on the position), we must not append a second copy. The next attempt, after taking the lease again (the
+   same lease id, even in the next process, which adopts the dead one's spool and its id), reads the blob:
+   if it is at least L + n long and bytes [L, L+n) equal our block, the block is in and is acked; otherwise it is
+   not, and the *same* block is sent again at the new length. Sending exactly the same bytes again matters: if
+   the first request were still in flight and landed at L, the retry (also at L) is refused and the check finds it.
+6. The SDK's own retries are turned off (they would append a second copy); this module retries, with backoff.
+
+Roll-over: Azure allows 50,000 committed blocks per append blob (409 `BlockCountExceedsLimit`); we roll over at
+`AML_MODEL_DC_MAX_BLOCKS_PER_BLOB` (default 50,000, small in tests). The parts of a file are `data.csv`, then
+`data_0001.csv`, `data_0002.csv`, ... in the same folder, each with one header row; one listing of
+`<folder>/data` finds them all, in order. A writer that learns of a newer part (a full blob, or a listing when it
+starts) moves on to it; a part is never written again once full.
+
+What is left: if this process stalls longer than the lease (15 s) between sending a block and checking it, and
+another writer appends a block with byte-identical rows at exactly that position meanwhile, the check would take
+theirs for ours and our copy would be lost. Inputs rows carry a unique correlation id, so for them it cannot
+happen; for other designations it needs a stall past the lease plus identical content at the same offset.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import time
+from collections.abc import Callable
+
+from azure.core.exceptions import AzureError, HttpResponseError, ResourceExistsError, ResourceNotFoundError
+from azure.storage.blob import BlobClient, BlobLeaseClient, BlobServiceClient, ContainerClient
+
+from collector.config import AZURE_MAX_APPEND_BLOCK_BYTES
+from collector.spool import Destination, Pending
+
+log = logging.getLogger("collector")
+
+LEASE_SECONDS = 15
+# Give the lease back and let other writers in after this long, even with more rows to send.
+HOLD_SECONDS = 5.0
+
+_PART = re.compile(r"^data(?:_(\d{4,}))?\.csv$")
+
+DONE, BUSY, FAILED = "done", "busy", "failed"
+
+
+def part_name(folder: str, part: int) -> str:
+    """`data.csv` for part 0, then `data_0001.csv`, `data_0002.csv`, ..."""
+    return f"{folder}/data.csv" if part == 0 else f"{folder}/data_{part:04d}.csv"
+
+
+def part_of(name: str) -> int | None:
+    m = _PART.match(name.rsplit("/", 1)[-1])
+    if m is None:
+        return None
+    return int(m.group(1)) if m.group(1) else 0
+
+
+class _Unknown(Exception):
+    """The outcome of a request is unknown, or storage cannot be reached: retry later."""
+
+
+class Uploader:
+    """Appends spooled blocks to blob storage (used by one uploader thread)."""
+
+    def __init__(
+        self,
+        connection_string: str,
+        *,
+        max_blocks: int,
+        on_delivered: Callable[[int, int], None],
+        on_rollover: Callable[[str], None] = lambda name: None,
+        request_timeout: float = 10.0,
+    ) -> None:
+        self.service = BlobServiceClient.from_connection_string(
+            connection_string,
+            retry_total=0,  # the SDK's retries could append a block twice; we retry ourselves
+            connection_timeout=min(5.0, request_timeout),
+            read_timeout=request_timeout,
+        )
+        self.max_blocks = max_blocks
+        self.on_delivered = on_delivered
+        self.on_rollover = on_rollover
+        self._containers: dict[str, ContainerClient] = {}
+        self._existing: set[tuple[str, str]] = set()
+        self.last_error = ""
+
+    def close(self) -> None:
+        self.service.close()
+
+    def _container(self, name: str) -> ContainerClient:
+        client = self._containers.get(name)
+        if client is None:
+            client = self.service.get_container_client(name)
+            try:
+                client.create_container()
+            except ResourceExistsError:
+                pass
+            except HttpResponseError as exc:
+                raise _Unknown(f"cannot create container {name}: {_code(exc)}") from exc
+            self._containers[name] = client
+        return client
+
+    def deliver(self, dest: Destination, lease_id: str, budget: float = HOLD_SECONDS) -> str:
+        """Send what `dest` has spooled, for up to `budget` seconds: DONE, BUSY (lease held elsewhere) or FAILED.
+
+        Raises nothing: FAILED means retry later; the reason has been logged by the caller via the exception text
+        kept in `self.last_error`.
+        """
+        self.last_error = ""
+        try:
+            return self._deliver(dest, lease_id, time.monotonic() + budget)
+        except (_Unknown, AzureError, OSError) as exc:
+            self.last_error = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+            return FAILED
+
+    def _deliver(self, dest: Destination, lease_id: str, deadline: float) -> str:
+        container = self._container(dest.container)
+        if dest.part is None:
+            dest.part = self._latest_part(container, dest.folder)
+        if dest.pending is not None and dest.pending.part != dest.part:
+            dest.part = dest.pending.part  # settle the pending block in its own part first
+        while True:
+            blob = container.get_blob_client(part_name(dest.folder, dest.part))
+            status = self._with_lease(blob, dest, lease_id, deadline)
+            if status != "rolled":
+                return status
+            if not dest.has_work():
+                return DONE  # the next part is created when there are rows for it
+
+    def _latest_part(self, container: ContainerClient, folder: str) -> int:
+        parts = [part_of(b) for b in container.list_blob_names(name_starts_with=f"{folder}/data")]
+        return max((p for p in parts if p is not None), default=0)
+
+    def _with_lease(self, blob: BlobClient, dest: Destination, lease_id: str, deadline: float) -> str:
+        key = (blob.container_name, blob.blob_name)
+        if key not in self._existing:
+            try:
+                blob.create_append_blob(if_none_match="*")
+            except ResourceExistsError:
+                pass
+            except HttpResponseError as exc:
+                if exc.status_code not in (409, 412):
+                    raise _Unknown(f"create {blob.blob_name}: {_code(exc)}") from exc
+            self._existing.add(key)
+        lease = BlobLeaseClient(blob, lease_id=lease_id)
+        try:
+            lease.acquire(lease_duration=LEASE_SECONDS)
+        except ResourceExistsError:
+            return BUSY
+        except ResourceNotFoundError:
+            self._existing.discard(key)  # deleted under us: create it again next time
+            raise _Unknown(f"{blob.blob_name} disappeared") from None
+        try:
+            return self._append_all(blob, dest, lease_id, deadline)
+        finally:
+            with contextlib.suppress(AzureError):  # if not, it expires by itself
+                lease.release()
+
+    def _append_all(self, blob: BlobClient, dest: Destination, lease_id: str, deadline: float) -> str:
+        props = blob.get_blob_properties(lease=lease_id)
+        length, blocks = props.size, props.append_blob_committed_block_count or 0
+        if length == 0:
+            length, blocks = self._append_header(blob, dest.header, lease_id)
+        if dest.pending is not None:
+            length, blocks = self._settle(blob, dest, lease_id, length, blocks)
+        stop = dest.end()  # this round sends what is spooled now, in blocks as large as they can be
+        while time.monotonic() < deadline:
+            # A block still pending is resent to its own part first, even past our (soft) limit: moving it to
+            # the next part while the first request might still land would write it twice.
+            if dest.pending is None and blocks >= self.max_blocks:
+                return self._roll(dest)
+            block = dest.next_block(AZURE_MAX_APPEND_BLOCK_BYTES, stop)
+            if block is None:
+                return DONE
+            data, rows, start, end = block
+            dest.set_pending(Pending(dest.part or 0, length, start, end, len(data), rows))
+            try:
+                result = blob.append_block(data, appendpos_condition=length, lease=lease_id)
+            except HttpResponseError as exc:
+                code = _code(exc)
+                if code == "BlockCountExceedsLimit":
+                    dest.set_pending(None)  # refused: nothing was written
+                    return self._roll(dest)
+                if code == "AppendPositionConditionNotMet":
+                    # Under our lease only our own earlier attempt can have moved the end: settle, then go on.
+                    before = length
+                    length, blocks = self._settle(blob, dest, lease_id, *self._size(blob, lease_id))
+                    if length == before:
+                        raise _Unknown(f"append to {blob.blob_name}: position {length} refused twice") from exc
+                    continue
+                raise _Unknown(f"append to {blob.blob_name}: {code}") from exc
+            except AzureError as exc:
+                raise _Unknown(f"append to {blob.blob_name}: {type(exc).__name__}") from exc
+            self._acked(dest, start, end, rows, len(data))
+            length += len(data)
+            committed = result.get("blob_committed_block_count")
+            blocks = committed if isinstance(committed, int) else blocks + 1
+        return DONE
+
+    def _settle(self, blob: BlobClient, dest: Destination, lease_id: str, length: int, blocks: int) -> tuple[int, int]:
+        """Find out whether the pending block is in the blob: ack it if so, keep it (to resend) if not."""
+        p = dest.pending
+        assert p is not None
+        if length >= p.pos + p.length:
+            data, rows = dest.read_range(p.start, p.end)
+            there = blob.download_blob(offset=p.pos, length=p.length, lease=lease_id).readall()
+            if there == data:
+                self._acked(dest, p.start, p.end, rows, len(data))
+                return length, blocks
+        # Not in: resend the same block at the current end.
+        return length, blocks
+
+    def _append_header(self, blob: BlobClient, header: bytes, lease_id: str) -> tuple[int, int]:
+        try:
+            blob.append_block(header, appendpos_condition=0, lease=lease_id)
+        except HttpResponseError as exc:
+            if _code(exc) != "AppendPositionConditionNotMet":
+                raise _Unknown(f"header of {blob.blob_name}: {_code(exc)}") from exc
+        return self._size(blob, lease_id)
+
+    @staticmethod
+    def _size(blob: BlobClient, lease_id: str) -> tuple[int, int]:
+        props = blob.get_blob_properties(lease=lease_id)
+        return props.size, props.append_blob_committed_block_count or 0
+
+    def _roll(self, dest: Destination) -> str:
+        dest.part = (dest.part or 0) + 1
+        dest.set_pending(dest.pending)  # persist the part
+        self.on_rollover(part_name(dest.folder, dest.part))
+        return "rolled"
+
+    def _acked(self, dest: Destination, start: tuple[int, int], end: tuple[int, int], rows: int, nbytes: int) -> None:
+        self.on_delivered(rows, nbytes)  # first: flush() returns as soon as it sees the ack
+        dest.ack(end, rows, end[1] - start[1])
+
+
+def _code(exc: HttpResponseError) -> str:
+    code = getattr(exc, "error_code", None)  # set by the storage SDK on its errors
+    return str(getattr(code, "value", code) or exc.status_code)

@@ -1,0 +1,191 @@
+"""Delivery to blob storage (Azurite): layout, exactly-once under faults, outages, bounds and roll-over."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+
+import numpy as np
+import pytest
+from conftest import read_files, rows_of, wait_for
+
+import collector
+from collector import ModelDataCollector, config
+
+HEADER = ["writer", "seq", "payload"]
+
+
+def day_folder(workspace: str, designation: str, ts: float | None = None) -> str:
+    t = time.gmtime(ts or time.time())
+    return f"{workspace}/svc/best_model/3/{designation}/{t.tm_year:04d}/{t.tm_mon:02d}/{t.tm_mday:02d}"
+
+
+def assert_exactly_once(files: dict[str, str], expected: list[list[str]]) -> None:
+    """Every part starts with the header, has it once, and the rows are the expected ones, each once."""
+    seen: list[tuple[str, ...]] = []
+    for name in sorted(files):
+        rows = rows_of(files[name])
+        assert rows[0] == HEADER, name
+        assert HEADER not in rows[1:], f"a second header in {name}"
+        seen += [tuple(r) for r in rows[1:]]
+    dupes = [row for row, n in Counter(seen).items() if n > 1]
+    assert not dupes, f"{len(dupes)} rows twice, e.g. {dupes[:3]}"
+    assert sorted(seen) == sorted(tuple(r) for r in expected)
+
+
+def test_it_writes_the_legacy_path_with_one_header_within_seconds(configure, blobs, workspace) -> None:
+    configure()
+    inputs = ModelDataCollector("best_model", designation="inputs", feature_names=["feat1", "feat2"])
+    predictions = ModelDataCollector("best_model", designation="predictions", feature_names=["prediction"])
+    started = time.monotonic()
+    for i in range(3):
+        corr = inputs.collect([[i, i + 0.5]])
+        predictions.collect(predictions.add_correlations([i * 10], corr))
+    # No flush: the uploader delivers by itself, within a few flush intervals.
+    wait_for(lambda: len(read_files(blobs, workspace)) == 2, timeout=10, message="both files")
+    wait_for(lambda: all(t.count("\n") == 4 for t in read_files(blobs, workspace).values()), 10, "all rows")
+    assert time.monotonic() - started < 5
+    files = read_files(blobs, workspace)
+    assert set(files) == {
+        f"{day_folder(workspace, 'inputs')}/data.csv",
+        f"{day_folder(workspace, 'predictions')}/data.csv",
+    }
+    inputs_rows = rows_of(files[f"{day_folder(workspace, 'inputs')}/data.csv"])
+    prediction_rows = rows_of(files[f"{day_folder(workspace, 'predictions')}/data.csv"])
+    assert inputs_rows[0][:3] == ["feat1", "feat2", "$aml_dc_correlation_id"]
+    assert prediction_rows[0] == [
+        "prediction",
+        "$aml_dc_correlation_id",
+        "$aml_dc_scoring_timestamp",
+        "$aml_request_id",
+    ]
+    # Inputs and predictions of one request join on the correlation id.
+    by_id = {r[2]: r[:2] for r in inputs_rows[1:]}
+    assert [by_id[r[1]] for r in prediction_rows[1:]] == [["0", "0.5"], ["1", "1.5"], ["2", "2.5"]]
+    stats = collector.stats()
+    assert stats["rows_collected"] == stats["rows_delivered"] == 6
+    assert stats["spool_bytes"] == 0
+
+
+def test_it_writes_one_file_per_hour_with_the_hour_boundary(configure, blobs, workspace) -> None:
+    configure(**{config.BOUNDARY: "hour"})
+    ModelDataCollector("best_model", designation="labels").collect([1, 2])
+    assert collector.flush(10)
+    t = time.gmtime()
+    (name,) = read_files(blobs, workspace)
+    assert name == f"{day_folder(workspace, 'labels')}/{t.tm_hour:02d}/data.csv"
+
+
+def test_it_delivers_each_row_once_through_resets_500s_and_timeouts(configure, proxy, proxy_url, blobs, workspace):
+    configure(**{config.STORAGE: proxy_url})
+    proxy.add("reset_before", every=3, times=4)
+    proxy.add("error_500", every=4, times=4)
+    proxy.add("reset_after", every=3, times=4)  # committed, but the client never hears so
+    proxy.add("stall_after", every=5, times=2)  # committed, answered after the client gave up
+    dc = ModelDataCollector("best_model", designation="predictions", feature_names=HEADER)
+    expected = []
+    for i in range(60):
+        dc.collect(["w", i, f"row {i}"])
+        expected.append(["w", str(i), f"row {i}"])
+        if i % 3 == 2:
+            assert collector.flush(30)  # one block per flush: many appends, many faults
+    assert sum(r.hits for r in proxy.rules) >= 10
+    assert proxy.count("reset_after") >= 3
+    files = read_files(blobs, workspace)
+    assert_exactly_once(files, expected)
+    # Each block holds whole rows in order: the file reads back in collect() order.
+    assert [r[1] for r in rows_of(next(iter(files.values())))[1:]] == [str(i) for i in range(60)]
+    assert collector.stats()["upload_failures"] >= 10
+
+
+def test_it_waits_out_an_outage_then_delivers(configure, proxy, proxy_url, blobs, workspace) -> None:
+    configure(**{config.STORAGE: proxy_url})
+    proxy.refusing = True
+    dc = ModelDataCollector("best_model", designation="predictions", feature_names=HEADER)
+    for i in range(100):
+        dc.collect(["w", i, "during outage"])
+    wait_for(lambda: collector.stats()["last_error"], message="an upload error")
+    assert not collector.flush(0.5)
+    stats = collector.stats()
+    assert stats["rows_delivered"] == 0
+    assert stats["spool_bytes"] > 0
+    assert "Connection" in stats["last_error"] or "connection" in stats["last_error"]
+    proxy.refusing = False
+    assert collector.flush(30)
+    assert_exactly_once(read_files(blobs, workspace), [["w", str(i), "during outage"] for i in range(100)])
+    assert collector.stats()["spool_bytes"] == 0
+
+
+def test_it_bounds_the_spool_and_counts_what_it_drops(configure, proxy, proxy_url, blobs, workspace) -> None:
+    configure(**{config.STORAGE: proxy_url, config.SPOOL_MAX_BYTES: "4096"})
+    proxy.refusing = True
+    dc = ModelDataCollector("best_model", designation="predictions", feature_names=HEADER)
+    for i in range(500):
+        dc.collect(["w", i, "x" * 40])
+    assert collector.engine.current().spool_now()
+    stats = collector.stats()
+    assert stats["rows_dropped"]["spool_full"] > 0
+    assert stats["spool_bytes"] <= 4096
+    assert stats["rows_spooled"] + stats["rows_dropped"]["spool_full"] == 500
+    proxy.refusing = False
+    assert collector.flush(30)
+    delivered = rows_of(next(iter(read_files(blobs, workspace).values())))[1:]
+    assert len(delivered) == stats["rows_spooled"]
+    assert [int(r[1]) for r in delivered] == list(range(len(delivered)))  # the oldest rows were kept
+
+
+def test_it_bounds_the_memory_queue(configure) -> None:
+    configure(**{config.QUEUE_MAX_ROWS: "50"})
+    dc = ModelDataCollector("best_model", designation="predictions")
+    dc.collect(np.zeros((100, 2)))
+    assert collector.stats()["rows_dropped"]["queue_full"] == 100
+
+
+def test_it_rolls_over_to_predictable_part_names(configure, blobs, workspace) -> None:
+    configure(**{config.MAX_BLOCKS_PER_BLOB: "3"})  # the header and two blocks of rows per part
+    dc = ModelDataCollector("best_model", designation="predictions", feature_names=HEADER)
+    expected = []
+    for i in range(7):
+        dc.collect(["w", i, "p"])
+        expected.append(["w", str(i), "p"])
+        assert collector.flush(10)
+    folder = day_folder(workspace, "predictions")
+    container = blobs.get_container_client("modeldata")
+    names = list(container.list_blob_names(name_starts_with=f"{folder}/data"))  # one listing finds every part
+    assert names == [f"{folder}/data.csv", *(f"{folder}/data_{n:04d}.csv" for n in (1, 2, 3))]
+    files = read_files(blobs, workspace)
+    assert_exactly_once(files, expected)
+    assert [len(rows_of(files[n])) for n in names] == [3, 3, 3, 2]
+    assert collector.stats()["parts_rolled"] == 3
+
+
+def test_it_turns_on_and_off_without_a_restart(configure, base_env, blobs, workspace) -> None:
+    configure(**{config.ENABLED: "false"})
+    dc = ModelDataCollector("best_model", designation="predictions", feature_names=HEADER)
+    dc.collect(["w", 0, "while off"])
+    collector.reconfigure({**base_env, config.ENABLED: "true"})
+    dc.collect(["w", 1, "while on"])
+    assert collector.flush(10)
+    assert_exactly_once(read_files(blobs, workspace), [["w", "1", "while on"]])
+
+
+def test_collectors_of_one_file_share_it(configure, blobs, workspace) -> None:
+    configure()
+    a = ModelDataCollector("best_model", designation="predictions", feature_names=HEADER)
+    b = ModelDataCollector("best_model", designation="predictions", feature_names=HEADER)
+    a.collect(["a", 1, "x"])
+    b.collect(["b", 1, "y"])
+    assert collector.flush(10)
+    assert_exactly_once(read_files(blobs, workspace), [["a", "1", "x"], ["b", "1", "y"]])
+
+
+@pytest.mark.parametrize("rows", [1, 100])
+def test_it_delivers_large_volumes_in_big_blocks(configure, blobs, workspace, rows) -> None:
+    configure()
+    dc = ModelDataCollector("best_model", designation="predictions")
+    for _ in range(2000 // rows):
+        dc.collect(np.ones((rows, 10)) if rows > 1 else [1.0] * 10)
+    assert collector.flush(30)
+    stats = collector.stats()
+    assert stats["rows_delivered"] == 2000
+    assert stats["blocks_appended"] < 20

@@ -1,0 +1,254 @@
+"""What collect() writes for each input shape, read from debug mode's standard output (no storage needed)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import rows_of
+
+import collector
+from collector import CollectError, ModelDataCollector, config
+
+INPUT_EXTRAS = [
+    "$aml_dc_correlation_id",
+    "$aml_dc_scoring_timestamp",
+    "$aml_dc_boundary",
+    "$aml_workspace",
+    "$aml_service_name",
+    "$aml_model_name",
+    "$aml_model_version",
+    "$aml_request_id",
+]
+
+
+@pytest.fixture
+def debug(configure):
+    return configure(**{config.DEBUG: "true"})
+
+
+def printed(capsys: pytest.CaptureFixture[str]) -> list[list[str]]:
+    return rows_of(capsys.readouterr().out)
+
+
+@pytest.mark.usefixtures("debug")
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        ([1.5, 2, "a"], [["1.5", "2", "a"]]),
+        ((1, 2, 3), [["1", "2", "3"]]),
+        ([[1, 2, 3], [4, 5, 6]], [["1", "2", "3"], ["4", "5", "6"]]),
+        ([(1, "x"), (2, "y")], [["1", "x"], ["2", "y"]]),
+        (np.array([0.25, 0.5, 0.75]), [["0.25", "0.5", "0.75"]]),
+        (np.array([[1, 2], [3, 4]]), [["1", "2"], ["3", "4"]]),
+        (np.array([[1.0, "a,b"], [2.0, 'say "hi"']], dtype=object), [["1.0", "a,b"], ["2.0", 'say "hi"']]),
+        (np.array(["x", "y"]), [["x", "y"]]),
+        (np.array([0.1, 0.2], dtype=np.float32), [["0.1", "0.2"]]),
+        ([np.array([1, 2]), np.array([3, 4])], [["1", "2"], ["3", "4"]]),
+        (pd.Series([1.0, 2.0]), [["1.0", "2.0"]]),
+        (7, [["7"]]),
+        ("text", [["text"]]),
+        ([True, None, "multi\nline"], [["True", "", "multi\nline"]]),
+    ],
+    ids=[
+        "flat-list-one-row",
+        "tuple-one-row",
+        "list-of-lists-rows",
+        "list-of-tuples-rows",
+        "1d-array-one-row",
+        "2d-array-rows",
+        "object-array",
+        "string-array",
+        "float32",
+        "list-of-arrays",
+        "series-one-row",
+        "scalar",
+        "string-scalar",
+        "bool-none-newline",
+    ],
+)
+def test_it_writes_each_shape(data, expected, capsys) -> None:
+    dc = ModelDataCollector("best_model", designation="predictions")
+    dc.collect(data)
+    out = printed(capsys)
+    assert out[0] == [f"feature_{i + 1}" for i in range(len(expected[0]))]
+    assert out[1:] == expected
+
+
+def test_it_uses_dataframe_columns_as_header(debug, capsys) -> None:
+    dc = ModelDataCollector("best_model", designation="signals")
+    dc.collect(pd.DataFrame({"age": [30, 40], "city": ["Oslo", "Rome"]}))
+    assert printed(capsys) == [["age", "city"], ["30", "Oslo"], ["40", "Rome"]]
+
+
+def test_it_prefers_feature_names_over_dataframe_columns(debug, capsys) -> None:
+    dc = ModelDataCollector("best_model", designation="signals", feature_names=["a", "b"])
+    dc.collect(pd.DataFrame({"age": [30], "city": ["Oslo"]}))
+    assert printed(capsys) == [["a", "b"], ["30", "Oslo"]]
+
+
+def test_it_writes_all_columns_when_feature_names_are_fewer(debug, capsys) -> None:
+    names = ["f1", "f2", "f3", "f4", "f5", "f6"]
+    dc = ModelDataCollector("best_model", designation="general", feature_names=names)
+    dc.collect(np.arange(10.0))
+    out = printed(capsys)
+    assert out[0] == [*names, "feature_7", "feature_8", "feature_9", "feature_10"]
+    assert out[1] == [str(float(i)) for i in range(10)]
+
+
+def test_it_appends_inputs_columns_and_returns_correlations(debug, capsys, workspace) -> None:
+    dc = ModelDataCollector("best_model", designation="inputs", feature_names=["feat1", "feat2"])
+    with collector.request_context("req-42"):
+        corr = dc.collect([[1, 2], [3, 4]])
+    out = printed(capsys)
+    assert out[0] == ["feat1", "feat2", *INPUT_EXTRAS]
+    assert set(corr) == {"$aml_dc_correlation_id", "$aml_dc_scoring_timestamp", "$aml_request_id"}
+    for row in out[1:]:
+        assert row[2:] == [
+            corr["$aml_dc_correlation_id"],
+            corr["$aml_dc_scoring_timestamp"],
+            "1440",
+            workspace,
+            "svc",
+            "best_model",
+            "3",  # from AML_MODEL_DC_MODEL_VERSIONS
+            "req-42",
+        ]
+    assert [r[:2] for r in out[1:]] == [["1", "2"], ["3", "4"]]
+    assert dc.collect([5, 6], user_correlation_id="mine")["$aml_dc_correlation_id"] == "mine"
+
+
+def test_it_writes_boundary_60_with_hour_boundary(configure, capsys) -> None:
+    configure(**{config.DEBUG: "true", config.BOUNDARY: "hour"})
+    ModelDataCollector("best_model", designation="inputs").collect([1])
+    assert printed(capsys)[1][3] == "60"
+
+
+def test_it_gives_each_call_its_own_correlation_id(debug) -> None:
+    dc = ModelDataCollector("best_model", designation="inputs")
+    ids = {dc.collect([1])["$aml_dc_correlation_id"] for _ in range(1000)}
+    assert len(ids) == 1000
+    assert all(len(i) == 36 and i.count("-") == 4 for i in ids)
+
+
+@pytest.mark.parametrize(
+    "prediction",
+    [np.array([0.9, 0.1]), [0.9, 0.1], pd.DataFrame({"p0": [0.9], "p1": [0.1]})],
+    ids=["array", "list", "dataframe"],
+)
+def test_it_adds_correlations_to_predictions(debug, capsys, prediction) -> None:
+    inputs_dc = ModelDataCollector("best_model", designation="inputs", feature_names=["x"])
+    prediction_dc = ModelDataCollector("best_model", designation="predictions", feature_names=["p0", "p1"])
+    corr = inputs_dc.collect([3.0])
+    capsys.readouterr()
+    prediction_dc.collect(prediction_dc.add_correlations(prediction, corr))
+    out = printed(capsys)
+    assert out[0] == ["p0", "p1", "$aml_dc_correlation_id", "$aml_dc_scoring_timestamp", "$aml_request_id"]
+    assert out[1] == ["0.9", "0.1", corr["$aml_dc_correlation_id"], corr["$aml_dc_scoring_timestamp"], ""]
+
+
+def test_it_adds_correlations_to_each_row(debug) -> None:
+    dc = ModelDataCollector("best_model", designation="predictions")
+    corr = {"$aml_dc_correlation_id": "c"}
+    assert dc.add_correlations([[1], [2]], corr) == [[1, "c"], [2, "c"]]
+    assert dc.add_correlations(np.array([[1], [2]]), corr).tolist() == [[1, "c"], [2, "c"]]
+    assert dc.add_correlations([1, 2], None) == [1, 2]
+
+
+def test_it_accepts_the_legacy_constructor(debug, capsys) -> None:
+    # Positional arguments in the 0.1.0a21 order, identifier= of the versions before 0.1.0a16.
+    dc = ModelDataCollector("best_model", "inputs", ["a"], "s/r/w", "svc", "7", "default")
+    assert dc.designation == "inputs"
+    assert ModelDataCollector("best_model", identifier="predictions").designation == "predictions"
+    assert ModelDataCollector("best_model").designation == "general"
+    assert ModelDataCollector("best_model", designation="default").designation == "general"
+    assert ModelDataCollector("best_model", designation="xgbc_predictions").designation == "xgbc_predictions"
+
+
+@pytest.mark.parametrize("bad", ["..", ".", "a/b", "a\\b", "nul\x00", " x", "tab\there"])
+def test_it_refuses_unsafe_designations_in_the_constructor(bad) -> None:
+    with pytest.raises(ValueError, match="path segment"):
+        ModelDataCollector("best_model", designation=bad)
+
+
+def test_it_refuses_both_designation_and_identifier() -> None:
+    with pytest.raises(ValueError, match="not both"):
+        ModelDataCollector("m", designation="inputs", identifier="predictions")
+
+
+def test_legacy_import_path_is_the_same_class() -> None:
+    from azureml.monitoring import ModelDataCollector as Legacy
+
+    assert Legacy is ModelDataCollector
+
+
+@pytest.mark.parametrize(
+    ("first", "bad", "reason"),
+    [
+        (None, {"a": 1}, "not_tabular"),
+        (None, None, "not_tabular"),
+        (None, np.zeros((2, 2, 2)), "not_tabular"),
+        ([1, 2], [[1, 2], [1, 2, 3]], "ragged"),
+        ([1, 2], [3, 4, 5], "ragged"),
+        (None, [1, [2, 3]], "unencodable_cell"),
+        (None, [1, {"k": "v"}], "unencodable_cell"),
+        (None, [b"\xff"], "unencodable_cell"),
+        (None, ["\ud800"], "unencodable_cell"),
+        (None, ["x" * 5000], "row_too_large"),
+    ],
+)
+def test_it_drops_bad_input_counts_it_and_never_raises(configure, capsys, caplog, first, bad, reason) -> None:
+    configure(**{config.DEBUG: "true", config.MAX_ROW_BYTES: "4096"})
+    dc = ModelDataCollector("best_model", designation="predictions")
+    if first is not None:
+        dc.collect(first)
+    with caplog.at_level(logging.WARNING, logger="collector"):
+        dc.collect(bad)
+        dc.collect(bad)
+    dropped = collector.stats()["rows_dropped"]
+    assert dropped[reason] >= 2
+    messages = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
+    assert len(messages) == 1, messages  # one message per kind, then only counted
+    assert "Further drops" in messages[0]
+
+
+def test_it_keeps_the_good_rows_of_a_batch(debug, capsys) -> None:
+    dc = ModelDataCollector("best_model", designation="predictions")
+    dc.collect([[1, 2], [3], [4, 5], [6, [7]]])
+    assert printed(capsys)[1:] == [["1", "2"], ["4", "5"]]
+    assert collector.stats()["rows_dropped"]["ragged"] == 1
+    assert collector.stats()["rows_dropped"]["unencodable_cell"] == 1
+
+
+@pytest.mark.parametrize(
+    ("bad", "reason"),
+    [({"a": 1}, "not_tabular"), ([[1], [1, 2]], "ragged"), ([1, [2]], "unencodable_cell")],
+)
+def test_strict_mode_raises(configure, bad, reason) -> None:
+    configure(**{config.STRICT: "true", config.ENABLED: "false"})
+    dc = ModelDataCollector("best_model", designation="predictions")
+    with pytest.raises(CollectError) as info:
+        dc.collect(bad)
+    assert info.value.reason == reason
+
+
+def test_strict_argument_raises_even_with_collection_off(configure) -> None:
+    configure(**{config.ENABLED: "false"})
+    with pytest.raises(CollectError):
+        ModelDataCollector("best_model", strict=True).collect([[1, [2]]])
+
+
+def test_off_is_a_cheap_no_op(configure) -> None:
+    configure(**{config.ENABLED: "false"})
+    threads = threading.active_count()
+    dc = ModelDataCollector("best_model", designation="inputs")
+    corr = dc.collect(np.zeros((3, 3)))
+    assert corr is not None  # scripts may pass it on to add_correlations()
+    assert dc.collect({"not": "tabular"}) is not None
+    assert threading.active_count() == threads
+    stats = collector.stats()
+    assert stats["mode"] == "off"
+    assert stats["rows_collected"] == 0
