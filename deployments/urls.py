@@ -1,6 +1,6 @@
 from django.urls import path
 
-from deployments import api, views
+from deployments import api, data_views, views
 
 app_name = "deployments"
 
@@ -8,12 +8,18 @@ workspace_urls = [
     path("w/<int:workspace_id>/deployments/", views.service_list, name="service-list"),
     path("w/<int:workspace_id>/deployments/new/", views.service_create, name="service-create"),
     path("w/<int:workspace_id>/audit/", views.audit_log, name="audit-log"),
+    path("w/<int:workspace_id>/data/", data_views.data_browser, name="data-browser"),
+    path("w/<int:workspace_id>/data/preview/", data_views.data_preview, name="data-preview"),
+    path("w/<int:workspace_id>/data/download/", data_views.data_download, name="data-download"),
 ]
 
 service_urls = [
     path("services/<int:service_id>/", views.service_detail, name="service-detail"),
     path("services/<int:service_id>/status/", views.service_status, name="service-status"),
     path("services/<int:service_id>/edit/", views.service_edit, name="service-edit"),
+    path("services/<int:service_id>/data/", data_views.service_data, name="service-data"),
+    path("services/<int:service_id>/data/summary/", data_views.service_data_summary, name="service-data-summary"),
+    path("services/<int:service_id>/data/join/", data_views.service_data_join, name="service-data-join"),
 ]
 
 api_urls = [

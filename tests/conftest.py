@@ -21,6 +21,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 from azure.storage.blob import BlobServiceClient, ContainerClient
 
+import collector
 import devstack
 from deployments.models import Membership, Workspace
 from tests.factories import MembershipFactory, UserFactory, WorkspaceFactory
@@ -104,6 +105,38 @@ def blob_container(azurite: str, settings: Any) -> Iterator[ContainerClient]:
     settings.BLOB_CONTAINER = name
     yield container
     container.delete_container()
+
+
+@pytest.fixture
+def collecting(blob_container: ContainerClient, azurite: str, workspace: Workspace, tmp_path: Path) -> Iterator[None]:
+    """The collector as a scoring process of the service `churn` runs it, writing into this test's container."""
+    collector.reconfigure(
+        {
+            "AML_MODEL_DC_STORAGE_ENABLED": "true",
+            "AML_MODEL_DC_STORAGE": azurite,
+            "AML_MODEL_DC_CONTAINER": blob_container.container_name,
+            "AML_MODEL_DC_WORKSPACE": workspace.path,
+            "SERVICE_NAME": "churn",
+            "AML_MODEL_DC_MODEL_VERSIONS": '{"best_model": "1"}',
+            "AML_MODEL_DC_SPOOL_DIR": str(tmp_path / "spool"),
+            "AML_MODEL_DC_FLUSH_INTERVAL": "0.1",
+        }
+    )
+    yield
+    collector.reconfigure({})
+
+
+def collect_rows(rows: list[list[Any]]) -> list[str]:
+    inputs = collector.ModelDataCollector("best_model", designation="inputs", feature_names=["age", "plan"])
+    predictions = collector.ModelDataCollector("best_model", designation="predictions", feature_names=["churn"])
+    """Collect each row as one request's input, and its prediction with the request's correlation values."""
+    ids = []
+    for row in rows:
+        correlations = inputs.collect([row])
+        predictions.collect(predictions.add_correlations([[1 if row[0] > 40 else 0]], correlations))
+        ids.append(correlations["$aml_dc_correlation_id"])
+    assert collector.flush(20)
+    return ids
 
 
 # --- Redis and a real Celery worker --------------------------------------------------------------------------

@@ -1,0 +1,116 @@
+"""Collected-data pages against Azurite: a listing page of a folder holding 10,000 blobs, and the preview of the
+first 100 rows of a 200 MB blob beside a full download of the same blob. One command, one run, one table:
+
+    .venv/bin/python bench/data_bench.py [--blobs 10000] [--megabytes 200] [--repeat 15]
+
+The pages are requested through Django's test client (URL routing, access checks, templates and all), logged in,
+against a private Azurite and a throwaway SQLite database.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+
+def timed(fn, repeat: int) -> list[float]:  # type: ignore[no-untyped-def]
+    fn()  # warm-up: connections, template caches
+    samples = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - started) * 1000)
+    return samples
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--blobs", type=int, default=10_000)
+    parser.add_argument("--megabytes", type=int, default=200)
+    parser.add_argument("--repeat", type=int, default=15)
+    args = parser.parse_args()
+
+    import devstack
+
+    azurite = devstack.start_azurite()
+    var = Path(tempfile.mkdtemp(prefix="tributary-bench-"))
+    os.environ.update(DEBUG="true", VAR_DIR=str(var), BLOB_CONNECTION_STRING=azurite.url, LOG_LEVEL="WARNING")
+    os.environ.pop("DATABASE_URL", None)
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
+    import django
+
+    django.setup()
+    from azure.storage.blob import BlobServiceClient
+    from django.conf import settings
+    from django.core.management import call_command
+    from django.test import Client
+    from django.test.utils import setup_test_environment
+    from django.urls import reverse
+
+    from deployments import blobs
+    from deployments.models import Membership, Workspace
+
+    setup_test_environment()
+    settings.ALLOWED_HOSTS = ["testserver"]
+    call_command("migrate", verbosity=0)
+    user = django.contrib.auth.get_user_model().objects.create_user("bench", password="bench")  # type: ignore[attr-defined]
+    workspace = Workspace.objects.create(subscription_id="sub", resource_group="rg", name="ws")
+    Membership.objects.create(workspace=workspace, user=user, role=Membership.Role.OWNER)
+    client = Client()
+    client.force_login(user)
+
+    container = BlobServiceClient.from_connection_string(azurite.url).get_container_client(settings.BLOB_CONTAINER)
+    container.create_container()
+    folder = f"{workspace.path}/many/best_model/1/inputs/2026/11"
+    print(f"uploading {args.blobs} small blobs and one {args.megabytes} MB blob to Azurite ...", file=sys.stderr)
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda i: container.upload_blob(f"{folder}/{i:05d}.csv", b"a,b\n1,2\n"), range(args.blobs)))
+    row = b"0.123456,0.654321,text-value-of-some-length,42,-1.5,2026-11-24T00:00:00Z\n"
+    body = b"f1,f2,f3,f4,f5,ts\n" + row * (args.megabytes * 1024 * 1024 // len(row))
+    container.upload_blob(f"{workspace.path}/big/data.csv", body)
+
+    browse_url = reverse("deployments:data-browser", args=[workspace.pk])
+    preview_url = reverse("deployments:data-preview", args=[workspace.pk])
+
+    def listing_page() -> None:
+        response = client.get(browse_url, {"path": "many/best_model/1/inputs/2026/11"})
+        assert response.status_code == 200 and len(response.context["entries"]) == 200
+
+    def preview_page() -> None:
+        response = client.get(preview_url, {"blob": "big/data.csv", "rows": "100"})
+        assert response.status_code == 200 and len(response.context["head"].rows) == 100
+
+    def full_download() -> None:
+        size, chunks = blobs.stream(f"{workspace.path}/big/data.csv")
+        assert sum(len(c) for c in chunks) == size
+
+    results = [
+        (f"listing page: 200 of {args.blobs:,} blobs", timed(listing_page, args.repeat), 200),
+        (f"preview page: first 100 rows (+ last 100) of {args.megabytes} MB", timed(preview_page, args.repeat), 150),
+        (f"full download of the same {args.megabytes} MB blob", timed(full_download, max(3, args.repeat // 5)), None),
+    ]
+    azurite.stop()
+
+    print(f"\nmachine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; Azurite 3.35 in memory")
+    print(f"{'measurement':58} {'median ms':>10} {'p95 ms':>8} {'target':>8}")
+    for name, samples, target in results:
+        p95 = sorted(samples)[max(0, round(len(samples) * 0.95) - 1)]
+        median = statistics.median(samples)
+        verdict = "" if target is None else (f"< {target}" + (" ok" if median < target else " MISSED"))
+        print(f"{name:58} {median:10.1f} {p95:8.1f} {verdict:>8}")
+    download = statistics.median(results[2][1])
+    print(f"\npreview / full download: {statistics.median(results[1][1]) / download:.3f} of the time")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,137 @@
+"""A service's collected rows over time, and the join of one request's input and prediction rows.
+
+Neither reads whole files to count: the summary takes each day's file sizes from listings and turns them into
+rows with the average row size of one sampled file per designation (exact where the sample was the whole file).
+The join scans the files of one day, stopping at the row it looks for.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+
+from django import forms
+
+from deployments import blobs, preview
+from deployments.models import Service
+
+CORRELATION_COLUMN = "$aml_dc_correlation_id"
+JOIN_SCAN_LIMIT = 512 * 1024 * 1024  # bytes one join may read before it gives up with a clear message
+# <model>/<version>/<designation>/<yyyy>/<mm>/<dd>/[<HH>/]data[_NNNN].csv below the service's folder.
+FILE = re.compile(
+    r"^(?P<model>[^/]+)/(?P<version>[^/]+)/(?P<designation>[^/]+)/(?P<y>\d{4})/(?P<m>\d{2})/(?P<d>\d{2})/"
+    r"(?:\d{2}/)?data(?:_\d{4,})?\.csv$"
+)
+
+
+@dataclass
+class Series:
+    designation: str
+    counts: list[int]
+    exact: bool = True
+    bars: list[tuple[int, int, int, date, int]] = field(default_factory=list)  # x, y, height, day, count
+
+
+@dataclass
+class Summary:
+    days: list[date]
+    series: list[Series]
+
+
+def _service_files(service: Service, days: list[date]) -> list[tuple[dict[str, str], blobs.Entry]]:
+    """The collected files of `service` on `days`: one listing per model version, designation and month."""
+    root = f"{service.workspace.path}/{service.name}/"
+    months = sorted({(d.year, d.month) for d in days})
+    found = []
+    for model in blobs.list_folder(root).entries:
+        for version in blobs.list_folder(model.name).entries:
+            for designation in blobs.list_folder(version.name).entries:
+                if not designation.is_folder:
+                    continue
+                for year, month in months:
+                    for entry in blobs.list_blobs(f"{designation.name}{year:04d}/{month:02d}/"):
+                        match = FILE.match(entry.name[len(root) :])
+                        if match:
+                            found.append((match.groupdict(), entry))
+    return found
+
+
+def _average_row_bytes(name: str) -> tuple[float, int, bool]:
+    """Average bytes per row and header bytes, from the head of one file; exact when that was the whole file."""
+    sample = preview.head(name, 1000)
+    header_bytes = len((",".join(sample.header) + "\n").encode())
+    if not sample.rows:
+        return 1.0, header_bytes, sample.complete
+    body = sample.bytes_read - header_bytes if sample.complete else _bytes_of(sample)
+    return max(body / len(sample.rows), 1.0), header_bytes, sample.complete
+
+
+def _bytes_of(sample: preview.Preview) -> int:
+    return sum(len((",".join(row) + "\n").encode()) for row in sample.rows)
+
+
+def rows_per_day(service: Service, start: date, end: date) -> Summary:
+    days = [start + timedelta(days=i) for i in range((end - start).days + 1)]
+    index = {day: i for i, day in enumerate(days)}
+    sizes: dict[str, list[list[tuple[str, int]]]] = {}
+    for parts, entry in _service_files(service, days):
+        day = date(int(parts["y"]), int(parts["m"]), int(parts["d"]))
+        if day in index:
+            per_day = sizes.setdefault(parts["designation"], [[] for _ in days])
+            per_day[index[day]].append((entry.name, entry.size or 0))
+    series = []
+    for designation, per_day in sorted(sizes.items()):
+        newest = next(files[0][0] for files in reversed(per_day) if files)
+        average, header_bytes, exact = _average_row_bytes(newest)
+        only_newest = sum(len(files) for files in per_day) == 1
+        counts = [sum(max(size - header_bytes, 0) for _, size in files) for files in per_day]
+        series.append(Series(designation, [round(c / average) for c in counts], exact and only_newest))
+    _layout(series, days)
+    return Summary(days, series)
+
+
+def _layout(series: list[Series], days: list[date], width: int = 600, height: int = 80) -> None:
+    """Bar positions for the server-rendered SVG chart: one bar per day, scaled to the series' busiest day."""
+    step = width // max(len(days), 1)
+    for s in series:
+        top = max(s.counts, default=0) or 1
+        s.bars = []
+        for i, (day, count) in enumerate(zip(days, s.counts, strict=True)):
+            bar = round(height * count / top)
+            s.bars.append((i * step, height - bar, bar, day, count))
+
+
+class JoinForm(forms.Form):
+    correlation_id = forms.CharField(max_length=200, label="Correlation id")
+    day = forms.DateField(label="Day", widget=forms.DateInput(attrs={"type": "date"}))
+
+
+@dataclass
+class Joined:
+    rows: dict[str, list[tuple[str, str]]]  # designation: the row's (column, value) pairs
+    scanned_bytes: int
+    gave_up: bool
+
+
+def join(service: Service, correlation_id: str, day: date) -> Joined:
+    """The rows of every designation that carry `correlation_id` on `day`: the request's inputs and predictions."""
+    found: dict[str, list[tuple[str, str]]] = {}
+    scanned = 0
+    for parts, entry in _service_files(service, [day]):
+        if date(int(parts["y"]), int(parts["m"]), int(parts["d"])) != day or parts["designation"] in found:
+            continue
+        if scanned + (entry.size or 0) > JOIN_SCAN_LIMIT:
+            return Joined(found, scanned, gave_up=True)
+        scanned += entry.size or 0
+        _, chunks = blobs.stream(entry.name)
+        rows = preview.iter_rows(chunks)
+        header = next(rows, [])
+        if CORRELATION_COLUMN not in header:
+            continue
+        column = header.index(CORRELATION_COLUMN)
+        for row in rows:
+            if len(row) > column and row[column] == correlation_id:
+                found[parts["designation"]] = list(zip(header, row, strict=False))
+                break
+    return Joined(found, scanned, gave_up=False)

@@ -1,0 +1,242 @@
+"""The collected-data pages, on rows that the real collector wrote to Azurite."""
+
+from __future__ import annotations
+
+import csv
+import io
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from azure.storage.blob import ContainerClient
+from django.test import Client
+from django.urls import reverse
+
+from deployments.models import Service, Workspace
+from tests.conftest import collect_rows
+from tests.factories import ServiceFactory
+
+TODAY = datetime.now(UTC)
+DAY = TODAY.strftime("%Y/%m/%d")
+
+
+@pytest.fixture
+def service(workspace: Workspace) -> Service:
+    return ServiceFactory(workspace=workspace, name="churn", collect_model_data=True)
+
+
+def _inputs_blob() -> str:
+    return f"churn/best_model/1/inputs/{DAY}/data.csv"
+
+
+def _browse(client: Client, workspace: Workspace, path: str = "", **params: str) -> Any:
+    return client.get(reverse("deployments:data-browser", args=[workspace.pk]), {"path": path, **params})
+
+
+def _preview(client: Client, workspace: Workspace, blob: str, **params: str) -> Any:
+    return client.get(reverse("deployments:data-preview", args=[workspace.pk]), {"blob": blob, **params})
+
+
+def test_it_navigates_by_prefix_down_to_the_day(
+    client: Client, alice: Any, workspace: Workspace, collecting: None
+) -> None:
+    collect_rows([[30, "basic"]])
+    client.force_login(alice)
+
+    assert b">churn/</a>" in _browse(client, workspace).content
+    assert b">inputs/</a>" in _browse(client, workspace, "churn/best_model/1").content
+    day = _browse(client, workspace, f"churn/best_model/1/inputs/{DAY}")
+    assert b">data.csv</a>" in day.content
+    assert f'?blob={_inputs_blob()}"'.encode() in day.content
+    # Breadcrumbs back up each level.
+    assert b'?path=churn/best_model/1/inputs"' in day.content
+
+
+def test_it_pages_a_large_folder_with_continuation_tokens(
+    client: Client, alice: Any, workspace: Workspace, blob_container: ContainerClient, monkeypatch: Any
+) -> None:
+    from deployments import data_views
+
+    monkeypatch.setattr(data_views, "PAGE_SIZE", 5)
+    for i in range(12):
+        blob_container.upload_blob(f"{workspace.path}/many/f{i:02}.csv", b"a\n1\n")
+    client.force_login(alice)
+
+    first = _browse(client, workspace, "many")
+    token = first.context["next_token"]
+    second = _browse(client, workspace, "many", token=token)
+    third = _browse(client, workspace, "many", token=second.context["next_token"])
+
+    assert [e.leaf for e, _ in first.context["entries"]] == [f"f{i:02}.csv" for i in range(5)]
+    assert [e.leaf for e, _ in third.context["entries"]] == ["f10.csv", "f11.csv"]
+    assert third.context["next_token"] is None
+    assert b"Next page" in first.content
+
+
+def test_it_previews_the_head_with_types_and_empty_counts(
+    client: Client, alice: Any, workspace: Workspace, collecting: None
+) -> None:
+    collect_rows([[30, "basic"], [55, ""], [41, "pro"]])
+    client.force_login(alice)
+
+    response = _preview(client, workspace, _inputs_blob())
+
+    head = response.context["head"]
+    assert head.header[:3] == ["age", "plan", "$aml_dc_correlation_id"]
+    assert [r[:2] for r in head.rows] == [["30", "basic"], ["55", ""], ["41", "pro"]]
+    columns = {c.name: (c.type, c.empty) for c in head.columns}
+    assert columns["age"] == ("number", 0)
+    assert columns["plan"] == ("text", 1)
+    assert response.context["tail"] is None  # the whole file fit in the preview
+
+
+def test_it_previews_head_and_tail_of_a_large_file_reading_only_those_bytes(
+    client: Client, alice: Any, workspace: Workspace, blob_container: ContainerClient
+) -> None:
+    body = "i,x\n" + "".join(f"{i},{'y' * 50}\n" for i in range(200_000))  # about 11 MB
+    blob_container.upload_blob(f"{workspace.path}/big/data.csv", body.encode())
+    client.force_login(alice)
+
+    response = _preview(client, workspace, "big/data.csv", rows="10")
+
+    head, tail = response.context["head"], response.context["tail"]
+    assert [r[0] for r in head.rows] == [str(i) for i in range(10)]
+    assert [r[0] for r in tail.rows] == [str(i) for i in range(199_990, 200_000)]
+    assert head.bytes_read + tail.bytes_read <= 2 * 64 * 1024
+    assert head.size == len(body)
+
+
+def test_it_escapes_cells_headers_and_blob_names(
+    client: Client, alice: Any, workspace: Workspace, blob_container: ContainerClient
+) -> None:
+    name = "<img src=x onerror=alert(1)>.csv"
+    blob_container.upload_blob(f"{workspace.path}/x/{name}", b'"<script>h</script>",b\n"<script>alert(1)</script>",2\n')
+    client.force_login(alice)
+
+    listing = _browse(client, workspace, "x")
+    page = _preview(client, workspace, f"x/{name}")
+
+    assert b"&lt;img src=x onerror=alert(1)&gt;.csv" in listing.content
+    assert b"<img" not in listing.content
+    assert b"&lt;script&gt;alert(1)&lt;/script&gt;" in page.content
+    assert b"&lt;script&gt;h&lt;/script&gt;" in page.content
+    assert b"<script>alert" not in page.content
+    assert b"<script>h" not in page.content
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "..",
+        "../other-ws",
+        "churn/../../x",
+        "churn/./x",
+        "/..",
+        "churn//x",
+        "a\\..\\b",
+        "%2e%2e/x",
+        "%252e%252E/x",
+        "churn%2F..%2F..",
+        "churn/\x00x",
+    ],
+)
+def test_it_refuses_paths_outside_the_workspace(
+    client: Client, alice: Any, workspace: Workspace, blob_container: Any, path: str
+) -> None:
+    client.force_login(alice)
+
+    assert _browse(client, workspace, path).status_code == 404
+    assert _preview(client, workspace, path).status_code == 404
+    download = client.get(reverse("deployments:data-download", args=[workspace.pk]), {"blob": path})
+    assert download.status_code == 404
+
+
+def test_outsiders_get_404_and_no_data(
+    client: Client, charlie: Any, workspace: Workspace, service: Service, collecting: None
+) -> None:
+    collect_rows([[30, "basic"]])
+    client.force_login(charlie)
+
+    assert _browse(client, workspace).status_code == 404
+    assert _preview(client, workspace, _inputs_blob()).status_code == 404
+    assert (
+        client.get(reverse("deployments:data-download", args=[workspace.pk]), {"blob": _inputs_blob()}).status_code
+        == 404
+    )
+    assert client.get(reverse("deployments:service-data-summary", args=[service.pk])).status_code == 404
+    assert client.get(reverse("deployments:service-data-join", args=[service.pk])).status_code == 404
+
+
+def test_it_downloads_the_raw_blob_streamed(client: Client, bob: Any, workspace: Workspace, collecting: None) -> None:
+    collect_rows([[30, "basic"], [50, "pro"]])
+    client.force_login(bob)
+
+    response = client.get(reverse("deployments:data-download", args=[workspace.pk]), {"blob": _inputs_blob()})
+
+    assert response.streaming
+    body = b"".join(response.streaming_content).decode()
+    assert body.startswith("age,plan,$aml_dc_correlation_id")
+    assert len(body.splitlines()) == 3
+    assert response["Content-Length"] == str(len(body.encode()))
+    assert "attachment" in response["Content-Disposition"]
+
+
+def test_it_exports_excel_safe_csv(
+    client: Client, alice: Any, workspace: Workspace, blob_container: ContainerClient
+) -> None:
+    rows = [["a", "b", "c"], ["=1+2", "-1.5", "+SUM(A1)"], ["@cmd", "\tx", "plain"], ["-2", "1e5", "-x"]]
+    out = io.StringIO()
+    csv.writer(out).writerows(rows)
+    blob_container.upload_blob(f"{workspace.path}/f/data.csv", out.getvalue().encode())
+    client.force_login(alice)
+
+    response = client.get(
+        reverse("deployments:data-download", args=[workspace.pk]), {"blob": "f/data.csv", "format": "excel"}
+    )
+
+    exported = list(csv.reader(io.StringIO(b"".join(response.streaming_content).decode())))
+    assert exported == [
+        ["a", "b", "c"],
+        ["'=1+2", "-1.5", "'+SUM(A1)"],
+        ["'@cmd", "'\tx", "plain"],
+        ["-2", "1e5", "'-x"],
+    ]
+
+
+def test_it_joins_the_input_and_prediction_rows_of_one_request(
+    client: Client, alice: Any, service: Service, collecting: None
+) -> None:
+    ids = collect_rows([[30, "basic"], [55, "pro"], [41, "pro"]])
+    client.force_login(alice)
+
+    response = client.get(
+        reverse("deployments:service-data-join", args=[service.pk]),
+        {"correlation_id": ids[1], "day": TODAY.strftime("%Y-%m-%d")},
+    )
+
+    rows = response.context["result"].rows
+    assert dict(rows["inputs"])["age"] == "55"
+    assert dict(rows["predictions"])["churn"] == "1"
+    assert dict(rows["predictions"])["$aml_dc_correlation_id"] == ids[1]
+
+
+def test_it_charts_rows_per_day_and_designation(client: Client, alice: Any, service: Service, collecting: None) -> None:
+    collect_rows([[20 + i, "basic"] for i in range(7)])
+    client.force_login(alice)
+
+    response = client.get(reverse("deployments:service-data-summary", args=[service.pk]))
+
+    series = {s.designation: s for s in response.context["summary"].series}
+    assert series["inputs"].counts[-1] == 7
+    assert series["predictions"].counts[-1] == 7
+    assert sum(series["inputs"].counts) == 7
+    assert b"<svg" in response.content
+    assert f"{TODAY:%Y-%m-%d}: 7 rows".encode() in response.content
+
+
+def test_a_service_links_to_its_own_data(client: Client, alice: Any, service: Service) -> None:
+    client.force_login(alice)
+
+    response = client.get(reverse("deployments:service-data", args=[service.pk]))
+
+    assert response["Location"] == reverse("deployments:data-browser", args=[service.workspace_id]) + "?path=churn"
