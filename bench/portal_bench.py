@@ -95,21 +95,25 @@ def main() -> None:
 
     def deployments_page() -> None:
         response = client.get(services_url, {"page": "40"})
-        assert response.status_code == 200 and len(response.context["page"].object_list) == 50
+        assert response.status_code == 200
+        assert len(response.context["page"].object_list) == 50
 
     def deployments_filtered() -> None:
         response = client.get(services_url, {"q": "svc-0499", "state": "Healthy"}, headers={"HX-Request": "true"})
-        assert response.status_code == 200 and len(response.context["page"].object_list) == 10
+        assert response.status_code == 200
+        assert len(response.context["page"].object_list) == 10
 
     preview_url = reverse("deployments:data-preview", args=[workspace.pk])
 
     def listing_page() -> None:
         response = client.get(browse_url, {"path": "many/best_model/1/inputs/2026/11"})
-        assert response.status_code == 200 and len(response.context["entries"]) == 200
+        assert response.status_code == 200
+        assert len(response.context["entries"]) == 200
 
     def preview_page() -> None:
         response = client.get(preview_url, {"blob": "big/data.csv", "rows": "100"})
-        assert response.status_code == 200 and len(response.context["head"].rows) == 100
+        assert response.status_code == 200
+        assert len(response.context["head"].rows) == 100
 
     def full_download() -> None:
         size, chunks = blobs.stream(f"{workspace.path}/big/data.csv")
