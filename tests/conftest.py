@@ -335,6 +335,21 @@ def kubeconfig(kube: Any, tmp_path: Path) -> Path:
     return path
 
 
+@pytest.fixture
+def cluster(workspace: Workspace, kubeconfig: Path) -> Any:
+    """A Kubernetes compute target of the workspace: the test server, namespace `ml`."""
+    from deployments.models import ComputeTarget
+    from tests.factories import ComputeTargetFactory
+
+    return ComputeTargetFactory(
+        workspace=workspace,
+        name="aks",
+        kind=ComputeTarget.Kind.KUBERNETES,
+        kubeconfig_path=str(kubeconfig),
+        namespace="ml",
+    )
+
+
 # --- Chromium ------------------------------------------------------------------------------------------------
 
 

@@ -3,7 +3,6 @@ through a real worker for what only a process can show (a worker killed in the m
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,18 +12,7 @@ from kubernetes import client as k8s
 from deployments import actions, tasks
 from deployments.models import AuditEvent, ComputeTarget, Service, ServiceUpdate, Workspace
 from tests.conftest import wait_until
-from tests.factories import ComputeTargetFactory, ModelFactory, ServiceFactory
-
-
-@pytest.fixture
-def cluster(workspace: Workspace, kubeconfig: Path) -> ComputeTarget:
-    return ComputeTargetFactory(
-        workspace=workspace,
-        name="aks",
-        kind=ComputeTarget.Kind.KUBERNETES,
-        kubeconfig_path=str(kubeconfig),
-        namespace="ml",
-    )
+from tests.factories import ModelFactory, ServiceFactory
 
 
 @pytest.fixture

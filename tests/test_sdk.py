@@ -2,27 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
 from kubernetes import client as k8s
 
 from deployments.models import ApiToken, ComputeTarget, Workspace
-from tests.factories import ComputeTargetFactory, ModelFactory, ServiceFactory
+from tests.factories import ModelFactory, ServiceFactory
 from tributary_sdk import AksWebservice, InferenceConfig, Model, Webservice, WebserviceException
 from tributary_sdk import Workspace as SdkWorkspace
-
-
-@pytest.fixture
-def cluster(workspace: Workspace, kubeconfig: Path) -> ComputeTarget:
-    return ComputeTargetFactory(
-        workspace=workspace,
-        name="aks",
-        kind=ComputeTarget.Kind.KUBERNETES,
-        kubeconfig_path=str(kubeconfig),
-        namespace="ml",
-    )
 
 
 @pytest.fixture
