@@ -1,0 +1,262 @@
+"""The scoring runtime's WSGI application: one per worker process.
+
+    GET  /         liveness: 200 "Healthy" as soon as the worker runs (even while init() works)
+    GET  /ready    200 once init() has returned in every worker; 503 with the reason before
+    GET  /status   JSON: request counts, latency percentiles, the collector's counters, the workers
+    POST /score    the body, as a string, to run(); its return value answered as JSON
+
+The script is imported and its init() called in a background thread, so the probes answer during a long model
+load. A score request that arrives before init() has returned waits for it (up to `INIT_WAIT` seconds). run()
+raising is answered 500 with the exception's message, and logged with its traceback; the collector never raises
+into run(), so a collection problem never fails a request.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from http import HTTPStatus
+from typing import Any
+
+import collector
+from scoring import script as scripts
+from scoring.config import Settings
+from scoring.stats import WorkerStatus
+
+log = logging.getLogger("scoring")
+
+INIT_WAIT = 60.0
+MAX_REQUEST_ID = 100  # characters, as azmlinfsrv
+PROBES = (("GET", "/"), ("HEAD", "/"), ("GET", "/ready"), ("HEAD", "/ready"))
+
+Response = tuple[int, list[tuple[str, str]], bytes, str]
+
+_STATUS_LINES = {s.value: f"{s.value} {s.phrase}" for s in HTTPStatus}
+_JSON = ("Content-Type", "application/json")
+_TEXT = ("Content-Type", "text/plain; charset=utf-8")
+
+
+def _json_default(value: Any) -> Any:
+    """JSON for what scoring scripts commonly return besides plain Python: numpy and pandas values, bytes, dates."""
+    to_dict = getattr(value, "to_dict", None)
+    if callable(to_dict) and hasattr(value, "columns"):  # a pandas DataFrame: a list of row objects
+        return to_dict(orient="records")
+    tolist = getattr(value, "tolist", None)  # numpy arrays and scalars, pandas Series
+    if callable(tolist):
+        return tolist()
+    if isinstance(value, bytes | bytearray):
+        return value.decode("utf-8", errors="replace")
+    if isinstance(value, set | frozenset | tuple):
+        return list(value)
+    isoformat = getattr(value, "isoformat", None)
+    if callable(isoformat):
+        return isoformat()
+    raise TypeError(f"run() returned a {type(value).__name__}, which cannot be answered as JSON")
+
+
+def _error(status: int, message: str, **extra: Any) -> Response:
+    body = json.dumps({"message": message, **extra}).encode()
+    return status, [_JSON], body, message
+
+
+class ScoringApp:
+    """Serves one entry script in this process. `start()` loads it; `handle(environ)` answers one request."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        status: WorkerStatus,
+        *,
+        on_fatal: Callable[[str], None] | None = None,
+        telemetry: str = "off",
+    ) -> None:
+        self.settings = settings
+        self.status = status
+        self.telemetry = telemetry
+        self.script: scripts.EntryScript | None = None
+        self.failure = ""
+        self._ready = threading.Event()
+        self._on_fatal = on_fatal
+        # One run() at a time by default, as the legacy runtime: scripts keep module globals and are rarely thread-safe.
+        n = settings.run_concurrency
+        self._gate: Any = threading.Lock() if n == 1 else threading.BoundedSemaphore(n)
+
+    # -- loading -------------------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Import the script and call init() in a background thread (the probes answer meanwhile)."""
+        threading.Thread(target=self._load, name="scoring-init", daemon=True).start()
+
+    def _load(self) -> None:
+        started = time.monotonic()
+        stage = "loading the entry script raised"
+        try:
+            loaded = scripts.load(self.settings.entry_script)
+            stage = "init() raised"
+            log.info("calling init() of %s", loaded.path)
+            loaded.init()
+        except BaseException as exc:  # SystemExit and KeyboardInterrupt from a script are failures too
+            reason = f"{stage} {type(exc).__name__}: {exc}".rstrip(": ")
+            log.error("init failed", exc_info=exc)
+            # The compute drivers look for this marker to report why the service failed.
+            log.error("FAILED: %s", reason)
+            self.failure = reason
+            self.status.init_error = reason
+            self.status.publish()
+            self._ready.set()
+            if self._on_fatal is not None:
+                self._on_fatal(reason)
+            return
+        self.script = loaded
+        self.status.ready = True
+        self.status.publish()
+        self._ready.set()
+        log.info("init() returned in %.2fs; ready", time.monotonic() - started)
+
+    def wait_ready(self, timeout: float) -> bool:
+        return self._ready.wait(timeout) and self.script is not None
+
+    # -- requests ------------------------------------------------------------------------------------------------
+
+    def handle(self, environ: dict[str, Any]) -> Response:
+        path = environ.get("PATH_INFO") or "/"
+        method = environ.get("REQUEST_METHOD", "GET")
+        if path == "/score":
+            if method != "POST":
+                self.status.requests.request()
+                status, headers, body, message = _error(405, "use POST /score")
+                return status, [*headers, ("Allow", "POST")], body, message
+            return self._score(environ)
+        self.status.requests.request()
+        if method not in ("GET", "HEAD"):
+            return _error(405, f"{method} is not allowed on {path}")
+        if path == "/":
+            return 200, [_TEXT], b"Healthy", ""
+        if path == "/ready":
+            if self.failure:
+                return _error(503, self.failure)
+            if not self.status.all_ready():
+                return _error(
+                    503, "init() has not returned yet" if self.script is None else "other workers are loading"
+                )
+            return 200, [_TEXT], b"Ready", ""
+        if path == "/status":
+            return 200, [_JSON], json.dumps(self.status_document()).encode(), ""
+        return _error(404, f"no such path: {path}")
+
+    def status_document(self) -> dict[str, Any]:
+        doc = self.status.status()
+        doc["failure"] = self.failure or None
+        doc["entry_script"] = self.settings.entry_script
+        doc["model_dir"] = os.environ.get("AZUREML_MODEL_DIR") or None
+        doc["workers_configured"] = self.settings.workers
+        doc["telemetry"] = self.telemetry
+        return doc
+
+    def _score(self, environ: dict[str, Any]) -> Response:
+        started = time.perf_counter()
+        request_id = environ.get("HTTP_X_REQUEST_ID") or str(uuid.uuid4())
+        environ["scoring.request_id"] = request_id
+        bytes_in = 0
+        if len(request_id) > MAX_REQUEST_ID:
+            response = _error(431, f"x-request-id must not exceed {MAX_REQUEST_ID} characters")
+        else:
+            response, bytes_in = self._run(environ, request_id)
+            headers = response[1]
+            headers.append(("x-request-id", request_id))
+            headers.append(("x-ms-request-id", environ.get("HTTP_X_MS_REQUEST_ID") or request_id))
+        self.status.requests.score(response[0], time.perf_counter() - started, bytes_in, len(response[2]))
+        return response
+
+    def _run(self, environ: dict[str, Any], request_id: str) -> tuple[Response, int]:
+        loaded = self.script
+        if loaded is None:
+            if not self.wait_ready(INIT_WAIT):
+                return _error(503, self.failure or "the model is still loading: init() has not returned"), 0
+            loaded = self.script
+            assert loaded is not None
+        raw_length = environ.get("CONTENT_LENGTH") or ""
+        limit = self.settings.max_request_bytes
+        stream = environ["wsgi.input"]
+        if raw_length:
+            try:
+                length = int(raw_length)
+            except ValueError:
+                return _error(400, "Content-Length is not a number"), 0
+            if length > limit:
+                return _error(413, f"the body is larger than {limit} bytes"), 0
+            raw = stream.read(length) if length else b""
+        else:  # chunked, or no body
+            raw = stream.read(limit + 1)
+            if len(raw) > limit:
+                return _error(413, f"the body is larger than {limit} bytes"), len(raw)
+        try:
+            body = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            return _error(400, f"the body cannot be decoded as UTF-8: {exc}"), len(raw)
+        headers = _headers(environ) if loaded.wants_headers else None
+        run_started = time.perf_counter()
+        with self._gate, collector.request_context(request_id):
+            try:
+                result = loaded.call(body, headers)
+            except scripts.BadInput as exc:
+                return _error(400, str(exc)), len(raw)
+            except Exception as exc:
+                message = str(exc) or type(exc).__name__
+                log.error("run() raised %s: %s (request %s)", type(exc).__name__, message, request_id, exc_info=exc)
+                status, hdrs, out, msg = _error(500, message, error=type(exc).__name__)
+                return (status, [*hdrs, ("x-ms-run-function-failed", "True")], out, msg), len(raw)
+        elapsed_ms = (time.perf_counter() - run_started) * 1000
+        try:
+            out = json.dumps(result, default=_json_default).encode()
+        except (TypeError, ValueError) as exc:
+            log.error("run() returned an answer that is not JSON (request %s): %s", request_id, exc)
+            return _error(500, str(exc), error=type(exc).__name__), len(raw)
+        return (200, [_JSON, ("x-ms-run-fn-exec-ms", f"{elapsed_ms:.3f}")], out, ""), len(raw)
+
+
+def _headers(environ: dict[str, Any]) -> dict[str, str]:
+    out = {k[5:].replace("_", "-").title(): v for k, v in environ.items() if k.startswith("HTTP_")}
+    if environ.get("CONTENT_TYPE"):
+        out["Content-Type"] = environ["CONTENT_TYPE"]
+    if environ.get("CONTENT_LENGTH"):
+        out["Content-Length"] = environ["CONTENT_LENGTH"]
+    return out
+
+
+def wsgi(handle: Callable[[dict[str, Any]], Response]) -> Callable[[dict[str, Any], Any], Iterable[bytes]]:
+    """A WSGI application around a handler."""
+
+    def application(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        status, headers, body, _ = handle(environ)
+        headers.append(("Content-Length", str(len(body))))
+        start_response(_STATUS_LINES[status], headers)
+        return [body] if environ.get("REQUEST_METHOD") != "HEAD" else [b""]
+
+    return application
+
+
+def build(
+    settings: Settings,
+    status: WorkerStatus,
+    *,
+    on_fatal: Callable[[str], None] | None = None,
+    exporter: Any = None,
+) -> tuple[ScoringApp, Callable[[dict[str, Any], Any], Iterable[bytes]], Any]:
+    """The app, its WSGI callable and its telemetry (None when off). Starts loading the script."""
+    telemetry = None
+    if settings.app_insights or exporter is not None:
+        from scoring import telemetry as otel  # imported only when on
+
+        telemetry = otel.setup(os.environ.get(collector.config.SERVICE_NAME) or "scoring", exporter)
+    app = ScoringApp(
+        settings, status, on_fatal=on_fatal, telemetry=",".join(telemetry.exporters) if telemetry else "off"
+    )
+    handle = telemetry.traced(app.handle, PROBES) if telemetry is not None else app.handle
+    app.start()
+    return app, wsgi(handle), telemetry

@@ -1,0 +1,167 @@
+"""The production server: gunicorn, with `gthread` workers (scoring/README.md says why), built from Settings.
+
+The master binds the port and forks `WORKER_COUNT` workers; each worker builds its own ScoringApp (the script is
+never imported in the master: every worker has its own init(), model and collectors, as in the legacy runtime).
+Hooks tie gunicorn's life cycle to the runtime's:
+
+- a worker whose script cannot load or whose init() raises exits with gunicorn's boot-error code, which stops the
+  whole server (exit code 3) instead of restarting the worker forever; the log says why (`FAILED: ...`);
+- on SIGTERM (or SIGINT), each worker finishes the requests in flight, then flushes the collector
+  (`collector.shutdown()`, up to `AML_MODEL_DC_SHUTDOWN_TIMEOUT`) and the telemetry before it exits;
+- the master keeps the request and collector counts of exited workers, so `/status` survives worker restarts.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from gunicorn.app.base import BaseApplication
+from gunicorn.errors import HaltServer
+
+import collector
+from scoring import app as scoring_app
+from scoring.config import Settings
+from scoring.stats import Board, WorkerStatus
+
+log = logging.getLogger("scoring")
+
+WORKER_BOOT_ERROR = 3  # gunicorn's Arbiter.WORKER_BOOT_ERROR: the master halts instead of respawning
+
+# This worker's app and telemetry (set in the worker by load(), read by the worker_exit hook).
+_worker: dict[str, Any] = {}
+
+
+def _fatal(reason: str) -> None:
+    """In a worker whose script failed: stop it with the boot-error code, so that the master halts."""
+    status = _worker.get("status")
+    if status is not None:
+        status.publish()
+    collector.shutdown(2.0)
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(WORKER_BOOT_ERROR)
+
+
+def _worker_exit(server: Any, worker: Any) -> None:
+    """In a worker, after its last request: flush what the script collected, then the telemetry."""
+    delivered = collector.shutdown()
+    if not delivered:
+        log.warning("the collector could not deliver every row before exiting; the rest stays in its spool")
+    telemetry = _worker.get("telemetry")
+    if telemetry is not None:
+        telemetry.shutdown()
+    status = _worker.get("status")
+    if status is not None:
+        status.stop_publishing()
+
+
+def _child_exit(server: Any, worker: Any) -> None:
+    board = server.app.board
+    board.retire(worker.pid)
+
+
+def _on_exit(server: Any) -> None:
+    shutil.rmtree(server.app.board.folder, ignore_errors=True)
+
+
+BOARD_PREFIX = "tributary-scoring-"
+
+
+def _remove_stale_boards() -> None:
+    """Board folders of runtimes whose master was killed (a graceful exit removes its own)."""
+    for folder in Path(tempfile.gettempdir()).glob(f"{BOARD_PREFIX}*-*"):
+        pid = folder.name.removeprefix(BOARD_PREFIX).split("-", 1)[0]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+        except PermissionError:
+            pass
+
+
+class ScoringServer(BaseApplication):
+    """gunicorn's arbiter serving the scoring app with the runtime's Settings."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        _remove_stale_boards()
+        self.board = Board(Path(tempfile.mkdtemp(prefix=f"{BOARD_PREFIX}{os.getpid()}-")), settings.workers)
+        super().__init__(prog="tributary-score")
+
+    def load_config(self) -> None:
+        s = self.settings
+        assert self.cfg is not None
+        options: dict[str, Any] = {
+            "bind": [f"[{s.host}]:{s.port}" if ":" in s.host else f"{s.host}:{s.port}"],
+            "workers": s.workers,
+            "worker_class": "gthread",
+            "threads": s.threads,
+            "timeout": s.worker_timeout,
+            "graceful_timeout": int(s.graceful_timeout),
+            "keepalive": 5,
+            "accesslog": "-" if s.access_log else None,
+            "errorlog": "-",
+            "loglevel": s.log_level.lower(),
+            "proc_name": "tributary-score",
+            # Several runtimes run side by side on one machine: no shared control socket in $HOME.
+            "control_socket_disable": True,
+            "worker_exit": _worker_exit,
+            "child_exit": _child_exit,
+            "on_exit": _on_exit,
+        }
+        if hasattr(socket, "SO_REUSEPORT"):
+            # Each worker listens on its own socket and the kernel spreads connections over them. With one shared
+            # socket, the worker awake first accepts a burst of keep-alive connections and keeps them: measured on
+            # two workers, a third of the runs served on one worker at a third of the throughput.
+            options["reuse_port"] = True
+        if Path("/dev/shm").is_dir():  # heartbeat files in memory, as gunicorn advises for containers
+            options["worker_tmp_dir"] = "/dev/shm"
+        for key, value in options.items():
+            self.cfg.set(key, value)
+
+    def load(self) -> Any:
+        """In each worker: build the app and start loading the script."""
+        status = WorkerStatus(self.board, collector.stats)
+        status.start_publishing()
+        app, application, telemetry = scoring_app.build(self.settings, status, on_fatal=_fatal)
+        _worker.update(app=app, status=status, telemetry=telemetry)
+        return application
+
+
+def port_in_use(host: str, port: int) -> bool:
+    """Whether something listens on host:port already (with SO_REUSEPORT, a second runtime could share it)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def serve(settings: Settings) -> None:
+    """Run the server until it is stopped (exits the process with gunicorn's status)."""
+    if port_in_use(settings.host, settings.port):
+        log.error("FAILED: port %s on %s is in use", settings.port, settings.host)
+        sys.exit(2)
+    server = ScoringServer(settings)
+    try:
+        server.run()
+    except HaltServer as exc:
+        # gunicorn halts on the first worker that failed to boot, and raises again (out of its own halt) when a
+        # second one failed too: that is still a boot failure, not a crash of the runtime.
+        log.error("stopped: %s", exc.reason)
+        shutil.rmtree(server.board.folder, ignore_errors=True)
+        sys.exit(exc.exit_status)

@@ -1,0 +1,582 @@
+"""The scoring runtime end to end: legacy-shaped scripts served by `python -m scoring`, rows landing in Azurite.
+
+Each test starts a real runtime process (gunicorn) on a free loopback port, talks HTTP to it, and reads what
+the collector wrote from the test's own blob container.
+"""
+
+from __future__ import annotations
+
+import csv
+import http.client
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from azure.storage.blob import ContainerClient
+
+from collector import config as dc
+from devstack import free_port
+from tests.conftest import REPO, wait_until
+
+EXAMPLES = REPO / "examples"
+WORKSPACE = "sub-1/rg-1/ws-1"
+
+
+@dataclass
+class Runtime:
+    """A `python -m scoring` process started by a test."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    log_path: Path
+    service: str = ""
+    env: dict[str, str] = field(default_factory=dict)
+
+    def request(
+        self, method: str, path: str, body: bytes | str | None = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, dict[str, str], bytes]:
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        try:
+            connection.request(method, path, body=body, headers=headers or {})
+            response = connection.getresponse()
+            return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+        finally:
+            connection.close()
+
+    def score(self, payload: Any, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+        body = payload if isinstance(payload, str | bytes) else json.dumps(payload)
+        if isinstance(body, str):  # http.client would send a str as Latin-1
+            body = body.encode()
+        status, _, out = self.request("POST", "/score", body, headers)
+        return status, json.loads(out)
+
+    def answers(self, path: str) -> int | None:
+        try:
+            return self.request("GET", path)[0]
+        except OSError:
+            return None
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        def ready() -> bool:
+            if self.process.poll() is not None:
+                pytest.fail(f"the runtime exited with {self.process.returncode}:\n{self.log()}")
+            return self.answers("/ready") == 200
+
+        wait_until(ready, timeout=timeout, message=f"GET /ready on port {self.port}")
+
+    def status(self) -> dict[str, Any]:
+        return json.loads(self.request("GET", "/status")[2])
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout: float = 30) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        return self.process.returncode
+
+
+def start_runtime(
+    script: Path, tmp_path: Path, *, env: dict[str, str] | None = None, args: tuple[str, ...] = ()
+) -> Runtime:
+    port = free_port()
+    log_path = tmp_path / f"runtime-{port}.log"
+    child_env = {k: v for k, v in os.environ.items() if not k.startswith(("AML_", "AZUREML_", "SCORING_", "OTEL_"))}
+    child_env.update(PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1", **(env or {}))
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "scoring", "--entry-script", str(script), "--port", str(port), *args],
+            cwd=script.parent,
+            env=child_env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    return Runtime(process, port, log_path, child_env.get(dc.SERVICE_NAME, ""), child_env)
+
+
+def write_script(tmp_path: Path, source: str, name: str = "score.py") -> Path:
+    path = tmp_path / "app" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(source))
+    return path
+
+
+def collecting_env(azurite: str, container: ContainerClient, tmp_path: Path, **extra: str) -> dict[str, str]:
+    """What a compute driver sets, with a short flush interval so rows show up quickly."""
+    return {
+        **dc.environ_for(
+            enabled=True,
+            connection_string=azurite,
+            workspace=WORKSPACE,
+            service_name=f"svc-{uuid.uuid4().hex[:8]}",
+            model_versions={"sample-model": "1", "best_model": "3"},
+            **{
+                dc.CONTAINER: container.container_name,
+                dc.SPOOL_DIR: str(tmp_path / "spool"),
+                dc.FLUSH_INTERVAL: "0.1",
+            },
+        ),
+        **extra,
+    }
+
+
+def rows(container: ContainerClient, runtime: Runtime, model: str, version: str, designation: str) -> list[list[str]]:
+    """Every CSV row (header first) the collector wrote for one model and designation."""
+    prefix = f"{WORKSPACE}/{runtime.service}/{model}/{version}/{designation}/"
+    out: list[list[str]] = []
+    for blob in sorted(container.list_blobs(name_starts_with=prefix), key=lambda b: b.name):
+        text = container.download_blob(blob.name).readall().decode()
+        parsed = list(csv.reader(io.StringIO(text)))
+        out.extend(parsed if not out else parsed[1:])
+    return out
+
+
+def wait_for_rows(container: ContainerClient, runtime: Runtime, model: str, version: str, designation: str, n: int):
+    """The header and `n` rows, once they have all arrived."""
+    return wait_until(
+        lambda: (found := rows(container, runtime, model, version, designation)) and len(found) - 1 >= n and found,
+        timeout=20,
+        message=f"{n} {designation} rows of {model} in blob storage",
+    )
+
+
+@pytest.fixture
+def runtimes() -> Iterator[list[Runtime]]:
+    started: list[Runtime] = []
+    yield started
+    for runtime in started:
+        runtime.stop()
+
+
+# --- the sample: numpy input, two collectors, Model.get_model_path ---------------------------------------------
+
+
+def test_it_serves_the_sample_and_collects_numpy_rows(azurite, blob_container, tmp_path, runtimes) -> None:
+    runtime = start_runtime(
+        EXAMPLES / "score.py",
+        tmp_path,
+        env=collecting_env(azurite, blob_container, tmp_path),
+        args=("--model-dir", str(EXAMPLES / "sample_model")),
+    )
+    runtimes.append(runtime)
+    runtime.wait_ready()
+    payload = json.loads((EXAMPLES / "sample_request.json").read_text())
+
+    status, answer = runtime.score(payload, headers={"x-request-id": "req-42"})
+
+    saved = np.load(EXAMPLES / "sample_model" / "model.npz")
+    expected = np.array(payload["data"], dtype=float) @ saved["coef"] + float(saved["intercept"])
+    assert status == 200
+    assert answer == pytest.approx(expected.tolist())
+    inputs = wait_for_rows(blob_container, runtime, "sample-model", "1", "inputs", 2)
+    header = inputs[0]
+    assert header[:10] == [f"feat{i}" for i in range(1, 11)]
+    assert header[10:] == [
+        "$aml_dc_correlation_id",
+        "$aml_dc_scoring_timestamp",
+        "$aml_dc_boundary",
+        "$aml_workspace",
+        "$aml_service_name",
+        "$aml_model_name",
+        "$aml_model_version",
+        "$aml_request_id",
+    ]
+    assert [float(v) for v in inputs[1][:10]] == payload["data"][0]
+    row = dict(zip(header, inputs[1], strict=True))
+    assert row["$aml_request_id"] == "req-42"
+    assert row["$aml_service_name"] == runtime.service
+    predictions = wait_for_rows(blob_container, runtime, "sample-model", "1", "predictions", 2)
+    assert predictions[0][0] == "prediction"
+    assert [float(r[0]) for r in predictions[1:]] == pytest.approx(expected.tolist())
+    # Each prediction carries its request's inputs' correlation id: the two files join.
+    assert {r[predictions[0].index("$aml_dc_correlation_id")] for r in predictions[1:]} == {
+        row["$aml_dc_correlation_id"]
+    }
+
+
+# --- legacy shapes ------------------------------------------------------------------------------------------------
+
+DATAFRAME_SCRIPT = """
+    import json
+    import pandas as pd
+    from azureml.monitoring import ModelDataCollector
+
+    def init():
+        global inputs_dc, prediction_dc
+        inputs_dc = ModelDataCollector("best_model", designation="inputs")
+        prediction_dc = ModelDataCollector("best_model", identifier="predictions", feature_names=["Scored Labels"])
+
+    def run(raw_data):
+        df = pd.DataFrame(json.loads(raw_data)["Inputs"]["input1"])
+        inputs_dc.collect(df)
+        labels = (df["age"] > 40).astype(int)
+        prediction_dc.collect(labels.to_frame())
+        return {"Results": {"output1": labels.tolist()}}
+"""
+
+
+def test_it_collects_dataframe_input_with_its_columns(azurite, blob_container, tmp_path, runtimes) -> None:
+    script = write_script(tmp_path, DATAFRAME_SCRIPT)
+    runtime = start_runtime(script, tmp_path, env=collecting_env(azurite, blob_container, tmp_path))
+    runtimes.append(runtime)
+    runtime.wait_ready()
+
+    payload = {"Inputs": {"input1": [{"age": 39, "workclass": "State-gov"}, {"age": 50, "workclass": "Private"}]}}
+    status, answer = runtime.score(payload)
+
+    assert (status, answer) == (200, {"Results": {"output1": [0, 1]}})
+    inputs = wait_for_rows(blob_container, runtime, "best_model", "3", "inputs", 2)
+    assert inputs[0][:2] == ["age", "workclass"]
+    assert [r[:2] for r in inputs[1:]] == [["39", "State-gov"], ["50", "Private"]]
+    predictions = wait_for_rows(blob_container, runtime, "best_model", "3", "predictions", 2)
+    assert predictions == [["Scored Labels"], ["0"], ["1"]]
+
+
+LISTS_SCRIPT = """
+    import json
+    from azureml.monitoring import ModelDataCollector
+
+    # Created at import, before init() loads anything: the legacy samples did both.
+    inputs_dc = ModelDataCollector("best_model", designation="inputs", feature_names=["a", "b", "c"])
+    prediction_dc = ModelDataCollector("best_model", designation="predictions", feature_names=["p1", "p2"])
+    signals_dc = ModelDataCollector("best_model", designation="signals")
+
+    def init():
+        global model
+        model = {"weight": 2}
+
+    def run(raw_data):
+        data = json.loads(raw_data)["data"]
+        inputs_dc.collect(data)                      # a list of rows: rows
+        result = [sum(row) * model["weight"] for row in data]
+        prediction_dc.collect(result)                # a flat list: ONE row, as the legacy package wrote it
+        signals_dc.collect(["ok", len(data)])
+        return result
+"""
+
+
+def test_it_collects_lists_and_collectors_made_before_the_model(azurite, blob_container, tmp_path, runtimes) -> None:
+    script = write_script(tmp_path, LISTS_SCRIPT)
+    runtime = start_runtime(script, tmp_path, env=collecting_env(azurite, blob_container, tmp_path))
+    runtimes.append(runtime)
+    runtime.wait_ready()
+
+    assert runtime.score({"data": [[1, 2, 3], [4, 5, 6]]}) == (200, [12, 30])
+
+    inputs = wait_for_rows(blob_container, runtime, "best_model", "3", "inputs", 2)
+    assert [r[:3] for r in inputs] == [["a", "b", "c"], ["1", "2", "3"], ["4", "5", "6"]]
+    assert wait_for_rows(blob_container, runtime, "best_model", "3", "predictions", 1) == [["p1", "p2"], ["12", "30"]]
+    signals = wait_for_rows(blob_container, runtime, "best_model", "3", "signals", 1)
+    assert signals[1] == ["ok", "2"]
+
+
+RAISING_SCRIPT = """
+    import json
+    from azureml.monitoring import ModelDataCollector
+
+    def init():
+        global inputs_dc
+        inputs_dc = ModelDataCollector("best_model", designation="inputs", feature_names=["x"])
+
+    def run(raw_data):
+        data = json.loads(raw_data)
+        inputs_dc.collect([data["x"]])
+        if data["x"] < 0:
+            raise ValueError(f"x must be positive, not {data['x']}")
+        return {"y": data["x"] * 10}
+"""
+
+
+def test_it_answers_500_with_the_message_when_run_raises(azurite, blob_container, tmp_path, runtimes) -> None:
+    script = write_script(tmp_path, RAISING_SCRIPT)
+    runtime = start_runtime(script, tmp_path, env=collecting_env(azurite, blob_container, tmp_path))
+    runtimes.append(runtime)
+    runtime.wait_ready()
+
+    status, headers, body = runtime.request("POST", "/score", json.dumps({"x": -1}))
+
+    assert status == 500
+    assert json.loads(body) == {"message": "x must be positive, not -1", "error": "ValueError"}
+    assert headers["x-ms-run-function-failed"] == "True"
+    assert runtime.score({"x": 2}) == (200, {"y": 20})
+    log = wait_until(lambda: "ValueError: x must be positive" in runtime.log() and runtime.log(), message="the log")
+    assert "run() raised ValueError: x must be positive, not -1" in log
+    assert "Traceback (most recent call last)" in log
+    # The rows collected before the exception still arrive.
+    assert wait_for_rows(blob_container, runtime, "best_model", "3", "inputs", 2)[1][0] == "-1"
+    counts = runtime.status()["requests"]
+    assert (counts["score_requests"], counts["score_ok"], counts["score_errors"]) == (2, 1, 1)
+
+
+MODEL_PATH_SCRIPT = """
+    import json
+    import os
+    from azureml.core.model import Model
+    from azureml.core import Model as SameModel
+
+    def init():
+        global weights, scaler, model_dir
+        assert SameModel is Model
+        weights = json.loads(open(Model.get_model_path("weights")).read())
+        scaler = json.loads(open(os.path.join(Model.get_model_path("scaler", version=1), "scale.json")).read())
+        model_dir = os.getenv("AZUREML_MODEL_DIR")
+
+    def run(raw_data):
+        x = json.loads(raw_data)["x"]
+        return {"y": x * weights["w"] * scaler["factor"], "model_dir": model_dir}
+"""
+
+
+def test_it_finds_models_with_get_model_path(tmp_path, runtimes) -> None:
+    root = tmp_path / "models"
+    for version, w in (("1", 1), ("2", 3)):  # the latest version is taken
+        (root / "weights" / version).mkdir(parents=True)
+        (root / "weights" / version / "weights.json").write_text(json.dumps({"w": w}))
+    (root / "scaler" / "1" / "scaler").mkdir(parents=True)  # a folder model: get_model_path gives the folder
+    (root / "scaler" / "1" / "scaler" / "scale.json").write_text(json.dumps({"factor": 10}))
+    script = write_script(tmp_path, MODEL_PATH_SCRIPT)
+    runtime = start_runtime(script, tmp_path, args=("--model-dir", str(root)))
+    runtimes.append(runtime)
+    runtime.wait_ready()
+
+    assert runtime.score({"x": 2}) == (200, {"y": 60, "model_dir": str(root)})
+
+
+HEADERS_SCRIPT = """
+    def init():
+        pass
+
+    def run(data, request_headers):
+        return {"data": data, "agent": request_headers.get("User-Agent"), "trace": request_headers.get("X-Trace")}
+"""
+
+
+def test_it_passes_the_raw_body_and_request_headers(tmp_path, runtimes) -> None:
+    runtime = start_runtime(write_script(tmp_path, HEADERS_SCRIPT), tmp_path)
+    runtimes.append(runtime)
+    runtime.wait_ready()
+
+    status, answer = runtime.score("not JSON, ünïcode", headers={"User-Agent": "tests", "X-Trace": "t-1"})
+
+    assert (status, answer) == (200, {"data": "not JSON, ünïcode", "agent": "tests", "trace": "t-1"})
+    status, _, body = runtime.request("POST", "/score", b"\xff\xfe")
+    assert status == 400
+    assert "UTF-8" in json.loads(body)["message"]
+
+
+SCHEMA_SCRIPT = """
+    import numpy as np
+    from inference_schema.schema_decorators import input_schema, output_schema
+    from inference_schema.parameter_types.numpy_parameter_type import NumpyParameterType
+    from inference_schema.parameter_types.standard_py_parameter_type import StandardPythonParameterType
+
+    def init():
+        pass
+
+    @input_schema("data", NumpyParameterType(np.array([[1.0, 2.0]])))
+    @input_schema("scale", StandardPythonParameterType(1.0))
+    @output_schema(StandardPythonParameterType([1.0]))
+    def run(data, scale=1.0):
+        assert isinstance(data, np.ndarray)
+        return (data.sum(axis=1) * scale).tolist()
+"""
+
+
+def test_it_serves_inference_schema_decorated_scripts(tmp_path, runtimes) -> None:
+    runtime = start_runtime(write_script(tmp_path, SCHEMA_SCRIPT), tmp_path)
+    runtimes.append(runtime)
+    runtime.wait_ready()
+
+    assert runtime.score({"data": [[1.0, 2.0], [3.0, 4.0]], "scale": 2}) == (200, [6.0, 14.0])
+    assert runtime.score({"data": [[1.0, 2.0]]}) == (200, [3.0])
+    status, answer = runtime.score([1, 2])
+    assert status == 400
+    assert "JSON object" in answer["message"]
+
+
+# --- readiness, status, failures, shutdown -------------------------------------------------------------------
+
+SLOW_INIT_SCRIPT = """
+    import os, time
+
+    def init():
+        # Loads "the model" once the test allows it.
+        while not os.path.exists(os.environ["RELEASE_FILE"]):
+            time.sleep(0.02)
+
+    def run(raw_data):
+        return "scored"
+"""
+
+
+def test_it_is_live_at_once_and_ready_only_after_init(tmp_path, runtimes) -> None:
+    release = tmp_path / "release"
+    runtime = start_runtime(
+        write_script(tmp_path, SLOW_INIT_SCRIPT), tmp_path, env={"RELEASE_FILE": str(release)}, args=("--workers", "2")
+    )
+    runtimes.append(runtime)
+
+    wait_until(lambda: runtime.answers("/") == 200, timeout=20, message="liveness")
+    assert runtime.request("GET", "/")[2] == b"Healthy"
+    status, _, body = runtime.request("GET", "/ready")
+    assert status == 503
+    assert json.loads(body)["message"] == "init() has not returned yet"
+
+    release.touch()
+    runtime.wait_ready()
+    assert runtime.score("{}") == (200, "scored")
+    status = runtime.status()
+    assert status["ready"] is True
+    assert [w["ready"] for w in status["workers"]] == [True, True]
+
+
+def test_it_reports_counts_latencies_and_collector_counters(azurite, blob_container, tmp_path, runtimes) -> None:
+    runtime = start_runtime(
+        EXAMPLES / "score.py",
+        tmp_path,
+        env=collecting_env(azurite, blob_container, tmp_path),
+        args=("--model-dir", str(EXAMPLES / "sample_model"), "--workers", "2"),
+    )
+    runtimes.append(runtime)
+    runtime.wait_ready()
+    payload = (EXAMPLES / "sample_request.json").read_text()
+    for _ in range(10):
+        assert runtime.score(payload)[0] == 200
+    assert runtime.request("POST", "/score", "not json")[0] == 500
+
+    def settled() -> dict[str, Any] | None:
+        # Other workers publish their figures every second.
+        status = runtime.status()
+        return (
+            status
+            if status["collector"]["rows_delivered"] == 40 and status["requests"]["score_requests"] == 11
+            else None
+        )
+
+    status = wait_until(settled, timeout=20, message="all rows delivered and counted")
+    assert status["requests"]["score_ok"] == 10
+    assert status["requests"]["score_errors"] == 1
+    assert 0 < status["latency"]["p50_ms"] <= status["latency"]["p99_ms"] <= status["latency"]["max_ms"]
+    assert status["collector"]["rows_collected"] == 40
+    assert status["collector"]["mode"] == "upload"
+    assert status["collector"]["rows_dropped_total"] == 0
+    assert len(status["workers"]) == 2
+    assert status["telemetry"] == "off"
+
+
+FAILING_INIT_SCRIPT = """
+    from azureml.core.model import Model
+
+    def init():
+        Model.get_model_path("missing-model")
+
+    def run(raw_data):
+        return None
+"""
+
+
+def test_it_exits_with_the_reason_when_init_fails(tmp_path) -> None:
+    runtime = start_runtime(write_script(tmp_path, FAILING_INIT_SCRIPT), tmp_path, args=("--workers", "2"))
+
+    assert runtime.process.wait(30) == 3
+    log = runtime.log()
+    assert "FAILED: init() raised ModelNotFoundException: model missing-model not found" in log
+    assert "Traceback (most recent call last)" in log
+
+
+def test_it_refuses_to_start_without_a_script(tmp_path) -> None:
+    runtime = start_runtime(tmp_path / "nowhere.py", tmp_path)
+
+    assert runtime.process.wait(30) == 2
+    assert f"FAILED: entry script {tmp_path / 'nowhere.py'} does not exist" in runtime.log()
+
+
+def test_it_flushes_collected_rows_on_sigterm(azurite, blob_container, tmp_path) -> None:
+    # Nothing is uploaded on its own within the test: only the shutdown flush can deliver the rows.
+    env = collecting_env(azurite, blob_container, tmp_path, **{dc.FLUSH_INTERVAL: "3600"})
+    runtime = start_runtime(
+        EXAMPLES / "score.py", tmp_path, env=env, args=("--model-dir", str(EXAMPLES / "sample_model"))
+    )
+    runtime.wait_ready()
+    payload = (EXAMPLES / "sample_request.json").read_text()
+    for _ in range(25):
+        assert runtime.score(payload)[0] == 200
+
+    assert runtime.stop() == 0
+
+    assert len(rows(blob_container, runtime, "sample-model", "1", "inputs")) == 1 + 50
+    assert len(rows(blob_container, runtime, "sample-model", "1", "predictions")) == 1 + 50
+    assert "Shutting down: Master" in runtime.log()
+
+
+def test_it_answers_unknown_paths_and_methods(tmp_path, runtimes) -> None:
+    runtime = start_runtime(write_script(tmp_path, HEADERS_SCRIPT), tmp_path)
+    runtimes.append(runtime)
+    runtime.wait_ready()
+
+    assert runtime.request("GET", "/score")[0] == 405
+    assert runtime.request("GET", "/nothing")[0] == 404
+    status, _, body = runtime.request("POST", "/score", b"x" * 2048, {"x-request-id": "r" * 101})
+    assert status == 431
+    assert "x-request-id" in json.loads(body)["message"]
+
+
+def test_it_keeps_counting_across_a_worker_restart(tmp_path, runtimes) -> None:
+    runtime = start_runtime(write_script(tmp_path, HEADERS_SCRIPT), tmp_path)
+    runtimes.append(runtime)
+    runtime.wait_ready()
+    for _ in range(5):
+        assert runtime.score("x")[0] == 200
+    (worker,) = runtime.status()["workers"]
+    board = wait_until(
+        lambda: [
+            p
+            for p in Path(tempfile.gettempdir()).glob("tributary-scoring-*/worker-*.json")
+            if str(worker["pid"]) in p.name
+        ],
+        message="the worker's published figures",
+    )
+    wait_until(lambda: json.loads(board[0].read_text())["requests"]["counts"]["score_requests"] == 5)
+
+    os.kill(worker["pid"], signal.SIGKILL)  # the master starts another one
+
+    def restarted() -> dict[str, Any] | None:
+        if runtime.answers("/ready") != 200:
+            return None
+        status = runtime.status()
+        return status if status["workers"][0]["pid"] != worker["pid"] else None
+
+    status = wait_until(restarted, timeout=20, message="a new worker")
+    assert status["workers_exited"] == 1
+    assert status["requests"]["score_requests"] == 5
+    assert runtime.score("y") == (200, {"data": "y", "agent": None, "trace": None})
+
+
+def test_it_refuses_a_port_that_is_taken(tmp_path, runtimes) -> None:
+    first = start_runtime(write_script(tmp_path, HEADERS_SCRIPT), tmp_path)
+    runtimes.append(first)
+    first.wait_ready()
+    second = start_runtime(
+        write_script(tmp_path, HEADERS_SCRIPT, "other.py"), tmp_path, args=("--port", str(first.port))
+    )
+
+    assert second.process.wait(30) == 2
+    assert f"FAILED: port {first.port} on 127.0.0.1 is in use" in second.log()
