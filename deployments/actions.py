@@ -15,6 +15,7 @@ from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
+from collector import config as dc_config
 from deployments import tasks
 from deployments.compute import DesiredSpec, ModelRef, RolloutState
 from deployments.models import AuditEvent, ComputeTarget, Model, Service, ServiceUpdate, Workspace
@@ -77,7 +78,8 @@ def _audit(
 
 
 def _display(field: str, value: Any) -> Any:
-    """A JSON-safe, human-readable form of a setting for the audit log."""
+    """A JSON-safe, human-readable form of a setting for the audit log; equal forms mean equal settings (names
+    of compute targets and `name:version` of models are unique in a workspace)."""
     if field == "compute_target":
         return str(value) if value is not None else None
     if field == "models":
@@ -105,6 +107,8 @@ def desired_spec(service: Service, update_id: int) -> DesiredSpec:
         collect_model_data=service.collect_model_data,
         enable_app_insights=service.enable_app_insights,
         storage_secret=service.workspace.storage_secret,
+        # The container the portal browses: collectors must write where it reads.
+        environment={dc_config.CONTAINER: settings.BLOB_CONTAINER},
         target={"namespace": service.compute_target.namespace}
         if service.compute_target.kind == ComputeTarget.Kind.KUBERNETES
         else {},
@@ -187,12 +191,9 @@ def do_update_service(
     before = _snapshot(service)
     changes = {}
     for name, value in new_values.items():
-        old = before[name]
-        if name == "models":
-            if {m.pk for m in old} != {m.pk for m in value}:
-                changes[name] = [_display(name, old), _display(name, value)]
-        elif old != value:
-            changes[name] = [_display(name, old), _display(name, value)]
+        old, new = _display(name, before[name]), _display(name, value)
+        if old != new:
+            changes[name] = [old, new]
     if not changes:
         raise NothingToUpdate()
     for name, value in new_values.items():
@@ -212,6 +213,14 @@ def do_update_service(
         reason=reason,
         request_id=request_id,
     )
+    return _record_update(service, acting_user)
+
+
+@transaction.atomic
+def do_redeploy_service(service: Service, *, acting_user: Any, reason: str = "") -> ServiceUpdate:
+    """Apply a service's unchanged settings again, e.g. to start its local processes after the machine restarted."""
+    Service.objects.filter(pk=service.pk).update(state=Service.State.TRANSITIONING, state_reason="")
+    _audit(service.workspace, AuditEvent.Action.SERVICE_REDEPLOYED, service, actor=acting_user, reason=reason)
     return _record_update(service, acting_user)
 
 

@@ -191,6 +191,7 @@ class AuditEvent(models.Model):
     class Action(models.TextChoices):
         SERVICE_CREATED = "service.created"
         SERVICE_SETTINGS_CHANGED = "service.settings_changed"
+        SERVICE_REDEPLOYED = "service.redeployed"
         SERVICE_UPDATE_SUCCEEDED = "service.update_succeeded"
         SERVICE_UPDATE_FAILED = "service.update_failed"
 

@@ -34,6 +34,17 @@ def manage(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     )
 
 
+def stop_local_services(state_dir: Path) -> None:
+    """The scoring processes that the worker started for this machine's services go down with the portal."""
+    if not state_dir.exists():
+        return
+    from deployments.compute.local import LocalDriver
+
+    stopped = LocalDriver(state_dir).stop_all()
+    if stopped:
+        say(f"stopped {len(stopped)} local service(s)")
+
+
 def main() -> int:
     env = dict(os.environ)
     env.setdefault("DEBUG", "true")
@@ -41,6 +52,7 @@ def main() -> int:
     started: list[ManagedProcess | subprocess.Popen] = []
 
     def stop_all(*_: object) -> None:
+        stop_local_services(Path(env.get("VAR_DIR", REPO / "var")) / "services")
         for item in reversed(started):
             if isinstance(item, ManagedProcess):
                 item.stop()
@@ -73,6 +85,9 @@ def main() -> int:
             say(f"Blob storage: started Azurite at {azurite.url.split('BlobEndpoint=')[1].rstrip(';')}")
 
         manage("migrate", "--noinput", env=env)
+        manage("reconcile_updates", env=env)
+        # Services of this machine were stopped with the portal: start them again, then add the demo if missing.
+        say(manage("start_local_services", env=env).stdout.strip())
         login = manage("setup_demo", env=env).stdout.strip()
 
         worker = subprocess.Popen(

@@ -65,3 +65,37 @@ def test_it_is_idempotent_and_keeps_an_existing_password(monkeypatch: pytest.Mon
     assert authenticate(username="admin", password=password) is not None
     assert Workspace.objects.count() == 1
     assert Membership.objects.count() == 1
+
+
+@pytest.mark.django_db
+def test_it_deploys_the_demo_service_on_this_machine_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    from deployments import tasks
+    from deployments.models import Service, ServiceUpdate
+
+    monkeypatch.setattr(tasks.apply_service_update, "delay", lambda update_id: None)
+    _run(monkeypatch)
+    _run(monkeypatch)
+
+    service = Service.objects.get()
+    assert (service.name, service.compute_target.kind, service.collect_model_data) == ("demo-scoring", "local", True)
+    assert service.entry_script.endswith("examples/score.py")
+    assert [str(m) for m in service.models.all()] == ["sample-model:1"]
+    assert ServiceUpdate.objects.filter(service=service).count() == 1
+
+
+@pytest.mark.django_db
+def test_start_local_services_redeploys_them_through_the_task_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    from deployments import tasks
+    from deployments.models import AuditEvent, Service, ServiceUpdate
+
+    queued: list[int] = []
+    monkeypatch.setattr(tasks.apply_service_update, "delay", queued.append)
+    _run(monkeypatch)
+    out = StringIO()
+
+    call_command("start_local_services", stdout=out)
+
+    service = Service.objects.get()
+    assert "Starting 1 local service(s)." in out.getvalue()
+    assert ServiceUpdate.objects.filter(service=service).count() == 2
+    assert AuditEvent.objects.filter(action=AuditEvent.Action.SERVICE_REDEPLOYED, actor_name="system").count() == 1

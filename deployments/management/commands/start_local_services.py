@@ -1,0 +1,14 @@
+from django.core.management.base import BaseCommand
+
+from deployments import actions
+from deployments.models import ComputeTarget, Service
+
+
+class Command(BaseCommand):
+    help = "Apply every service of this machine's compute targets again (make run does, as it starts)."
+
+    def handle(self, *args: object, **options: object) -> None:
+        services = Service.objects.filter(compute_target__kind=ComputeTarget.Kind.LOCAL).select_related("workspace")
+        for service in services:
+            actions.do_redeploy_service(service, acting_user=None, reason="Started with the portal on this machine")
+        self.stdout.write(f"Starting {len(services)} local service(s).")
