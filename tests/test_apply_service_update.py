@@ -67,6 +67,10 @@ def test_it_creates_the_deployment_and_ends_healthy(
     assert env["AML_MODEL_DC_STORAGE_ENABLED"] == "true"
     assert env["AML_MODEL_DC_MODEL_VERSIONS"] == '{"best_model": "4"}'
     assert env["AML_MODEL_DC_WORKSPACE"] == "sub-0001/rg-ml/alices-team"
+    assert env["AML_APP_INSIGHTS_ENABLED"] == "false"
+    # Rows spooled during a storage outage survive a container restart: the spool is a volume of the pod.
+    assert env["AML_MODEL_DC_SPOOL_DIR"] == "/var/lib/tributary/spool"
+    assert deployment.spec.template.spec.volumes[0].empty_dir is not None
     # The connection string is referenced from the workspace's Secret, never written into the Deployment.
     assert env["AML_MODEL_DC_STORAGE"].secret_key_ref.name == "tributary-storage"
     assert k8s.CoreV1Api(kube.api_client()).read_namespaced_service("churn", "ml").spec.ports[0].port == 80

@@ -20,13 +20,15 @@ from kubernetes.client.exceptions import ApiException
 
 from collector import config as dc
 from deployments.compute import DesiredSpec, PermanentError, RolloutState, TransientError
+from scoring import config as runtime
 
 UPDATE_ANNOTATION = "tributary.dev/update-id"
 SERVICE_LABEL = "tributary.dev/service"
 SECRET_KEY = "connection-string"
-CONTAINER_PORT = 5001  # the legacy scoring containers' port
+CONTAINER_PORT = 5001  # the legacy scoring containers' port, the scoring image's default
 MODEL_DIR = "/var/azureml-app/azureml-models"
-APP_INSIGHTS_ENABLED = "AML_APP_INSIGHTS_ENABLED"
+# An emptyDir: rows spooled during a storage outage survive a container restart within the pod.
+SPOOL_DIR = "/var/lib/tributary/spool"
 
 
 class KubernetesDriver:
@@ -128,15 +130,20 @@ def _labels(spec: DesiredSpec) -> dict[str, str]:
 
 def container_env(spec: DesiredSpec) -> list[dict[str, Any]]:
     """The collector's and the runtime's environment contract, with the storage secret by reference."""
-    plain = dc.environ_for(
-        enabled=spec.collect_model_data,
-        workspace=spec.workspace_path,
-        service_name=spec.service_name,
-        model_versions={m.name: m.version for m in spec.models},
+    # The spec's extra variables first: the contract's own cannot be overridden by them.
+    plain = dict(spec.environment)
+    plain.update(
+        dc.environ_for(
+            enabled=spec.collect_model_data,
+            workspace=spec.workspace_path,
+            service_name=spec.service_name,
+            model_versions={m.name: m.version for m in spec.models},
+        )
     )
-    plain.update(spec.environment)
-    plain[APP_INSIGHTS_ENABLED] = "true" if spec.enable_app_insights else "false"
-    plain["AZUREML_MODEL_DIR"] = MODEL_DIR
+    plain[dc.SPOOL_DIR] = SPOOL_DIR
+    plain[runtime.APP_INSIGHTS_ENABLED] = "true" if spec.enable_app_insights else "false"
+    plain[runtime.MODEL_DIR] = MODEL_DIR
+    plain[runtime.PORT] = str(CONTAINER_PORT)
     env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in sorted(plain.items())]
     if spec.collect_model_data and spec.storage_secret:
         env.append(
@@ -157,6 +164,7 @@ def deployment_manifest(spec: DesiredSpec) -> dict[str, Any]:
         "image": spec.image,
         "ports": [{"name": "http", "containerPort": CONTAINER_PORT}],
         "env": container_env(spec),
+        "volumeMounts": [{"name": "spool", "mountPath": SPOOL_DIR}],
         "readinessProbe": {"httpGet": {"path": "/ready", "port": CONTAINER_PORT}, "periodSeconds": 5},
         "livenessProbe": {"httpGet": {"path": "/", "port": CONTAINER_PORT}, "periodSeconds": 10},
     }
@@ -178,7 +186,11 @@ def deployment_manifest(spec: DesiredSpec) -> dict[str, Any]:
             "template": {
                 "metadata": {"labels": labels, "annotations": {UPDATE_ANNOTATION: str(spec.update_id)}},
                 # SIGTERM lets the runtime flush the collector's spool before the pod goes.
-                "spec": {"containers": [container], "terminationGracePeriodSeconds": 60},
+                "spec": {
+                    "containers": [container],
+                    "volumes": [{"name": "spool", "emptyDir": {}}],
+                    "terminationGracePeriodSeconds": 60,
+                },
             },
         },
     }
