@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import re
@@ -10,7 +11,9 @@ import socket
 import subprocess
 import sys
 import threading
+import urllib.request
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -91,6 +94,28 @@ def test_it_logs_in_with_the_printed_credentials_and_shows_the_demo_workspace(ma
     expect(page.get_by_role("link", name="demo", exact=True)).to_be_visible()
     page.get_by_role("navigation", name="Main").get_by_role("link", name="Deployments").click()
     expect(page.get_by_role("heading", name="Deployments")).to_be_visible()
+
+    # The demo service runs on this machine: its page follows the deployment until it is Healthy.
+    page.get_by_role("link", name="demo-scoring").click()
+    expect(page.get_by_test_id("service-state")).to_have_text("Healthy", timeout=90_000)
+    page.reload()
+    scoring_url = page.locator("dd code").first.inner_text()
+    request = urllib.request.Request(scoring_url, data=(REPO / "examples" / "sample_request.json").read_bytes())
+    with urllib.request.urlopen(request, timeout=30) as response:
+        assert len(json.load(response)) == 2
+
+    # Its two rows reach blob storage within seconds, and the Data page previews them.
+    page.get_by_role("link", name="Data", exact=True).click()
+    day = datetime.now(UTC).strftime("%Y/%m/%d")
+    data_page = page.url.split("?")[0]  # the workspace's Data page, opened at the service's folder
+    preview = f"{data_page}preview/?blob=demo-scoring/sample-model/1/inputs/{day}/data.csv"
+
+    def rows_shown() -> bool:
+        page.goto(preview)
+        return page.locator("table.csv").first.locator("tbody tr td:not(.empty)").count() > 0
+
+    wait_until(rows_shown, timeout=30, interval=0.5, message="the collected rows in the preview")
+    expect(page.locator("table.csv").first.locator("tbody tr")).to_have_count(2)
 
     assert make_run.interrupt() == 0
     make_run.wait_for(r"\[tributary\] stopping")
