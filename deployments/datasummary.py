@@ -32,6 +32,10 @@ class Series:
     exact: bool = True
     bars: list[tuple[int, int, int, date, int]] = field(default_factory=list)  # x, y, height, day, count
 
+    @property
+    def total(self) -> int:
+        return sum(self.counts)
+
 
 @dataclass
 class Summary:
