@@ -224,15 +224,33 @@ def do_redeploy_service(service: Service, *, acting_user: Any, reason: str = "")
     return _record_update(service, acting_user)
 
 
+@transaction.atomic
 def claim_update(update_id: int) -> ServiceUpdate | None:
     """Take an update for this worker, or return None if it is finished, held by another worker, out of attempts,
-    or waiting behind a running update of the same service.
+    or waiting behind a running update of the same service. An update that a newer one of the same service has
+    overtaken never runs: it ends Failed as superseded, so an older spec is never applied after a newer one.
 
-    A conditional UPDATE, so that two workers given the same task (a redelivery) never both run it.
+    The service row is locked first (PostgreSQL; SQLite serializes writers anyway), so that the checks and the
+    conditional UPDATE that claims the row are one step for every worker.
     """
+    service_id = ServiceUpdate.objects.filter(pk=update_id).values_list("service_id", flat=True).first()
+    if service_id is None:
+        return None
+    list(Service.objects.select_for_update().filter(pk=service_id).values_list("pk", flat=True))
     now = timezone.now()
+    newer = ServiceUpdate.objects.filter(service_id=service_id, pk__gt=update_id).order_by("pk").first()
+    if newer is not None:
+        ServiceUpdate.objects.filter(
+            pk=update_id, status__in=[ServiceUpdate.Status.PENDING, ServiceUpdate.Status.RUNNING]
+        ).filter(Q(status=ServiceUpdate.Status.PENDING) | Q(lease_until__lt=now)).update(
+            status=ServiceUpdate.Status.FAILED,
+            error=f"Superseded by update #{newer.pk}.",
+            finished=now,
+            lease_until=None,
+        )
+        return None
     busy = ServiceUpdate.objects.filter(
-        service_id=_service_id_of(update_id), status=ServiceUpdate.Status.RUNNING, lease_until__gte=now
+        service_id=service_id, status=ServiceUpdate.Status.RUNNING, lease_until__gte=now
     ).exclude(pk=update_id)
     if busy.exists():
         return None
@@ -246,10 +264,6 @@ def claim_update(update_id: int) -> ServiceUpdate | None:
     if not claimed:
         return None
     return ServiceUpdate.objects.select_related("service__workspace", "service__compute_target").get(pk=update_id)
-
-
-def _service_id_of(update_id: int) -> int | None:
-    return ServiceUpdate.objects.filter(pk=update_id).values_list("service_id", flat=True).first()
 
 
 def release_update(update: ServiceUpdate, error: str) -> None:

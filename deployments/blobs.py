@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
 
-from azure.core.exceptions import ResourceNotFoundError
+from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 from azure.storage.blob import BlobPrefix, BlobServiceClient, ContainerClient
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
@@ -49,6 +49,10 @@ def probe(timeout: float = 3.0) -> None:
         client.get_service_properties(timeout=int(timeout))
 
 
+class BadListing(ValueError):
+    """The listing asked for cannot be made; the message is for the user."""
+
+
 @dataclass(frozen=True)
 class Entry:
     """One row of a folder listing: a sub-folder (a common prefix) or a blob."""
@@ -82,6 +86,10 @@ def list_folder(prefix: str, *, page_token: str | None = None, page_size: int = 
         items = []
     except ResourceNotFoundError:  # no container yet: nothing was collected
         return Listing([], None)
+    except HttpResponseError as exc:
+        if exc.status_code == 400:  # a continuation token that the storage did not issue
+            raise BadListing("That page of the listing does not exist: start again from the folder.") from exc
+        raise
     entries = [
         Entry(item.name, True)
         if isinstance(item, BlobPrefix)

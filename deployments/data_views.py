@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import date, timedelta
 
 from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, StreamingHttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils.http import content_disposition_header
@@ -31,7 +31,10 @@ def data_browser(request: HttpRequest, workspace_id: int) -> HttpResponse:
     path = request.GET.get("path", "")
     prefix = datapaths.folder(workspace, path)
     token = request.GET.get("token", "")[:1024] or None
-    listing = blobs.list_folder(prefix, page_token=token, page_size=PAGE_SIZE)
+    try:
+        listing = blobs.list_folder(prefix, page_token=token, page_size=PAGE_SIZE)
+    except blobs.BadListing as exc:
+        return HttpResponseBadRequest(str(exc))
     context = {
         "workspace": workspace,
         "path": path.strip("/"),
@@ -51,8 +54,11 @@ def data_preview(request: HttpRequest, workspace_id: int) -> HttpResponse:
     relative = request.GET.get("blob", "")
     name = datapaths.blob(workspace, relative)
     rows = int(request.GET["rows"]) if request.GET.get("rows") in {str(n) for n in PREVIEW_ROWS} else 100
-    first = preview.head(name, rows)
-    last = None if first.complete else preview.tail(name, rows, first.header)
+    try:
+        first = preview.head(name, rows)
+        last = None if first.complete else preview.tail(name, rows, first.header)
+    except preview.NotTabular as exc:
+        return HttpResponseBadRequest(str(exc))
     folder = relative.rsplit("/", 1)[0] if "/" in relative else ""
     context = {
         "workspace": workspace,

@@ -71,6 +71,16 @@ def _average_row_bytes(name: str) -> tuple[float, int, bool]:
     return max(body / len(sample.rows), 1.0), header_bytes, sample.complete
 
 
+def _sample(per_day: list[list[tuple[str, int]]]) -> tuple[float, int, bool]:
+    """Row size from the newest file that has rows (a file just rolled over holds only its header)."""
+    newest_first = [name for files in reversed(per_day) for name, _ in reversed(files)]
+    for name in newest_first[:3]:
+        average, header_bytes, exact = _average_row_bytes(name)
+        if average > 1.0:  # a real row is at least two bytes; 1.0 means the sample had none
+            return average, header_bytes, exact
+    return _average_row_bytes(newest_first[0])
+
+
 def _bytes_of(sample: preview.Preview) -> int:
     return sum(len((",".join(row) + "\n").encode()) for row in sample.rows)
 
@@ -86,8 +96,7 @@ def rows_per_day(service: Service, start: date, end: date) -> Summary:
             per_day[index[day]].append((entry.name, entry.size or 0))
     series = []
     for designation, per_day in sorted(sizes.items()):
-        newest = next(files[0][0] for files in reversed(per_day) if files)
-        average, header_bytes, exact = _average_row_bytes(newest)
+        average, header_bytes, exact = _sample(per_day)
         only_newest = sum(len(files) for files in per_day) == 1
         counts = [sum(max(size - header_bytes, 0) for _, size in files) for files in per_day]
         series.append(Series(designation, [round(c / average) for c in counts], exact and only_newest))

@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from django import forms
+from django.conf import settings
 
 from deployments.models import AuditEvent, ComputeTarget, Model, Service, Workspace
 
@@ -33,9 +35,20 @@ class ServiceSettingsForm(forms.Form):
         target = data.get("compute_target")
         if target is not None and target.kind == ComputeTarget.Kind.KUBERNETES and not data.get("image"):
             self.add_error("image", "A Kubernetes compute target runs a scoring image: name one.")
-        if target is not None and target.kind == ComputeTarget.Kind.LOCAL and not data.get("entry_script"):
-            self.add_error("entry_script", "The local compute target runs an entry script: give its path.")
+        if target is not None and target.kind == ComputeTarget.Kind.LOCAL:
+            self._check_local_script(data.get("entry_script", ""))
         return data
+
+    def _check_local_script(self, entry_script: str) -> None:
+        if not entry_script:
+            self.add_error("entry_script", "The local compute target runs an entry script: give its path.")
+            return
+        path = Path(entry_script).resolve()
+        if not any(path.is_relative_to(folder) for folder in settings.LOCAL_SCRIPT_DIRS):
+            folders = ", ".join(str(f) for f in settings.LOCAL_SCRIPT_DIRS)
+            self.add_error("entry_script", f"This machine runs only scripts inside: {folders}.")
+        elif not path.is_file():
+            self.add_error("entry_script", "No such file on this machine.")
 
     def settings(self) -> dict[str, Any]:
         """The cleaned settings, as `do_*` actions take them."""

@@ -3,6 +3,7 @@ and exports that spreadsheets cannot mistake for formulas. Reads only the bytes 
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import re
@@ -13,6 +14,8 @@ from deployments import blobs
 
 FIRST_READ = 64 * 1024
 MAX_READ = 16 * 1024 * 1024  # a preview never reads more than this, whatever N asks for
+# Collected cells can be long (an encoded image); the csv module's default limit is 128 KiB a cell.
+csv.field_size_limit(MAX_READ)
 
 
 @dataclass
@@ -33,7 +36,30 @@ class Preview:
 
 
 def _parse(text: str) -> list[list[str]]:
-    return list(csv.reader(io.StringIO(text, newline="")))
+    try:
+        return list(csv.reader(io.StringIO(text, newline="")))
+    except csv.Error as exc:
+        raise NotTabular(f"This file is not CSV that can be previewed: {exc}.") from exc
+
+
+class NotTabular(ValueError):
+    """The bytes are not CSV this preview can parse; the message is for the user."""
+
+
+def _rows_end(text: str, start: int = 0, odd: bool = False) -> tuple[int, int, bool]:
+    """Scan `text` from `start` (quote parity `odd` there) for newlines outside quoted cells.
+
+    Returns the index just after the last such newline (0 if none), where the scan stopped (after the last
+    newline), and the quote parity there. Each character is looked at once, so long quoted cells cost nothing more.
+    """
+    cut = 0
+    while (newline := text.find("\n", start)) >= 0:
+        if text.count('"', start, newline) % 2:
+            odd = not odd
+        start = newline + 1
+        if not odd:
+            cut = start
+    return cut, start, odd
 
 
 def head(name: str, n: int) -> Preview:
@@ -43,10 +69,10 @@ def head(name: str, n: int) -> Preview:
     while True:
         data = blobs.read_range(name, 0, length)
         complete = length >= size
-        # Drop a row cut by the end of the range (unless the file ends there).
+        # Drop a row cut by the end of the range (unless the file ends there), even one cut inside a quoted cell.
         text = data.decode("utf-8", errors="replace")
         if not complete:
-            text = text[: text.rfind("\n") + 1]
+            text = text[: _rows_end(text)[0]]
         rows = _parse(text)
         if complete or len(rows) > n or length >= MAX_READ:
             break
@@ -104,17 +130,17 @@ def excel_safe(cell: str) -> str:
 
 def iter_rows(chunks: Iterable[bytes]) -> Iterator[list[str]]:
     """The rows of a CSV stream, parsed chunk by chunk; memory stays one chunk and one row."""
-    buffer = ""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")  # a character may span two chunks
+    pending, scanned, odd = "", 0, False
     for chunk in chunks:
-        buffer += chunk.decode("utf-8", errors="replace")
-        # Parse only whole rows: up to the last newline that is not inside a quoted cell.
-        cut = buffer.rfind("\n") + 1
-        while cut and buffer[:cut].count('"') % 2:
-            cut = buffer.rfind("\n", 0, cut - 1) + 1
-        complete, buffer = buffer[:cut], buffer[cut:]
-        yield from _parse(complete)
-    if buffer:
-        yield from _parse(buffer)
+        pending += decoder.decode(chunk)
+        cut, scanned, odd = _rows_end(pending, scanned, odd)
+        if cut:
+            yield from _parse(pending[:cut])
+            pending, scanned = pending[cut:], scanned - cut
+    pending += decoder.decode(b"", final=True)
+    if pending:
+        yield from _parse(pending)
 
 
 class _Echo:

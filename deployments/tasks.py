@@ -48,6 +48,10 @@ def apply_service_update(self, update_id: int) -> None:  # type: ignore[no-untyp
             actions.release_update(update, str(exc))
             countdown = get_exponential_backoff_interval(2, update.attempts, 600, full_jitter=True)
             raise self.retry(countdown=countdown) from exc
+    except Exception as exc:
+        # A bug or an unexpected failure (a time limit, a broken spec): the update ends, it does not hang.
+        log.exception("update %s: unexpected error", update_id)
+        outcome = RolloutState("Failed", f"Internal error while applying the update ({type(exc).__name__}).")
     actions.do_finish_update(update, outcome)
 
 

@@ -164,8 +164,6 @@ CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
-CELERY_TASK_SOFT_TIME_LIMIT = envint("CELERY_TASK_SOFT_TIME_LIMIT", "600")
-CELERY_TASK_TIME_LIMIT = envint("CELERY_TASK_TIME_LIMIT", "660")
 CELERY_RESULT_EXPIRES = 3600
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # Above the longest task plus the longest retry countdown, so Redis never redelivers a task that is still running.
@@ -176,8 +174,17 @@ CELERY_TASK_DEFAULT_QUEUE = envstr("CELERY_QUEUE", "tributary")
 # taken over (its lease runs out) without ever running twice at once.
 ROLLOUT_TIMEOUT_SECONDS = envint("ROLLOUT_TIMEOUT_SECONDS", "600")
 ROLLOUT_POLL_SECONDS = float(envstr("ROLLOUT_POLL_SECONDS", "1"))
-UPDATE_LEASE_SECONDS = envint("UPDATE_LEASE_SECONDS", str(ROLLOUT_TIMEOUT_SECONDS + 120))
+# A task applies, then waits for the rollout: its time limits leave room for both, and the lease outlasts them.
+CELERY_TASK_SOFT_TIME_LIMIT = envint("CELERY_TASK_SOFT_TIME_LIMIT", str(ROLLOUT_TIMEOUT_SECONDS + 120))
+CELERY_TASK_TIME_LIMIT = envint("CELERY_TASK_TIME_LIMIT", str(CELERY_TASK_SOFT_TIME_LIMIT + 60))
+UPDATE_LEASE_SECONDS = envint("UPDATE_LEASE_SECONDS", str(CELERY_TASK_TIME_LIMIT + 60))
 UPDATE_MAX_ATTEMPTS = envint("UPDATE_MAX_ATTEMPTS", "5")
+
+# The local compute target runs entry scripts on this machine, as the worker's user: only scripts inside these
+# folders (comma-separated), so that a workspace member cannot have the portal run an arbitrary file.
+LOCAL_SCRIPT_DIRS = [
+    Path(p).resolve() for p in envlist("LOCAL_SCRIPT_DIRS", f"{BASE_DIR / 'examples'},{VAR_DIR / 'scripts'}")
+]
 
 # Collected model data lives here (Azurite in development). The connection string is a secret: settings only.
 BLOB_CONNECTION_STRING = envstr("BLOB_CONNECTION_STRING")

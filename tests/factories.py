@@ -1,7 +1,12 @@
+from pathlib import Path
+
 import factory
 from django.contrib.auth import get_user_model
 
 from deployments.models import ComputeTarget, Membership, Model, Service, Workspace
+
+# A script the local compute target may run (settings.LOCAL_SCRIPT_DIRS).
+EXAMPLE_SCRIPT = Path(__file__).resolve().parent.parent / "examples" / "score.py"
 
 
 class UserFactory(factory.django.DjangoModelFactory):
@@ -59,7 +64,7 @@ class ServiceFactory(factory.django.DjangoModelFactory):
     workspace = factory.SubFactory(WorkspaceFactory)
     name = factory.Sequence(lambda n: f"service-{n}")
     compute_target = factory.SubFactory(ComputeTargetFactory, workspace=factory.SelfAttribute("..workspace"))
-    entry_script = "/app/score.py"
+    entry_script = str(EXAMPLE_SCRIPT)
     state = Service.State.HEALTHY
 
     @factory.post_generation

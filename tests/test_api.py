@@ -8,7 +8,7 @@ from django.test import Client
 from django.urls import reverse
 
 from deployments.models import ApiToken, AuditEvent, Service, ServiceUpdate, Workspace
-from tests.factories import ComputeTargetFactory, ModelFactory, ServiceFactory
+from tests.factories import EXAMPLE_SCRIPT, ComputeTargetFactory, ModelFactory, ServiceFactory
 
 
 @pytest.fixture
@@ -131,7 +131,7 @@ def test_it_deploys(client: Client, alice: Any, workspace: Workspace) -> None:
         "name": "fraud",
         "compute_target": "local",
         "models": ["best_model:2"],
-        "entry_script": "/app/score.py",
+        "entry_script": str(EXAMPLE_SCRIPT),
         "collect_model_data": True,
     }
 

@@ -215,3 +215,41 @@ def _now() -> Any:
     from django.utils import timezone
 
     return timezone.now()
+
+
+@pytest.mark.django_db
+def test_an_older_update_never_runs_after_a_newer_one(
+    kube: Any, service: Service, alice: Any, settings_fast: Any
+) -> None:
+    older = _update(service, alice, replicas=2)
+    assert actions.claim_update(older.pk) is not None  # running when the user saves another edit
+    service.refresh_from_db()
+    newer = _update(service, alice, replicas=3)
+    older.refresh_from_db()
+    actions.release_update(older, "HTTP 503")  # a transient error hands it back for a retry
+
+    tasks.apply_service_update(newer.pk)
+    tasks.apply_service_update(older.pk)
+
+    older.refresh_from_db()
+    assert (older.status, older.error) == (ServiceUpdate.Status.FAILED, f"Superseded by update #{newer.pk}.")
+    assert _deployment(kube).spec.replicas == 3
+
+
+@pytest.mark.django_db
+def test_an_unexpected_error_fails_the_update_instead_of_hanging(
+    service: Service, alice: Any, monkeypatch: Any
+) -> None:
+    from deployments import drivers
+
+    def broken(_service: Service) -> Any:
+        raise KeyError("boom")
+
+    monkeypatch.setattr(drivers, "driver_for", broken)
+    update = _update(service, alice, replicas=2)
+
+    tasks.apply_service_update(update.pk)
+
+    update.refresh_from_db()
+    assert update.status == ServiceUpdate.Status.FAILED
+    assert update.error == "Internal error while applying the update (KeyError)."

@@ -39,12 +39,14 @@ def test_it_requeues_expired_running_and_lost_pending_updates(workspace: Workspa
         workspace, status=ServiceUpdate.Status.RUNNING, attempts=1, lease_until=timezone.now() + timedelta(minutes=5)
     )
     _update(workspace)  # just created: its task is on its way
+    _update(workspace, attempts=1, started=timezone.now() - timedelta(minutes=1))  # its retry is scheduled
+    overdue = _update(workspace, attempts=1, started=timezone.now() - timedelta(hours=1))
     _update(workspace, status=ServiceUpdate.Status.SUCCEEDED, finished=past)
 
     out = _reconcile()
 
-    assert sorted(queued) == sorted([expired.pk, lost.pk])
-    assert "Re-enqueued 2 update(s)" in out
+    assert sorted(queued) == sorted([expired.pk, lost.pk, overdue.pk])
+    assert "Re-enqueued 3 update(s)" in out
 
 
 def test_it_fails_updates_out_of_attempts(workspace: Workspace, queued: list[int], settings: Any) -> None:

@@ -7,7 +7,7 @@ from django.test import Client
 from django.urls import reverse
 
 from deployments.models import AuditEvent, Model, Service, ServiceUpdate, Workspace
-from tests.factories import ComputeTargetFactory, ModelFactory, ServiceFactory
+from tests.factories import EXAMPLE_SCRIPT, ComputeTargetFactory, ModelFactory, ServiceFactory
 
 
 @pytest.fixture
@@ -21,7 +21,7 @@ def _form(workspace: Workspace, model: Model, **overrides: Any) -> dict[str, Any
         "name": "churn",
         "compute_target": target.pk,
         "models": [model.pk],
-        "entry_script": "/app/score.py",
+        "entry_script": str(EXAMPLE_SCRIPT),
         "replicas": 1,
     }
     data.update(overrides)
@@ -91,4 +91,18 @@ def test_it_is_404_for_outsiders(client: Client, charlie: Any, workspace: Worksp
     response = client.post(reverse("deployments:service-create", args=[workspace.pk]), _form(workspace, model))
 
     assert response.status_code == 404
+    assert not Service.objects.exists()
+
+
+@pytest.mark.parametrize("script", ["/etc/passwd", "/tmp/../etc/passwd", "examples/../manage.py"])
+def test_it_runs_only_scripts_from_the_allowed_folders(
+    client: Client, alice: Any, workspace: Workspace, model: Model, script: str
+) -> None:
+    client.force_login(alice)
+
+    response = client.post(
+        reverse("deployments:service-create", args=[workspace.pk]), _form(workspace, model, entry_script=script)
+    )
+
+    assert b"This machine runs only scripts inside" in response.content
     assert not Service.objects.exists()

@@ -16,6 +16,9 @@ from django.utils import timezone
 from deployments import actions, tasks
 from deployments.models import ServiceUpdate
 
+# The task's longest retry backoff is 600 s: a handed-back update untouched for much longer lost its retry.
+RETRY_OVERDUE = timedelta(minutes=15)
+
 
 class Command(BaseCommand):
     help = "Re-enqueue service updates stuck in Pending or in an expired Running; fail those out of attempts."
@@ -28,7 +31,11 @@ class Command(BaseCommand):
     def handle(self, *args: object, pending_after: int, **options: object) -> None:
         now = timezone.now()
         stuck = ServiceUpdate.objects.filter(
-            Q(status=ServiceUpdate.Status.PENDING, created__lt=now - timedelta(seconds=pending_after))
+            # Never claimed: its task was lost on the way to the broker.
+            Q(status=ServiceUpdate.Status.PENDING, attempts=0, created__lt=now - timedelta(seconds=pending_after))
+            # Handed back after a transient error: its retry is scheduled; lost only if long overdue.
+            | Q(status=ServiceUpdate.Status.PENDING, attempts__gt=0, started__lt=now - RETRY_OVERDUE)
+            # Its worker died (or hangs) past the lease.
             | Q(status=ServiceUpdate.Status.RUNNING, lease_until__lt=now)
         ).select_related("service__workspace")
         requeued = failed = 0
