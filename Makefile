@@ -32,8 +32,11 @@ format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+# Each prints its table; results are recorded in bench/RESULTS.md. The scoring benchmark needs wrk (apt-get install wrk).
 bench: install
 	$(BIN)/python bench/collector_bench.py
+	$(BIN)/python bench/portal_bench.py
+	$(BIN)/python bench/scoring_bench.py
 
 clean:
 	rm -rf $(VENV) node_modules var
