@@ -110,6 +110,7 @@ def service_edit(request: HtmxHttpRequest, service_id: int) -> HttpResponse:
     form = ServiceEditForm(
         request.POST or None, workspace=service.workspace, initial=ServiceEditForm.initial_for(service)
     )
+    stale = ""
     if request.method == "POST" and form.is_valid():
         try:
             actions.do_update_service(
@@ -120,15 +121,19 @@ def service_edit(request: HtmxHttpRequest, service_id: int) -> HttpResponse:
                 request_id=request.id,
                 **form.settings(),
             )
+        except actions.StaleEdit as exc:
+            # Show the settings as they are now, so that the user's next Update starts from them.
+            service.refresh_from_db()
+            form = ServiceEditForm(workspace=service.workspace, initial=ServiceEditForm.initial_for(service))
+            stale = str(exc)
         except actions.ActionError as exc:
             form.add_error(None, str(exc))
         else:
             messages.success(request, f"Updating {service.name}: the change is being applied.")
             return _after_change(request, reverse("deployments:service-detail", args=[service.pk]))
     template = "deployments/service_edit.html" + ("#service-form" if request.htmx else "")
-    return render(
-        request, template, {"service": service, "workspace": service.workspace, "form": form, "nav": "deployments"}
-    )
+    context = {"service": service, "workspace": service.workspace, "form": form, "stale": stale, "nav": "deployments"}
+    return render(request, template, context)
 
 
 @require_http_methods(["GET", "POST"])

@@ -140,6 +140,9 @@ def test_it_refuses_a_stale_edit(client: Client, alice: Any, carol: Any, service
     assert service.replicas == 2
     assert ServiceUpdate.objects.count() == 1
     assert AuditEvent.objects.count() == 1
+    # The form now shows the current settings and version, so the next Update starts from them.
+    assert response.context["form"]["replicas"].value() == 2
+    assert b'name="version" value="2"' in response.content
 
 
 def test_it_says_when_nothing_changed(client: Client, alice: Any, service: Service) -> None:
