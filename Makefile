@@ -27,6 +27,7 @@ node_modules/.installed: package.json package-lock.json
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	DEBUG=true $(BIN)/mypy deployments portal
 
 format: install
 	$(BIN)/ruff format .

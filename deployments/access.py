@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 from django.http import Http404, HttpRequest
 
 from deployments.models import Membership, Service, Workspace
+
+
+def user_id(request: HttpRequest) -> int:
+    """The logged-in user's id (every view that asks is behind login_required or token authentication)."""
+    return cast(int, request.user.pk)
 
 
 def get_workspace_for_user(request: HttpRequest, workspace_id: int) -> tuple[Workspace, bool]:
@@ -15,7 +22,7 @@ def get_workspace_for_user(request: HttpRequest, workspace_id: int) -> tuple[Wor
     """
     membership = (
         Membership.objects.select_related("workspace")
-        .filter(workspace_id=workspace_id, user_id=request.user.pk)
+        .filter(workspace_id=workspace_id, user_id=user_id(request))
         .first()
     )
     if membership is None:

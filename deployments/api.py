@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from datetime import timedelta
 from functools import wraps
 from typing import Any
 
@@ -18,9 +19,10 @@ from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 
 from deployments import actions
-from deployments.access import get_workspace_for_user
+from deployments.access import get_workspace_for_user, user_id
 from deployments.forms import ServiceCreateForm, ServiceEditForm
 from deployments.models import ApiToken, Membership, Service, ServiceUpdate, Workspace
+from portal.middleware import request_id
 
 View = Callable[..., JsonResponse]
 UPDATABLE = {
@@ -49,7 +51,10 @@ def api_view(*methods: str) -> Callable[[View], View]:
             token = ApiToken.objects.select_related("user").filter(key_hash=ApiToken.hash(key.strip())).first()
             if scheme.lower() != "bearer" or token is None or not token.user.is_active:
                 return _error("Authentication required: send Authorization: Bearer <token>.", 401)
-            ApiToken.objects.filter(pk=token.pk).update(last_used=timezone.now())
+            # At most one write a minute per token: polling clients (wait_for_deployment) stay read-only.
+            now = timezone.now()
+            if token.last_used is None or now - token.last_used > timedelta(minutes=1):
+                ApiToken.objects.filter(pk=token.pk).update(last_used=now)
             request.user = token.user
             if request.method not in methods:
                 return _error(f"Method {request.method} is not allowed here.", 405)
@@ -162,7 +167,7 @@ def _service(request: HttpRequest, workspace_id: int, name: str) -> tuple[Servic
 
 @api_view("GET")
 def workspaces(request: HttpRequest) -> JsonResponse:
-    memberships = Membership.objects.filter(user_id=request.user.pk).select_related("workspace")
+    memberships = Membership.objects.filter(user_id=user_id(request)).select_related("workspace")
     return JsonResponse(
         {
             "workspaces": [
@@ -199,7 +204,7 @@ def services(request: HttpRequest, workspace_id: int) -> JsonResponse:
         workspace,
         acting_user=request.user,
         reason=form.cleaned_data["reason"],
-        request_id=request.id,  # type: ignore[attr-defined]
+        request_id=request_id(request),
         **form.settings(),
     )
     return JsonResponse(_service_json(update.service), status=202)
@@ -230,7 +235,7 @@ def service(request: HttpRequest, workspace_id: int, name: str) -> JsonResponse:
         expected_version=form.cleaned_data["version"],
         acting_user=request.user,
         reason=form.cleaned_data["reason"],
-        request_id=request.id,
+        request_id=request_id(request),
         **form.settings(),  # type: ignore[attr-defined]
     )
     service.refresh_from_db()

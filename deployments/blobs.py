@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
+from typing import Any
 
 from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 from azure.storage.blob import BlobPrefix, BlobServiceClient, ContainerClient
@@ -75,7 +76,7 @@ class Listing:
 
 def list_folder(prefix: str, *, page_token: str | None = None, page_size: int = 200) -> Listing:
     """One page of the folders and blobs directly under `prefix` (which ends with "/")."""
-    pages = (
+    pages: Any = (  # the SDK's pager: an iterator of pages that also carries the next continuation token
         container()
         .walk_blobs(name_starts_with=prefix, delimiter="/", results_per_page=page_size)
         .by_page(continuation_token=page_token or None)

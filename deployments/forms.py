@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from django import forms
 from django.conf import settings
@@ -27,11 +27,11 @@ class ServiceSettingsForm(forms.Form):
 
     def __init__(self, *args: Any, workspace: Workspace, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["compute_target"].queryset = workspace.compute_targets.all()
-        self.fields["models"].queryset = workspace.models.all()
+        cast(forms.ModelChoiceField, self.fields["compute_target"]).queryset = workspace.compute_targets.all()
+        cast(forms.ModelMultipleChoiceField, self.fields["models"]).queryset = workspace.models.all()
 
     def clean(self) -> dict[str, Any]:
-        data = super().clean()
+        data = super().clean() or {}
         target = data.get("compute_target")
         if target is not None and target.kind == ComputeTarget.Kind.KUBERNETES and not data.get("image"):
             self.add_error("image", "A Kubernetes compute target runs a scoring image: name one.")

@@ -13,9 +13,10 @@ from django_htmx.middleware import HtmxDetails
 
 from deployments import actions
 from deployments import health as health_checks
-from deployments.access import get_service_for_user, get_workspace_for_user
+from deployments.access import get_service_for_user, get_workspace_for_user, user_id
 from deployments.forms import AuditFilterForm, ServiceCreateForm, ServiceEditForm, ServiceFilterForm
 from deployments.models import AuditEvent, Membership, Service
+from portal.middleware import request_id
 
 SERVICES_PER_PAGE = 50
 AUDIT_EVENTS_PER_PAGE = 50
@@ -37,7 +38,7 @@ def _after_change(request: HtmxHttpRequest, url: str) -> HttpResponse:
 @require_GET
 @login_required
 def home(request: HtmxHttpRequest) -> HttpResponse:
-    memberships = Membership.objects.filter(user_id=request.user.pk).select_related("workspace")
+    memberships = Membership.objects.filter(user_id=user_id(request)).select_related("workspace")
     memberships = memberships.order_by("workspace__name")
     return render(request, "deployments/home.html", {"memberships": memberships, "nav": "workspaces"})
 
@@ -46,7 +47,7 @@ def home(request: HtmxHttpRequest) -> HttpResponse:
 @login_required
 def deployments_redirect(request: HtmxHttpRequest) -> HttpResponse:
     """The top navigation's "Deployments": the first workspace's services, or the workspace list if none."""
-    membership = Membership.objects.filter(user_id=request.user.pk).order_by("workspace__name").first()
+    membership = Membership.objects.filter(user_id=user_id(request)).order_by("workspace__name").first()
     if membership is None:
         return redirect("deployments:home")
     return redirect("deployments:service-list", workspace_id=membership.workspace_id)
@@ -118,7 +119,7 @@ def service_edit(request: HtmxHttpRequest, service_id: int) -> HttpResponse:
                 expected_version=form.cleaned_data["version"],
                 acting_user=request.user,
                 reason=form.cleaned_data["reason"],
-                request_id=request.id,
+                request_id=request_id(request),
                 **form.settings(),
             )
         except actions.StaleEdit as exc:
@@ -147,7 +148,7 @@ def service_create(request: HtmxHttpRequest, workspace_id: int) -> HttpResponse:
             workspace,
             acting_user=request.user,
             reason=form.cleaned_data["reason"],
-            request_id=request.id,
+            request_id=request_id(request),
             **form.settings(),
         )
         messages.success(request, f"Deploying {update.service.name}.")

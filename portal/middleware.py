@@ -4,6 +4,11 @@ from collections.abc import Callable
 from django.http import HttpRequest, HttpResponse
 
 
+def request_id(request: HttpRequest) -> uuid.UUID | None:
+    """The id RequestIdMiddleware gave this request, for the audit rows written while serving it."""
+    return getattr(request, "id", None)
+
+
 class RequestIdMiddleware:
     """Gives every request an id, so that audit rows written while serving it can be correlated."""
 

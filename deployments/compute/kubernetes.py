@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 import urllib3
 from kubernetes import client, config
@@ -50,8 +50,11 @@ class KubernetesDriver:
         with _translated_errors("apply the Deployment"):
             current = self._read_deployment(name)
             if current is None:
-                self.apps.create_namespaced_deployment(self.namespace, deployment_manifest(spec))
-            elif (current.metadata.annotations or {}).get(UPDATE_ANNOTATION) != str(spec.update_id):
+                # The client serializes plain dicts as they are: the manifest stays readable JSON.
+                self.apps.create_namespaced_deployment(self.namespace, cast(Any, deployment_manifest(spec)))
+            elif ((current.metadata and current.metadata.annotations) or {}).get(UPDATE_ANNOTATION) != str(
+                spec.update_id
+            ):
                 manifest = deployment_manifest(spec)
                 patch = {
                     "metadata": manifest["metadata"],
@@ -69,7 +72,7 @@ class KubernetesDriver:
             except ApiException as exc:
                 if exc.status != 404:
                     raise
-                self.core.create_namespaced_service(self.namespace, service_manifest(spec))
+                self.core.create_namespaced_service(self.namespace, cast(Any, service_manifest(spec)))
 
     def rollout_state(self, spec: DesiredSpec) -> RolloutState:
         with _translated_errors("read the Deployment"):
@@ -102,7 +105,8 @@ def rollout_state_of(deployment: client.V1Deployment, *, scoring_url: str) -> Ro
     and available, and no old replica is left; `ProgressDeadlineExceeded` means it failed."""
     status = deployment.status or client.V1DeploymentStatus()
     # Until the controller has seen this generation, the conditions still describe the previous rollout.
-    if (status.observed_generation or 0) < (deployment.metadata.generation or 0):
+    generation = deployment.metadata.generation if deployment.metadata else None
+    if (status.observed_generation or 0) < (generation or 0):
         return RolloutState("Transitioning", "Waiting for the rollout to start.")
     for condition in status.conditions or []:
         if condition.type == "Progressing" and condition.reason == "ProgressDeadlineExceeded":

@@ -18,7 +18,6 @@ from django.db import transaction
 from deployments import actions
 from deployments.models import ComputeTarget, Membership, Model, Service, Workspace
 
-DEMO_WORKSPACE = {"subscription_id": "demo-subscription", "resource_group": "demo-rg", "name": "demo"}
 DEMO_SERVICE = "demo-scoring"
 EXAMPLES = settings.BASE_DIR / "examples"
 
@@ -30,7 +29,9 @@ class Command(BaseCommand):
         username = os.environ.get("DJANGO_SUPERUSER_USERNAME") or "admin"
         password = os.environ.get("DJANGO_SUPERUSER_PASSWORD") or ""
         with transaction.atomic():
-            workspace, _ = Workspace.objects.get_or_create(**DEMO_WORKSPACE)
+            workspace, _ = Workspace.objects.get_or_create(
+                subscription_id="demo-subscription", resource_group="demo-rg", name="demo"
+            )
             user, created = get_user_model().objects.get_or_create(
                 username=username, defaults={"is_staff": True, "is_superuser": True}
             )
