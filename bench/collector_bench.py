@@ -103,18 +103,24 @@ def scenario_cost_tributary(quick: bool) -> dict:
     return out
 
 
-def scenario_cost_naive(quick: bool) -> dict:
-    import csv
-    import io
-
+def _naive_append_blob(folder: str):  # type: ignore[no-untyped-def]
+    """A fresh append blob for the naive peer: one synchronous append_block per collect()."""
     from azure.core.exceptions import ResourceExistsError
     from azure.storage.blob import BlobServiceClient
 
     service = BlobServiceClient.from_connection_string(os.environ["AML_MODEL_DC_STORAGE"])
     with contextlib.suppress(ResourceExistsError):
         service.create_container("modeldata")
-    blob = service.get_blob_client("modeldata", f"naive/{os.getpid()}/data.csv")
+    blob = service.get_blob_client("modeldata", f"{folder}/{os.getpid()}/data.csv")
     blob.create_append_blob()
+    return blob
+
+
+def scenario_cost_naive(quick: bool) -> dict:
+    import csv
+    import io
+
+    blob = _naive_append_blob("naive")
 
     def collect(data) -> None:
         buf = io.StringIO()
@@ -182,14 +188,7 @@ def scenario_burst_naive(quick: bool) -> dict:
     import csv
     import io
 
-    from azure.core.exceptions import ResourceExistsError
-    from azure.storage.blob import BlobServiceClient
-
-    service = BlobServiceClient.from_connection_string(os.environ["AML_MODEL_DC_STORAGE"])
-    with contextlib.suppress(ResourceExistsError):
-        service.create_container("modeldata")
-    blob = service.get_blob_client("modeldata", f"naive-burst/{os.getpid()}/data.csv")
-    blob.create_append_blob()
+    blob = _naive_append_blob("naive-burst")
 
     def collect(data) -> None:
         buf = io.StringIO()

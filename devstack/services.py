@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlparse
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -209,19 +206,3 @@ def start_redis(*, port: int | None = None) -> ManagedProcess:
             raise ServiceError(f"Redis did not start on port {port}:\n{service.log_tail()}")
         time.sleep(0.05)
     return service
-
-
-def python() -> str:
-    """The interpreter running us: children use the same virtualenv."""
-    return sys.executable
-
-
-def host_port(url: str) -> tuple[str, int]:
-    parsed = urlparse(url)
-    return parsed.hostname or "127.0.0.1", parsed.port or 0
-
-
-def environ(**overrides: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(overrides)
-    return env
