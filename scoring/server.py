@@ -8,7 +8,11 @@ Hooks tie gunicorn's life cycle to the runtime's:
   whole server (exit code 3) instead of restarting the worker forever; the log says why (`FAILED: ...`);
 - on SIGTERM (or SIGINT), each worker finishes the requests in flight, then flushes the collector
   (`collector.shutdown()`, up to `AML_MODEL_DC_SHUTDOWN_TIMEOUT`) and the telemetry before it exits;
-- the master keeps the request and collector counts of exited workers, so `/status` survives worker restarts.
+- the master keeps the request and collector counts of exited workers, so `/status` survives worker restarts;
+- with collection on, the workers only spool their rows (`AML_MODEL_DC_DELIVERY=agent`) and the master runs the
+  collector's delivery agent beside them (`python -m collector.agent`): uploads never hold a worker's GIL while
+  it serves requests. The agent starts before the workers, is restarted if it dies, and stops after them, so it
+  delivers what they spooled last.
 """
 
 from __future__ import annotations
@@ -16,13 +20,16 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import socket
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
+from gunicorn.arbiter import Arbiter
 from gunicorn.errors import HaltServer
 
 import collector
@@ -69,8 +76,58 @@ def _child_exit(server: Any, worker: Any) -> None:
     board.retire(worker.pid)
 
 
+def _when_ready(server: Any) -> None:
+    agent = server.app.agent
+    if agent is not None:
+        agent.start()
+
+
 def _on_exit(server: Any) -> None:
+    agent = server.app.agent
+    if agent is not None:
+        agent.stop()
     shutil.rmtree(server.app.board.folder, ignore_errors=True)
+
+
+class DeliveryAgent:
+    """The collector's delivery agent, a child process of the master (see collector.agent)."""
+
+    def __init__(self, status_file: Path, shutdown_timeout: float) -> None:
+        self.status_file = status_file
+        self.shutdown_timeout = shutdown_timeout
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        argv = [sys.executable, "-m", "collector.agent", "--status-file", str(self.status_file)]
+        self.process = subprocess.Popen([*argv, "--parent", str(os.getpid())])
+
+    def keep_running(self) -> None:
+        # gunicorn reaps every child, so poll() may report 0 for an agent that died otherwise: restart it either way.
+        if self.process is not None and self.process.poll() is not None:
+            log.error("the collector's delivery agent exited (%s); starting it again", self.process.returncode)
+            self.start()
+
+    def stop(self) -> None:
+        """SIGTERM: the agent delivers what is spooled for up to its shutdown timeout, then exits."""
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(self.shutdown_timeout + 5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+class ScoringArbiter(Arbiter):
+    """gunicorn's arbiter, which also keeps the delivery agent running (it checks its workers once a second)."""
+
+    def manage_workers(self) -> None:
+        super().manage_workers()
+        agent = self.app.agent
+        if agent is not None:
+            agent.keep_running()
 
 
 BOARD_PREFIX = "tributary-scoring-"
@@ -97,7 +154,16 @@ class ScoringServer(BaseApplication):
         self.settings = settings
         _remove_stale_boards()
         self.board = Board(Path(tempfile.mkdtemp(prefix=f"{BOARD_PREFIX}{os.getpid()}-")), settings.workers)
+        self.agent: DeliveryAgent | None = None
+        collection = collector.config.from_environ()
+        if collection.uploading:
+            # Set before the workers fork, so that each of them spools only.
+            os.environ[collector.config.DELIVERY] = "agent"
+            self.agent = DeliveryAgent(self.board.agent_file, collection.shutdown_timeout)
         super().__init__(prog="tributary-score")
+
+    def run(self) -> None:
+        ScoringArbiter(self).run()
 
     def load_config(self) -> None:
         s = self.settings
@@ -118,6 +184,7 @@ class ScoringServer(BaseApplication):
             "control_socket_disable": True,
             "worker_exit": _worker_exit,
             "child_exit": _child_exit,
+            "when_ready": _when_ready,
             "on_exit": _on_exit,
         }
         if hasattr(socket, "SO_REUSEPORT"):

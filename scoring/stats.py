@@ -154,6 +154,14 @@ class Board:
         self.folder = folder
         self.workers = workers
 
+    @property
+    def agent_file(self) -> Path:
+        """The collector's delivery agent writes its counters here (collector.agent --status-file)."""
+        return self.folder / "agent.json"
+
+    def agent(self) -> dict[str, Any]:
+        return _read_json(self.agent_file) or {}
+
     def worker_file(self, pid: int) -> Path:
         return self.folder / f"worker-{pid}.json"
 
@@ -255,6 +263,13 @@ class WorkerStatus:
         for w in workers:
             requests = add_snapshots(requests, w["requests"])
             collector = add_collector(collector, w.get("collector") or {})
+        delivery = self.board.agent() if self.board else {}
+        if delivery:
+            # The delivery agent uploads every worker's rows: deliveries are its counts, and so is what is left.
+            spool_bytes = delivery.pop("spool_bytes", 0)
+            delivery.pop("queue_rows", None)
+            collector = add_collector(collector, delivery)
+            collector["spool_bytes"] = spool_bytes
         collector["mode"] = (mine.get("collector") or {}).get("mode", "off")
         return {
             "ready": all(w["ready"] for w in workers) and len(workers) >= (self.board.workers if self.board else 1),

@@ -482,6 +482,60 @@ def test_it_reports_counts_latencies_and_collector_counters(azurite, blob_contai
     assert status["telemetry"] == "off"
 
 
+def children(pid: int) -> dict[int, str]:
+    """The child processes of `pid`, with their command lines."""
+    out = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid:
+                out[int(stat.parent.name)] = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, IndexError, ValueError):
+            continue
+    return out
+
+
+def delivery_agent(runtime: Runtime) -> int | None:
+    agents = [pid for pid, cmd in children(runtime.process.pid).items() if "collector.agent" in cmd]
+    return agents[0] if len(agents) == 1 else None
+
+
+def test_a_delivery_agent_uploads_for_the_workers_and_is_restarted(azurite, blob_container, tmp_path, runtimes):
+    runtime = start_runtime(
+        EXAMPLES / "score.py",
+        tmp_path,
+        env=collecting_env(azurite, blob_container, tmp_path),
+        args=("--model-dir", str(EXAMPLES / "sample_model"), "--workers", "2"),
+    )
+    runtimes.append(runtime)
+    runtime.wait_ready()
+    payload = (EXAMPLES / "sample_request.json").read_text()
+    for _ in range(5):
+        assert runtime.score(payload)[0] == 200
+    wait_for_rows(blob_container, runtime, "sample-model", "1", "inputs", 10)
+    agent = wait_until(lambda: delivery_agent(runtime), timeout=10, message="the delivery agent")
+
+    os.kill(agent, signal.SIGKILL)
+    wait_until(lambda: delivery_agent(runtime) not in (None, agent), timeout=20, message="a new delivery agent")
+    for _ in range(5):
+        assert runtime.score(payload)[0] == 200
+
+    assert len(wait_for_rows(blob_container, runtime, "sample-model", "1", "inputs", 20)) == 1 + 20
+
+    def settled() -> dict[str, Any] | None:
+        collector = runtime.status()["collector"]
+        return collector if collector["spool_bytes"] == 0 and collector["rows_delivered"] >= 20 else None
+
+    collector = wait_until(settled, timeout=20, message="the new agent's counts")
+    assert collector["rows_collected"] == 40
+    # The killed agent may not have published its last count: counts are kept across restarts, not crashes.
+    assert collector["rows_delivered"] <= 40, collector
+    assert "the collector's delivery agent exited" in runtime.log()
+    last = delivery_agent(runtime)
+    assert runtime.stop() == 0
+    assert not Path(f"/proc/{last}").exists()  # stopped with the runtime, not orphaned
+
+
 FAILING_INIT_SCRIPT = """
     from azureml.core.model import Model
 

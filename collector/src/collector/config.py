@@ -23,6 +23,7 @@ or build a whole environment with `environ_for(...)`.
 | `AML_MODEL_DC_MAX_ROW_BYTES` | encoded rows larger than this are dropped and counted | 1 MiB |
 | `AML_MODEL_DC_REQUEST_TIMEOUT` | seconds to wait for one storage request before treating it as failed | 10 |
 | `AML_MODEL_DC_SHUTDOWN_TIMEOUT` | seconds that exit and SIGTERM wait for uploads (rows stay spooled after) | 10 |
+| `AML_MODEL_DC_DELIVERY` | `process`: each collecting process uploads its own rows, in a thread; `agent`: it only spools them and a delivery agent (`python -m collector.agent`) uploads for every process of the replica. The scoring runtime sets `agent` on its workers and runs the agent itself | `process` |
 | `AML_MODEL_DC_STRICT` | `true` raises `CollectError` on bad input instead of dropping it (for tests) | off |
 
 Platform values win over constructor arguments: on the platform, the rows must land where the portal looks for
@@ -57,6 +58,7 @@ MAX_ROW_BYTES = "AML_MODEL_DC_MAX_ROW_BYTES"
 REQUEST_TIMEOUT = "AML_MODEL_DC_REQUEST_TIMEOUT"
 SHUTDOWN_TIMEOUT = "AML_MODEL_DC_SHUTDOWN_TIMEOUT"
 STRICT = "AML_MODEL_DC_STRICT"
+DELIVERY = "AML_MODEL_DC_DELIVERY"
 
 ALL = (
     ENABLED,
@@ -76,7 +78,10 @@ ALL = (
     REQUEST_TIMEOUT,
     SHUTDOWN_TIMEOUT,
     STRICT,
+    DELIVERY,
 )
+
+DELIVERY_MODES = ("process", "agent")
 
 # Azure's hard limits for append blobs.
 AZURE_MAX_BLOCKS = 50_000
@@ -108,6 +113,7 @@ class Settings:
     request_timeout: float = 10.0
     shutdown_timeout: float = 10.0
     strict: bool = False
+    delivery: str = "process"
 
     @property
     def uploading(self) -> bool:
@@ -168,6 +174,10 @@ def from_environ(env: Mapping[str, str] | None = None) -> Settings:
     if workspace is not None and len(workspace.split("/")) != 3:
         log.error("collector: %s must be <subscription_id>/<resource_group>/<workspace>; ignoring it", WORKSPACE)
         workspace = None
+    delivery = env.get(DELIVERY, "").strip().lower() or defaults.delivery
+    if delivery not in DELIVERY_MODES:
+        log.error("collector: %s=%r must be 'process' or 'agent'; using 'process'", DELIVERY, delivery)
+        delivery = defaults.delivery
     max_blocks = int(_number(env, MAX_BLOCKS_PER_BLOB, AZURE_MAX_BLOCKS, int, 2, AZURE_MAX_BLOCKS))
     return Settings(
         storage_enabled=enabled,
@@ -187,6 +197,7 @@ def from_environ(env: Mapping[str, str] | None = None) -> Settings:
         request_timeout=_number(env, REQUEST_TIMEOUT, defaults.request_timeout, float, 0.1, 600),
         shutdown_timeout=_number(env, SHUTDOWN_TIMEOUT, defaults.shutdown_timeout, float, 0, 3600),
         strict=_flag(env, STRICT),
+        delivery=delivery,
     )
 
 

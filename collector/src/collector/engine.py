@@ -3,6 +3,10 @@
     collect() ──deque──> spool writer thread ──disk──> uploader thread ──> blob storage
     (snapshot, enqueue)   (encode CSV, frame, write)    (exactly-once appends, see collector.upload)
 
+With `AML_MODEL_DC_DELIVERY=agent` a collecting process runs the spool writer only (role "writer") and the
+delivery agent (`collector.agent`, another process: role "agent") runs the uploader for every spool in the
+folder, so the upload's CPU never competes with the requests for the collecting process's GIL.
+
 The threads start on the first `collect()` with collection on. At interpreter exit (atexit), and on SIGTERM when
 the process had no handler of its own, everything in memory is written to the spool and the uploader gets
 `AML_MODEL_DC_SHUTDOWN_TIMEOUT` seconds to deliver it; what it could not deliver stays in the spool for the next
@@ -20,20 +24,33 @@ import signal
 import threading
 import time
 import traceback
+import uuid
 from collections import deque
 from typing import Any
 
 from collector import tabular
 from collector.config import Settings
-from collector.spool import Spool, frame
+from collector.spool import Destination, Spool, frame
 
 log = logging.getLogger("collector")
 
 IDLE_POLL = 0.02
 ORPHAN_SCAN_SECONDS = 30.0
+# How often a writer re-reads from the files how much of its spool the agent has delivered (for the spool bound).
+MEASURE_SECONDS = 1.0
 MAX_BACKOFF = 5.0
 # Undelivered bytes that make the uploader go again at once rather than after the flush interval.
 BIG_BACKLOG = 4 * 1024 * 1024
+
+
+DELIVERY_COUNTS = (
+    "rows_delivered",
+    "bytes_delivered",
+    "blocks_appended",
+    "upload_failures",
+    "parts_rolled",
+    "spools_adopted",
+)
 
 
 class Counters:
@@ -57,6 +74,14 @@ class Counters:
         self.last_error = ""
         self.last_error_at: float | None = None
         self._logged: set[str] = set()
+
+    def restore(self, saved: dict[str, Any]) -> None:
+        """Continue the delivery counts of a `collector.stats()` saved by an earlier delivery agent."""
+        with self.lock:
+            for name in DELIVERY_COUNTS:
+                value = saved.get(name)
+                if isinstance(value, int) and value > 0:
+                    setattr(self, name, value)
 
     def drop(self, reason: str, rows: int, detail: str = "", where: str = "") -> None:
         with self.lock:
@@ -125,9 +150,14 @@ INPUT_COLUMNS = (
 )
 
 
+PROCESS, WRITER, AGENT = "process", "writer", "agent"
+
+
 class Engine:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, role: str | None = None) -> None:
         self.settings = settings
+        # process: spools and delivers its own rows; writer: spools them for the agent; agent: delivers only.
+        self.role = role or (WRITER if settings.delivery == "agent" else PROCESS)
         self.pid = os.getpid()
         self.closed = False
         self._lock = threading.Lock()
@@ -144,8 +174,12 @@ class Engine:
         self._spool: Spool | None = None
         self._adopted: list[Spool] = []
         self._spools_lock = threading.Lock()
-        self._threads: list[threading.Thread] = []
+        self._writer: threading.Thread | None = None
+        self._uploader: threading.Thread | None = None
         self._date_cache: tuple[int, str] = (-1, "")
+        self._measured_at = 0.0
+        self._rounds = 0  # upload rounds done, by the uploader
+        self._lease_id = ""  # the agent's, see _agent_lease()
 
     # -- caller's thread ---------------------------------------------------------------------------------------
 
@@ -168,17 +202,15 @@ class Engine:
             if self._started or self.closed:
                 return
             try:
-                self._spool = Spool.create(self.settings.spool_dir)
+                if self.role != AGENT:
+                    self._spool = Spool.create(self.settings.spool_dir, shared=self.role == WRITER)
             except OSError as exc:
                 COUNTERS.error(f"cannot create the spool in {self.settings.spool_dir}: {exc}")
                 raise
-            for target, name in (
-                (self._writer_loop, "collector-spool-writer"),
-                (self._uploader_loop, "collector-uploader"),
-            ):
-                t = threading.Thread(target=target, name=name, daemon=True)
-                t.start()
-                self._threads.append(t)
+            if self.role != AGENT:
+                self._writer = _thread(self._writer_loop, "collector-spool-writer")
+            if self.role != WRITER:
+                self._uploader = _thread(self._uploader_loop, "collector-uploader")
             self._started = True
 
     # -- spool writer ------------------------------------------------------------------------------------------
@@ -246,6 +278,11 @@ class Engine:
         return path
 
     def spool_bytes(self) -> int:
+        """Undelivered bytes in this process's spools (a writer's: as the agent last recorded its progress)."""
+        spool = self._spool
+        if self.role == WRITER and spool is not None and time.monotonic() - self._measured_at >= MEASURE_SECONDS:
+            self._measured_at = time.monotonic()
+            spool.measure()
         with self._spools_lock:
             spools = [s for s in [self._spool, *self._adopted] if s is not None]
         return sum(s.bytes for s in spools)
@@ -275,20 +312,23 @@ class Engine:
                     )
                 if time.monotonic() >= next_scan:
                     self._adopt_orphans()
-                    next_scan = time.monotonic() + ORPHAN_SCAN_SECONDS
-                outcomes = set()
+                    # The agent looks every round: a new worker's rows should not wait for the next scan.
+                    next_scan = time.monotonic() + (0 if self.role == AGENT else ORPHAN_SCAN_SECONDS)
                 for spool in self._spools():
-                    for dest in list(spool.destinations.values()):
-                        if dest.has_work():
-                            outcome = uploader.deliver(dest, spool.lease_id)
-                            if outcome == FAILED:
-                                COUNTERS.error(uploader.last_error)
-                            outcomes.add(outcome)
-                    if not spool.own and not spool.has_work():
+                    spool.refresh()
+                outcomes = set()
+                for (lease_id, *_), dests in self._groups().items():
+                    outcome = uploader.deliver(dests, lease_id)
+                    if outcome == FAILED:
+                        COUNTERS.error(uploader.last_error)
+                    outcomes.add(outcome)
+                for spool in self._spools():
+                    if not spool.own and not spool.live and not spool.has_work():
                         self._retire(spool)
             except Exception as exc:  # bad connection string, disk trouble...: keep the thread alive
                 COUNTERS.error(f"{type(exc).__name__}: {exc}")
                 outcomes = {FAILED}
+            self._rounds += 1
             more = any(d.has_work() for s in self._spools() for d in list(s.destinations.values()))
             if FAILED in outcomes:
                 delay = min(MAX_BACKOFF, max(0.2, delay * 2)) if delay else 0.2
@@ -301,6 +341,17 @@ class Engine:
         if uploader is not None:
             uploader.close()
 
+    def _groups(self) -> dict[tuple[str, str, str, bytes], list[Destination]]:
+        """The rows waiting, by lease and target file: one append per file and round carries all of a file's rows
+        (the agent's writers share its lease; a spool left by a process that delivered its own keeps that one's)."""
+        groups: dict[tuple[str, str, str, bytes], list[Destination]] = {}
+        for spool in self._spools():
+            for dest in list(spool.destinations.values()):
+                if dest.has_work():
+                    key = (spool.lease_id, dest.container, dest.folder, dest.header)
+                    groups.setdefault(key, []).append(dest)
+        return groups
+
     def _backlog(self) -> int:
         return sum(s.bytes for s in self._spools())
 
@@ -311,12 +362,27 @@ class Engine:
     def _adopt_orphans(self) -> None:
         with self._spools_lock:
             known = {s.path for s in [self._spool, *self._adopted] if s is not None}
-        for orphan in Spool.adopt_orphans(self.settings.spool_dir, known):
-            log.info("collector: delivering the rows left in %s by a process that stopped", orphan.path)
+        for spool in Spool.scan(self.settings.spool_dir, known, agent=self.role == AGENT):
+            if spool.shared:
+                spool.lease_id = self._agent_lease()
             with self._spools_lock:
-                self._adopted.append(orphan)
-            with COUNTERS.lock:
-                COUNTERS.spools_adopted += 1
+                self._adopted.append(spool)
+            if not spool.live:
+                log.info("collector: delivering the rows left in %s by a process that stopped", spool.path)
+                with COUNTERS.lock:
+                    COUNTERS.spools_adopted += 1
+
+    def _agent_lease(self) -> str:
+        """The lease id of the agent of this spool folder: kept in the folder, so that the next agent holds the
+        same lease (and settles the blocks this one left unconfirmed without waiting for it to expire)."""
+        if not self._lease_id:
+            path = self.settings.spool_dir / ".agent-lease"
+            with contextlib.suppress(OSError, ValueError):
+                self._lease_id = str(uuid.UUID(path.read_text().strip()))
+            if not self._lease_id:
+                self._lease_id = str(uuid.uuid4())
+                path.write_text(self._lease_id)
+        return self._lease_id
 
     def _retire(self, spool: Spool) -> None:
         with self._spools_lock:
@@ -332,10 +398,29 @@ class Engine:
         deadline = time.monotonic() + timeout
         if not self._drain_to_spool(deadline):
             return False
+        if self.role == AGENT and not self._next_round(deadline):
+            return False
         targets = [(d, d.end()) for s in self._spools() for d in list(s.destinations.values())]
+        if self.role == WRITER:
+            # The agent delivers: it records its progress in each destination's state.json.
+            while any(d.delivered_upto() < end for d, end in targets):
+                if time.monotonic() >= deadline:
+                    return False
+                time.sleep(0.02)
+            return True
         self._uploader_wake.set()
         while any(d.pending is not None or d.acked < end for d, end in targets):
-            if time.monotonic() >= deadline or not self._threads[1].is_alive():
+            if time.monotonic() >= deadline or not _alive(self._uploader):
+                return False
+            time.sleep(0.005)
+        return True
+
+    def _next_round(self, deadline: float) -> bool:
+        """Wait for an upload round that starts after this call: it picks up what the watched owners wrote."""
+        target = self._rounds + 2
+        while self._rounds < target:
+            self._uploader_wake.set()
+            if time.monotonic() >= deadline or not _alive(self._uploader):
                 return False
             time.sleep(0.005)
         return True
@@ -345,7 +430,7 @@ class Engine:
         target = self._submitted
         self._writer_wake.set()
         while self._processed < target:
-            if time.monotonic() >= deadline or not self._threads[0].is_alive():
+            if time.monotonic() >= deadline or not _alive(self._writer):
                 return False
             time.sleep(0.001)
         return True
@@ -363,12 +448,20 @@ class Engine:
         # Everything in memory goes to disk first, whatever the storage does.
         self._stopping = True
         self._writer_wake.set()
-        self._threads[0].join(max(0.5, timeout))
+        if self._writer is not None:
+            self._writer.join(max(0.5, timeout))
+        if self.role == WRITER:
+            # Everything is on disk: the agent delivers it, now or (once this process is gone) as the spool's heir.
+            self._uploader_stop = True
+            for spool in self._spools():
+                spool.close()
+            return not _alive(self._writer)
         delivered = self.flush(max(0.0, deadline - time.monotonic()))
         self._uploader_stop = True
         self._uploader_wake.set()
-        self._threads[1].join(max(0.1, deadline - time.monotonic()))
-        if not self._threads[1].is_alive():
+        if self._uploader is not None:
+            self._uploader.join(max(0.1, deadline - time.monotonic()))
+        if not _alive(self._uploader):
             for spool in self._spools():
                 if spool.has_work():
                     spool.close()  # the next process adopts it
@@ -385,6 +478,16 @@ class Engine:
 
     def queue_rows(self) -> int:
         return max(0, self._queued_rows - self._taken_rows)
+
+
+def _thread(target: Any, name: str) -> threading.Thread:
+    thread = threading.Thread(target=target, name=name, daemon=True)
+    thread.start()
+    return thread
+
+
+def _alive(thread: threading.Thread | None) -> bool:
+    return thread is not None and thread.is_alive()
 
 
 def set_header(sink: Sink, ncols: int, data_columns: list[str] | None) -> None:
@@ -429,6 +532,17 @@ def current(settings: Settings | None = None) -> Engine:
             _engine = Engine(settings or from_environ())
             _install_hooks(_engine.settings)
         return _engine
+
+
+def serve_as_agent(settings: Settings) -> Engine:
+    """Make this process a delivery agent: its engine uploads every spool in the folder (see collector.agent)."""
+    global _engine
+    with _engine_lock:
+        if _engine is not None:
+            raise RuntimeError("this process collects already: a delivery agent must be a process of its own")
+        _engine = Engine(settings, role=AGENT)
+    _engine.start()
+    return _engine
 
 
 def replace(settings: Settings | None, timeout: float) -> bool:

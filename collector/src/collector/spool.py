@@ -4,7 +4,8 @@ Layout under the spool folder (AML_MODEL_DC_SPOOL_DIR), which several processes 
 
     <owner>/                 one per process that collected: "<host>-<pid>-<random>"
       lock                   flock()ed by the owner for its whole life; the kernel drops it when the owner dies
-      owner.json             {"lease_id": ...}: the blob lease id this owner appends under
+      owner.json             {"lease_id": ..., "shared": bool}: the blob lease id its rows are appended under, and
+                             whether a delivery agent delivers them (AML_MODEL_DC_DELIVERY=agent)
       <destination>/         one per target file (container, folder, header): a hash of the three
         destination.json     {"container", "folder", "header"}
         00000001.seg ...     frames, appended in order: >III (payload bytes, rows, crc32) then whole CSV rows
@@ -14,6 +15,11 @@ A process creates its owner folder under a hidden name, locks it, then renames i
 mistakes a folder being created for an orphan. Any process that starts (and every uploader every 30 s) scans
 the others: a folder whose lock it can take belongs to a dead process, so it adopts it (keeping the lock, so no
 one else does), delivers its rows under the dead owner's lease id, and removes it when empty.
+
+A shared spool's owner only writes frames; the delivery agent (`collector.agent`, one per spool folder) reads them
+while the owner is alive ("watched": the agent re-reads the folder each round and never takes what a frame still
+being written has put on disk so far), writes state.json, deletes delivered segments, and takes the spool over
+when its owner dies. Processes that deliver their own rows leave shared spools alone, alive or dead.
 
 `acked` is how far the blob already has the rows. `pending` records the block being appended (part, position,
 spool range) *before* the request goes out, so that after any failure, in this process or the next one, the
@@ -128,6 +134,44 @@ class Destination:
     def has_work(self) -> bool:
         return self.pending is not None or self.acked < self.end()
 
+    def backlog(self) -> int:
+        """Undelivered bytes, frames included."""
+        with self.spool.lock:
+            total = sum(self.sizes.values())
+            return total - (self.acked[1] if self.acked[0] in self.sizes else 0)
+
+    def refresh_sizes(self) -> None:
+        """Read the segments' sizes from disk (the delivery agent, for a spool that its owner still writes)."""
+        # List first, then stat: the owner finishes a segment before it creates the next one, so a segment seen
+        # with a later one beside it is complete when it is measured.
+        segments = sorted(int(path.stem) for path in self.path.glob("*.seg"))
+        sizes = {}
+        for seg in segments:
+            if seg >= self.acked[0]:
+                with contextlib.suppress(FileNotFoundError):
+                    sizes[seg] = os.stat(self._segment_path(seg)).st_size
+        with self.spool.lock:
+            self.sizes = sizes
+
+    def delivered_upto(self) -> Position:
+        """How far the rows are delivered, as the delivering process last recorded it (read from state.json)."""
+        try:
+            acked = json.loads((self.path / "state.json").read_text())["acked"]
+            return (int(acked[0]), int(acked[1]))
+        except (OSError, ValueError, KeyError, TypeError, IndexError):
+            return self.acked
+
+    def undelivered_on_disk(self) -> int:
+        """Undelivered bytes, from the files (for an owner whose rows another process delivers)."""
+        seg0, off0 = self.delivered_upto()
+        total = 0
+        for path in self.path.glob("*.seg"):
+            seg = int(path.stem)
+            if seg >= seg0:
+                with contextlib.suppress(FileNotFoundError):
+                    total += path.stat().st_size - (off0 if seg == seg0 else 0)
+        return max(0, total)
+
     def read_range(self, start: Position, end: Position) -> tuple[bytes, int]:
         """The CSV bytes and row count of the frames in [start, end) (one segment)."""
         seg, off = start
@@ -156,6 +200,8 @@ class Destination:
                 data, rows, used, damaged = self._unframe(self._pread(seg, off, window), max_bytes)
                 if used:
                     return data, rows, (seg, off), (seg, off + used)
+                if self.spool.live and not damaged and not later:
+                    return None  # its owner is still writing this frame
                 # Nothing whole at `off`: only a spool left by a crash can end in a damaged frame.
                 log.error(
                     "collector: spool segment %s of %s is damaged at offset %d; skipping its rest", seg, self.path, off
@@ -262,6 +308,15 @@ class Destination:
         self._read_fds.clear()
 
 
+def _try_lock(fd: int) -> bool:
+    """Take the owner's lock without waiting: True if its owner is gone (the lock is now ours)."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    return True
+
+
 def frame(chunk: bytes, rows: int) -> bytes:
     return FRAME.pack(len(chunk), rows, zlib.crc32(chunk)) + chunk
 
@@ -274,17 +329,19 @@ def destination_id(container: str, folder: str, header: bytes) -> str:
 class Spool:
     """One owner's spool folder: this process's own, or one adopted from a dead process."""
 
-    def __init__(self, path: Path, lease_id: str, lock_fd: int, own: bool) -> None:
+    def __init__(self, path: Path, lease_id: str, lock_fd: int, own: bool, shared: bool = False) -> None:
         self.path = path
         self.lease_id = lease_id
         self.own = own
+        self.shared = shared  # delivered by the delivery agent
+        self.live = not own and lock_fd < 0  # the agent watches it while its owner writes it
         self.lock = threading.Lock()
         self.destinations: dict[str, Destination] = {}
         self.bytes = 0  # undelivered bytes, frames included
         self._lock_fd = lock_fd
 
     @classmethod
-    def create(cls, root: Path) -> Spool:
+    def create(cls, root: Path, shared: bool = False) -> Spool:
         root.mkdir(parents=True, exist_ok=True)
         name = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
         hidden = root / f".{name}"
@@ -292,13 +349,18 @@ class Spool:
         lock_fd = os.open(hidden / "lock", os.O_RDWR | os.O_CREAT, 0o600)
         fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         lease_id = str(uuid.uuid4())
-        (hidden / "owner.json").write_text(json.dumps({"lease_id": lease_id, "pid": os.getpid()}))
+        (hidden / "owner.json").write_text(json.dumps({"lease_id": lease_id, "pid": os.getpid(), "shared": shared}))
         os.rename(hidden, root / name)
-        return cls(root / name, lease_id, lock_fd, own=True)
+        return cls(root / name, lease_id, lock_fd, own=True, shared=shared)
 
     @classmethod
-    def adopt_orphans(cls, root: Path, skip: set[Path]) -> Iterator[Spool]:
-        """Spool folders whose owner is dead, locked for this process; empty ones are removed on the way."""
+    def scan(cls, root: Path, skip: set[Path], *, agent: bool = False) -> Iterator[Spool]:
+        """The spool folders this process should deliver, besides its own (empty ones are removed on the way).
+
+        Dead owners' folders, locked for this process so that no one else delivers them; those of shared spools
+        only for the delivery agent (`agent=True`), which also gets the folders of shared spools whose owners are
+        alive, watched rather than locked.
+        """
         try:
             entries = list(root.iterdir())
         except FileNotFoundError:
@@ -307,35 +369,70 @@ class Spool:
             if path.name.startswith(".") or path in skip or not path.is_dir():
                 continue
             try:
+                owner = json.loads((path / "owner.json").read_text())
+                lease_id, shared = owner["lease_id"], bool(owner.get("shared"))
                 lock_fd = os.open(path / "lock", os.O_RDWR)
-            except OSError:
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                log.error("collector: cannot read the spool %s (%s); leaving it", path, exc)
                 continue
-            try:
-                fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
+            if shared and not agent:
                 os.close(lock_fd)
-                continue  # alive
+                continue  # the delivery agent's
+            if not _try_lock(lock_fd):
+                os.close(lock_fd)
+                if not (agent and shared):
+                    continue  # alive, and delivering its own rows
+                lock_fd = -1
+            spool = cls(path, lease_id, lock_fd, own=False, shared=shared)
             try:
-                lease_id = json.loads((path / "owner.json").read_text())["lease_id"]
-                spool = cls(path, lease_id, lock_fd, own=False)
                 spool._load()
             except (OSError, ValueError, KeyError) as exc:
-                log.error("collector: cannot read the orphaned spool %s (%s); leaving it", path, exc)
-                os.close(lock_fd)
+                log.error("collector: cannot read the spool %s (%s); leaving it", path, exc)
+                spool.close()
                 continue
-            if spool.has_work():
+            if spool.live or spool.has_work():
                 yield spool
             else:
                 spool.remove()
 
+    def refresh(self) -> None:
+        """For a watched spool: take it over if its owner has died, then pick up what the owner wrote since."""
+        if not self.live:
+            return
+        # The lock first: once the owner is dead nothing more is written, so what is read next is final.
+        with contextlib.suppress(OSError):
+            fd = os.open(self.path / "lock", os.O_RDWR)
+            if _try_lock(fd):
+                self._lock_fd = fd
+                self.live = False
+            else:
+                os.close(fd)
+        for dest_path in self.path.iterdir():
+            if dest_path.name not in self.destinations and (dest_path / "destination.json").exists():
+                self._load_destination(dest_path)
+        for dest in list(self.destinations.values()):
+            dest.refresh_sizes()
+        total = sum(dest.backlog() for dest in list(self.destinations.values()))
+        with self.lock:
+            self.bytes = total
+
+    def measure(self) -> None:
+        """Count the undelivered bytes from the files (an owner whose rows the delivery agent delivers)."""
+        total = sum(dest.undelivered_on_disk() for dest in list(self.destinations.values()))
+        with self.lock:
+            self.bytes = total
+
     def _load(self) -> None:
         for dest_path in self.path.iterdir():
-            meta = dest_path / "destination.json"
-            if not meta.exists():
-                continue
-            info = json.loads(meta.read_text())
-            dest = Destination(self, dest_path, info["container"], info["folder"], info["header"].encode("utf-8"))
-            self.bytes += dest.load()
+            if (dest_path / "destination.json").exists():
+                self._load_destination(dest_path)
+
+    def _load_destination(self, dest_path: Path) -> None:
+        info = json.loads((dest_path / "destination.json").read_text())
+        dest = Destination(self, dest_path, info["container"], info["folder"], info["header"].encode("utf-8"))
+        backlog = dest.load()
+        with self.lock:
+            self.bytes += backlog
             self.destinations[dest_path.name] = dest
 
     def destination(self, container: str, folder: str, header: bytes) -> Destination:
@@ -344,10 +441,11 @@ class Spool:
         if dest is None:
             path = self.path / key
             path.mkdir(exist_ok=True)
-            meta = {"container": container, "folder": folder, "header": header.decode("utf-8")}
-            (path / "destination.json").write_text(json.dumps(meta))
             dest = Destination(self, path, container, folder, header)
             dest._save_state()
+            # Last: a folder with destination.json is complete (the delivery agent loads it from then on).
+            meta = {"container": container, "folder": folder, "header": header.decode("utf-8")}
+            (path / "destination.json").write_text(json.dumps(meta))
             with self.lock:
                 self.destinations[key] = dest
         return dest

@@ -43,7 +43,7 @@ from azure.core.exceptions import AzureError, HttpResponseError, ResourceExistsE
 from azure.storage.blob import BlobClient, BlobLeaseClient, BlobServiceClient, ContainerClient
 
 from collector.config import AZURE_MAX_APPEND_BLOCK_BYTES
-from collector.spool import Destination, Pending
+from collector.spool import Destination, Pending, Position
 
 log = logging.getLogger("collector")
 
@@ -113,38 +113,50 @@ class Uploader:
             self._containers[name] = client
         return client
 
-    def deliver(self, dest: Destination, lease_id: str, budget: float = HOLD_SECONDS) -> str:
-        """Send what `dest` has spooled, for up to `budget` seconds: DONE, BUSY (lease held elsewhere) or FAILED.
+    def deliver(self, dests: list[Destination], lease_id: str, budget: float = HOLD_SECONDS) -> str:
+        """Send what `dests` have spooled, for up to `budget` seconds: DONE, BUSY (lease held elsewhere) or FAILED.
 
-        Raises nothing: FAILED means retry later; the reason has been logged by the caller via the exception text
-        kept in `self.last_error`.
+        `dests` are one file's rows in one or several spools (same container, folder and header: the delivery
+        agent groups its writers' spools so that each round appends one block per file, not one per process).
+        Raises nothing: FAILED means retry later, with the reason in `self.last_error`.
         """
         self.last_error = ""
         try:
-            return self._deliver(dest, lease_id, time.monotonic() + budget)
+            return self._deliver(dests, lease_id, time.monotonic() + budget)
         except (_Unknown, AzureError, OSError) as exc:
             self.last_error = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
             return FAILED
 
-    def _deliver(self, dest: Destination, lease_id: str, deadline: float) -> str:
-        container = self._container(dest.container)
-        if dest.part is None:
-            dest.part = self._latest_part(container, dest.folder)
-        if dest.pending is not None and dest.pending.part != dest.part:
-            dest.part = dest.pending.part  # settle the pending block in its own part first
-        while True:
-            blob = container.get_blob_client(part_name(dest.folder, dest.part))
-            status = self._with_lease(blob, dest, lease_id, deadline)
-            if status != "rolled":
-                return status
-            if not dest.has_work():
-                return DONE  # the next part is created when there are rows for it
+    def _deliver(self, dests: list[Destination], lease_id: str, deadline: float) -> str:
+        first = dests[0]
+        container = self._container(first.container)
+        for dest in dests:
+            if dest.pending is not None and dest.part != dest.pending.part:
+                dest.part = dest.pending.part  # settle the pending block in its own part first
+        if any(d.part is None for d in dests):
+            latest = self._latest_part(container, first.folder)
+            for dest in dests:
+                if dest.part is None:
+                    dest.part = latest
+        # Spools can be at different parts (one that rolled over while another was spooling): each in turn.
+        for part in sorted({d.part or 0 for d in dests if d.has_work()}):
+            group = [d for d in dests if (d.part or 0) == part and d.has_work()]
+            while group:
+                blob = container.get_blob_client(part_name(first.folder, part))
+                status = self._with_lease(blob, group, lease_id, deadline)
+                if status != "rolled":
+                    if status != DONE:
+                        return status
+                    break
+                part += 1
+                group = [d for d in group if d.has_work()]  # the next part is created when there are rows
+        return DONE
 
     def _latest_part(self, container: ContainerClient, folder: str) -> int:
         parts = [part_of(b) for b in container.list_blob_names(name_starts_with=f"{folder}/data")]
         return max((p for p in parts if p is not None), default=0)
 
-    def _with_lease(self, blob: BlobClient, dest: Destination, lease_id: str, deadline: float) -> str:
+    def _with_lease(self, blob: BlobClient, group: list[Destination], lease_id: str, deadline: float) -> str:
         key = (blob.container_name, blob.blob_name)
         if key not in self._existing:
             try:
@@ -164,64 +176,101 @@ class Uploader:
             self._existing.discard(key)  # deleted under us: create it again next time
             raise _Unknown(f"{blob.blob_name} disappeared") from None
         try:
-            return self._append_all(blob, dest, lease_id, deadline)
+            return self._append_all(blob, group, lease_id, deadline)
         finally:
             with contextlib.suppress(AzureError):  # if not, it expires by itself
                 lease.release()
 
-    def _append_all(self, blob: BlobClient, dest: Destination, lease_id: str, deadline: float) -> str:
-        props = blob.get_blob_properties(lease=lease_id)
-        length, blocks = props.size, props.append_blob_committed_block_count or 0
+    def _append_all(self, blob: BlobClient, group: list[Destination], lease_id: str, deadline: float) -> str:
+        length, blocks = self._size(blob, lease_id)
         if length == 0:
-            length, blocks = self._append_header(blob, dest.header, lease_id)
-        if dest.pending is not None:
-            length, blocks = self._settle(blob, dest, lease_id, length, blocks)
-        stop = dest.end()  # this round sends what is spooled now, in blocks as large as they can be
+            length, blocks = self._append_header(blob, group[0].header, lease_id)
+        self._settle(blob, group, lease_id, length)
+        stops = [d.end() for d in group]  # this round sends what is spooled now, in blocks as large as can be
         while time.monotonic() < deadline:
+            pending = [d for d in group if d.pending is not None]
             # A block still pending is resent to its own part first, even past our (soft) limit: moving it to
             # the next part while the first request might still land would write it twice.
-            if dest.pending is None and blocks >= self.max_blocks:
-                return self._roll(dest)
-            block = dest.next_block(AZURE_MAX_APPEND_BLOCK_BYTES, stop)
-            if block is None:
+            if not pending and blocks >= self.max_blocks:
+                return self._roll(group)
+            parts = self._resend(pending, length) if pending else self._next_parts(group, stops, length)
+            if not parts:
                 return DONE
-            data, rows, start, end = block
-            dest.set_pending(Pending(dest.part or 0, length, start, end, len(data), rows))
+            data = b"".join(chunk for _, chunk, _ in parts)
             try:
                 result = blob.append_block(data, appendpos_condition=length, lease=lease_id)
             except HttpResponseError as exc:
                 code = _code(exc)
                 if code == "BlockCountExceedsLimit":
-                    dest.set_pending(None)  # refused: nothing was written
-                    return self._roll(dest)
+                    for dest, _, _ in parts:
+                        dest.set_pending(None)  # refused: nothing was written
+                    return self._roll(group)
                 if code == "AppendPositionConditionNotMet":
                     # Under our lease only our own earlier attempt can have moved the end: settle, then go on.
                     before = length
-                    length, blocks = self._settle(blob, dest, lease_id, *self._size(blob, lease_id))
+                    length, blocks = self._size(blob, lease_id)
+                    self._settle(blob, group, lease_id, length)
                     if length == before:
                         raise _Unknown(f"append to {blob.blob_name}: position {length} refused twice") from exc
                     continue
                 raise _Unknown(f"append to {blob.blob_name}: {code}") from exc
             except AzureError as exc:
                 raise _Unknown(f"append to {blob.blob_name}: {type(exc).__name__}") from exc
-            self._acked(dest, start, end, rows, len(data))
+            for dest, chunk, rows in parts:
+                self._acked(dest, rows, len(chunk))
             length += len(data)
             committed = result.get("blob_committed_block_count")
             blocks = committed if isinstance(committed, int) else blocks + 1
         return DONE
 
-    def _settle(self, blob: BlobClient, dest: Destination, lease_id: str, length: int, blocks: int) -> tuple[int, int]:
-        """Find out whether the pending block is in the blob: ack it if so, keep it (to resend) if not."""
-        p = dest.pending
-        assert p is not None
-        if length >= p.pos + p.length:
+    def _next_parts(
+        self, group: list[Destination], stops: list[Position], length: int
+    ) -> list[tuple[Destination, bytes, int]]:
+        """The next block: each spool's next whole frames in turn, up to Azure's block size, each recorded as
+        pending at its own position in the block *before* the block is sent."""
+        parts: list[tuple[Destination, bytes, int]] = []
+        pos = length
+        for dest, stop in zip(group, stops, strict=True):
+            room = AZURE_MAX_APPEND_BLOCK_BYTES - (pos - length)
+            if room <= 0:
+                break
+            block = dest.next_block(room, stop)
+            if block is None:
+                continue
+            data, rows, start, end = block
+            if parts and len(data) > room:  # a frame larger than the room left: first in the next block
+                continue
+            dest.set_pending(Pending(dest.part or 0, pos, start, end, len(data), rows))
+            parts.append((dest, data, rows))
+            pos += len(data)
+        return parts
+
+    def _resend(self, pending: list[Destination], length: int) -> list[tuple[Destination, bytes, int]]:
+        """The unconfirmed block again, byte for byte, at the current end (see step 5 of the protocol)."""
+        pending.sort(key=lambda d: d.pending.pos if d.pending else 0)
+        parts = []
+        pos = length
+        for dest in pending:
+            p = dest.pending
+            assert p is not None
+            data, rows = dest.read_range(p.start, p.end)
+            parts.append((dest, data, rows))
+            if p.pos != pos:
+                # Only when storage is already past the old block's position, so that it can no longer land.
+                dest.set_pending(Pending(p.part, pos, p.start, p.end, p.length, p.rows))
+            pos += p.length
+        return parts
+
+    def _settle(self, blob: BlobClient, group: list[Destination], lease_id: str, length: int) -> None:
+        """For each pending block: ack it if the blob has it, keep it (to send again) if not."""
+        for dest in group:
+            p = dest.pending
+            if p is None or length < p.pos + p.length:
+                continue
             data, rows = dest.read_range(p.start, p.end)
             there = blob.download_blob(offset=p.pos, length=p.length, lease=lease_id).readall()
             if there == data:
-                self._acked(dest, p.start, p.end, rows, len(data))
-                return length, blocks
-        # Not in: resend the same block at the current end.
-        return length, blocks
+                self._acked(dest, rows, len(data))
 
     def _append_header(self, blob: BlobClient, header: bytes, lease_id: str) -> tuple[int, int]:
         try:
@@ -236,15 +285,18 @@ class Uploader:
         props = blob.get_blob_properties(lease=lease_id)
         return props.size, props.append_blob_committed_block_count or 0
 
-    def _roll(self, dest: Destination) -> str:
-        dest.part = (dest.part or 0) + 1
-        dest.set_pending(dest.pending)  # persist the part
-        self.on_rollover(part_name(dest.folder, dest.part))
+    def _roll(self, group: list[Destination]) -> str:
+        for dest in group:
+            dest.part = (dest.part or 0) + 1
+            dest.set_pending(dest.pending)  # persist the part
+        self.on_rollover(part_name(group[0].folder, group[0].part or 0))
         return "rolled"
 
-    def _acked(self, dest: Destination, start: tuple[int, int], end: tuple[int, int], rows: int, nbytes: int) -> None:
+    def _acked(self, dest: Destination, rows: int, nbytes: int) -> None:
+        p = dest.pending
+        assert p is not None
         self.on_delivered(rows, nbytes)  # first: flush() returns as soon as it sees the ack
-        dest.ack(end, rows, end[1] - start[1])
+        dest.ack(p.end, rows, p.end[1] - p.start[1])
 
 
 def _code(exc: HttpResponseError) -> str:

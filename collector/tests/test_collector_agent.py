@@ -1,0 +1,203 @@
+"""The delivery agent (`python -m collector.agent`) uploading what other processes spool: real processes, Azurite
+behind the fault proxy, kills at the worst moments."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from conftest import child_env, read_files, rows_of, wait_for
+from test_collector_delivery import assert_exactly_once
+from test_collector_processes import expect_line, expected_rows, finish, spawn
+
+from collector import config
+
+
+def agent_env(env: dict[str, str]) -> dict[str, str]:
+    return {**env, config.DELIVERY: "agent"}
+
+
+@pytest.fixture
+def start_agent() -> Iterator[Callable[..., subprocess.Popen[str]]]:
+    """start_agent(env, status_file, *args): an agent process, killed at the end of the test if still running."""
+    started: list[subprocess.Popen[str]] = []
+
+    def start(env: dict[str, str], status: Path, *args: str) -> subprocess.Popen[str]:
+        agent = subprocess.Popen(
+            [sys.executable, "-m", "collector.agent", "--status-file", str(status), *args],
+            env=child_env(env),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        started.append(agent)
+        return agent
+
+    yield start
+    for agent in started:
+        if agent.poll() is None:
+            agent.kill()
+            agent.communicate()
+
+
+def stop_agent(agent: subprocess.Popen[str]) -> str:
+    """SIGTERM, then its log; it must exit by itself, with 0."""
+    agent.send_signal(signal.SIGTERM)
+    _, err = agent.communicate(timeout=30)
+    assert agent.returncode == 0, err
+    return err
+
+
+def status_of(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def test_it_delivers_what_live_writers_spool_each_row_once(
+    base_env, proxy, proxy_url, blobs, workspace, tmp_path, start_agent
+):
+    # Three writers spool only; the agent appends for all of them while storage fails now and then.
+    proxy.add("reset_before", every=5, times=-1)
+    proxy.add("error_500", every=7, times=-1)
+    proxy.add("reset_after", every=6, times=-1)
+    env = {**base_env, config.STORAGE: proxy_url}
+    status = tmp_path / "agent.json"
+    agent = start_agent(env, status)
+    writers = [spawn(agent_env(env), f"w{n}", 120, "flush", 40) for n in range(3)]
+    results = [finish(w) for w in writers]
+
+    assert all(r["flushed"] for r in results)  # flush() in a writer waits for the agent's deliveries
+    assert all(r["rows_delivered"] == 0 and r["blocks_appended"] == 0 for r in results)  # none uploaded itself
+    expected = [row for n in range(3) for row in expected_rows(f"w{n}", 120)]
+    files = read_files(blobs, workspace)
+    assert_exactly_once(files, expected)
+    rows = rows_of(next(iter(files.values())))[1:]
+    for n in range(3):
+        assert [int(r[1]) for r in rows if r[0] == f"w{n}"] == list(range(120))
+    wait_for(lambda: status_of(status).get("rows_delivered") == 360, message="the agent's counters")
+    assert status_of(status)["upload_failures"] >= 3
+    stop_agent(agent)
+
+
+def test_one_block_per_file_and_round_carries_every_writers_rows(
+    base_env, proxy, proxy_url, blobs, workspace, tmp_path, start_agent
+):
+    env = {**base_env, config.STORAGE: proxy_url}
+    writers = [spawn(agent_env(env), f"w{n}", 50, "spool") for n in range(3)]
+    for writer in writers:
+        expect_line(writer, "spooled")
+    status = tmp_path / "agent.json"
+    agent = start_agent(env, status)
+    wait_for(lambda: status_of(status).get("rows_delivered") == 150, message="the three writers' rows")
+
+    assert_exactly_once(read_files(blobs, workspace), [r for n in range(3) for r in expected_rows(f"w{n}", 50)])
+    appends = [p for m, p, _ in proxy.log if m == "PUT" and "comp=appendblock" in p]
+    assert len(appends) == 2  # the header, then one block with the rows of all three
+    leases = [p for m, p, _ in proxy.log if m == "PUT" and "comp=lease" in p]
+    assert len(leases) == 2  # taken once and given back once, for the three of them
+    for writer in writers:
+        writer.kill()
+    stop_agent(agent)
+
+
+def test_it_takes_over_the_spool_of_a_writer_killed_mid_way(
+    base_env, proxy, proxy_url, blobs, workspace, spool_dir, start_agent
+):
+    proxy.refusing = True  # storage down: the rows can only be in the spool
+    env = {**base_env, config.STORAGE: proxy_url}
+    status = spool_dir.parent / "agent.json"
+    agent = start_agent(env, status)
+    writer = spawn(agent_env(env), "k", 60, "spool")
+    expect_line(writer, "spooled")
+    writer.kill()
+    writer.wait()
+    assert read_files(blobs, workspace) == {}
+
+    proxy.refusing = False
+    wait_for(lambda: status_of(status).get("rows_delivered") == 60, message="the dead writer's rows delivered")
+    assert_exactly_once(read_files(blobs, workspace), expected_rows("k", 60))
+    # Only the agent's own files are left (its lock, and the lease id the next agent reuses).
+    wait_for(lambda: sorted(p.name for p in spool_dir.iterdir()) == [".agent-lease", ".agent.lock"], message="no spool")
+    stop_agent(agent)
+
+
+def test_a_new_agent_settles_the_block_a_killed_agent_left_unconfirmed(
+    base_env, proxy, proxy_url, blobs, workspace, start_agent
+):
+    # Storage commits the block, the answer is lost, storage goes away; then the agent is killed.
+    proxy.add("reset_after_then_refuse")
+    env = {**base_env, config.STORAGE: proxy_url}
+    writer = spawn(agent_env(env), "p", 30, "spool")
+    expect_line(writer, "spooled")
+    first = start_agent(env, Path(base_env[config.SPOOL_DIR]).parent / "first.json")
+    wait_for(lambda: proxy.count("reset_after_then_refuse") == 1, message="the lost answer")
+    first.kill()
+    first.wait()
+    assert_exactly_once(read_files(blobs, workspace), expected_rows("p", 30))  # it is in, once
+
+    proxy.clear()
+    status = Path(base_env[config.SPOOL_DIR]).parent / "second.json"
+    second = start_agent(env, status)
+    wait_for(lambda: status_of(status).get("rows_delivered") == 30, message="the block settled as delivered")
+    assert_exactly_once(read_files(blobs, workspace), expected_rows("p", 30))
+    appends = [p for m, p, _ in proxy.log if m == "PUT" and "comp=appendblock" in p]
+    assert len(appends) == 2  # the header, and the one block: not appended again
+    writer.kill()
+    stop_agent(second)
+
+
+def test_processes_that_upload_their_own_rows_leave_shared_spools_alone(
+    base_env, blobs, workspace, spool_dir, start_agent
+):
+    # A writer's rows wait on disk for an agent; a process that delivers its own rows must not take them.
+    shared_writer = spawn(agent_env(base_env), "s", 20, "spool")
+    expect_line(shared_writer, "spooled")
+    shared_writer.kill()
+    shared_writer.wait()
+    own = finish(spawn(base_env, "own", 10, "flush"))
+    assert own["flushed"]
+    assert own["spools_adopted"] == 0
+    assert_exactly_once(read_files(blobs, workspace), expected_rows("own", 10))
+
+    status = spool_dir.parent / "agent.json"
+    agent = start_agent(base_env, status)
+    wait_for(lambda: status_of(status).get("rows_delivered") == 20, message="the agent delivering them")
+    assert_exactly_once(read_files(blobs, workspace), expected_rows("own", 10) + expected_rows("s", 20))
+    stop_agent(agent)
+
+
+def test_one_agent_per_spool_folder_and_it_exits_with_its_parent(base_env, blobs, workspace, spool_dir, start_agent):
+    parent = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    first = start_agent(base_env, spool_dir.parent / "first.json", "--parent", str(parent.pid))
+    wait_for(lambda: (spool_dir / ".agent.lock").exists(), message="the first agent's lock")
+    second = start_agent(base_env, spool_dir.parent / "second.json")
+    assert second.stderr is not None
+    assert "another agent delivers" in second.stderr.readline()
+
+    parent.kill()
+    parent.wait()
+    first.wait(30)  # it noticed, delivered what there was (nothing) and exited
+    assert first.returncode == 0
+    assert first.stderr is not None
+    assert "is gone" in first.stderr.read()
+    # The second one takes over the folder.
+    writer = spawn(agent_env(base_env), "after", 15, "flush")
+    assert finish(writer)["flushed"]
+    assert_exactly_once(read_files(blobs, workspace), expected_rows("after", 15))
+    stop_agent(second)
+
+
+def test_it_refuses_to_run_without_storage(tmp_path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "collector.agent"],
+        env=child_env({config.SPOOL_DIR: str(tmp_path)}),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert "nothing to deliver" in result.stderr
