@@ -6,7 +6,7 @@
 
 Three servers, each with the same number of worker processes, serve examples/score.py (numpy, two collectors):
 - Tributary's runtime (`python -m scoring`: gunicorn gthread), collection off;
-- the same, collection on, uploading to Azurite (started here, on loopback);
+- the same, collection on, uploading to Azurite (started here, on loopback) through its delivery agent;
 - the published `azureml-inference-server-http` (azmlinfsrv; Flask on gunicorn sync workers), collection off.
   It pins older OpenTelemetry packages than ours, so it lives in its own virtualenv, bench/out/scoring-peer-venv
   (git-ignored; created with pip on first use). It runs its own code path and gunicorn flags, bound to 127.0.0.1
@@ -422,7 +422,7 @@ def report(
         ),
         (
             f"- Collection on, saturated: throughput {change('saturated', 'rps')}, p99 {change('saturated', 'p99')}: the "
-            "collector's writer and uploader threads and Azurite take CPU that the workers would otherwise use."
+            "spool writer in each worker, the delivery agent and Azurite take CPU that the workers would otherwise use."
         ),
         (
             f"- Throughput against azmlinfsrv, saturated: {median(off, 'saturated', 'rps') / median(peer, 'saturated', 'rps'):.2f}x "
@@ -434,8 +434,8 @@ def report(
             f"microseconds per request of 2 rows in, 2 predictions out): request thread {cpu['off']['MainThread']:.0f} "
             f"with collection off, {cpu['on']['MainThread']:.0f} with it on; the collector's spool writer "
             f"{cpu['on'].get('collector-spool-writer', 0):.0f} and uploader {cpu['on'].get('collector-uploader', 0):.0f}. "
-            "Both threads run in the worker process and share its GIL with the requests: most of the added cost is "
-            "theirs, not collect()'s on the request path."
+            "In the runtime, the spool writer is a thread of each worker (it shares the worker's GIL) and the uploads "
+            "run in the delivery agent, a process of their own at nice 10 (collector.agent)."
         ),
     ]
     return "\n".join(lines)
