@@ -448,16 +448,23 @@ def test_it_is_live_at_once_and_ready_only_after_init(tmp_path, runtimes) -> Non
     assert [w["ready"] for w in status["workers"]] == [True, True]
 
 
-def test_it_reports_counts_latencies_and_collector_counters(azurite, blob_container, tmp_path, runtimes) -> None:
+def serve_sample_on_two_workers(
+    azurite: str, container: ContainerClient, tmp_path: Path, runtimes: list[Runtime]
+) -> tuple[Runtime, str]:
+    """The sample, collecting, on two workers, ready; and its request body."""
     runtime = start_runtime(
         EXAMPLES / "score.py",
         tmp_path,
-        env=collecting_env(azurite, blob_container, tmp_path),
+        env=collecting_env(azurite, container, tmp_path),
         args=("--model-dir", str(EXAMPLES / "sample_model"), "--workers", "2"),
     )
     runtimes.append(runtime)
     runtime.wait_ready()
-    payload = (EXAMPLES / "sample_request.json").read_text()
+    return runtime, (EXAMPLES / "sample_request.json").read_text()
+
+
+def test_it_reports_counts_latencies_and_collector_counters(azurite, blob_container, tmp_path, runtimes) -> None:
+    runtime, payload = serve_sample_on_two_workers(azurite, blob_container, tmp_path, runtimes)
     for _ in range(10):
         assert runtime.score(payload)[0] == 200
     assert runtime.request("POST", "/score", "not json")[0] == 500
@@ -501,15 +508,7 @@ def delivery_agent(runtime: Runtime) -> int | None:
 
 
 def test_a_delivery_agent_uploads_for_the_workers_and_is_restarted(azurite, blob_container, tmp_path, runtimes):
-    runtime = start_runtime(
-        EXAMPLES / "score.py",
-        tmp_path,
-        env=collecting_env(azurite, blob_container, tmp_path),
-        args=("--model-dir", str(EXAMPLES / "sample_model"), "--workers", "2"),
-    )
-    runtimes.append(runtime)
-    runtime.wait_ready()
-    payload = (EXAMPLES / "sample_request.json").read_text()
+    runtime, payload = serve_sample_on_two_workers(azurite, blob_container, tmp_path, runtimes)
     for _ in range(5):
         assert runtime.score(payload)[0] == 200
     wait_for_rows(blob_container, runtime, "sample-model", "1", "inputs", 10)

@@ -283,9 +283,7 @@ class Engine:
         if self.role == WRITER and spool is not None and time.monotonic() - self._measured_at >= MEASURE_SECONDS:
             self._measured_at = time.monotonic()
             spool.measure()
-        with self._spools_lock:
-            spools = [s for s in [self._spool, *self._adopted] if s is not None]
-        return sum(s.bytes for s in spools)
+        return self._backlog()
 
     # -- uploader ----------------------------------------------------------------------------------------------
 
@@ -360,8 +358,7 @@ class Engine:
             return [s for s in [self._spool, *self._adopted] if s is not None]
 
     def _adopt_orphans(self) -> None:
-        with self._spools_lock:
-            known = {s.path for s in [self._spool, *self._adopted] if s is not None}
+        known = {s.path for s in self._spools()}
         for spool in Spool.scan(self.settings.spool_dir, known, agent=self.role == AGENT):
             if spool.shared:
                 spool.lease_id = self._agent_lease()

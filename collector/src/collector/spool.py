@@ -137,21 +137,25 @@ class Destination:
     def backlog(self) -> int:
         """Undelivered bytes, frames included."""
         with self.spool.lock:
-            total = sum(self.sizes.values())
-            return total - (self.acked[1] if self.acked[0] in self.sizes else 0)
+            return _undelivered(self.sizes, self.acked)
 
     def refresh_sizes(self) -> None:
         """Read the segments' sizes from disk (the delivery agent, for a spool that its owner still writes)."""
+        sizes = self._sizes_on_disk(self.acked[0])
+        with self.spool.lock:
+            self.sizes = sizes
+
+    def _sizes_on_disk(self, first: int) -> dict[int, int]:
+        """The sizes of the segment files numbered `first` and later."""
         # List first, then stat: the owner finishes a segment before it creates the next one, so a segment seen
         # with a later one beside it is complete when it is measured.
         segments = sorted(int(path.stem) for path in self.path.glob("*.seg"))
         sizes = {}
         for seg in segments:
-            if seg >= self.acked[0]:
+            if seg >= first:
                 with contextlib.suppress(FileNotFoundError):
                     sizes[seg] = os.stat(self._segment_path(seg)).st_size
-        with self.spool.lock:
-            self.sizes = sizes
+        return sizes
 
     def delivered_upto(self) -> Position:
         """How far the rows are delivered, as the delivering process last recorded it (read from state.json)."""
@@ -163,14 +167,8 @@ class Destination:
 
     def undelivered_on_disk(self) -> int:
         """Undelivered bytes, from the files (for an owner whose rows another process delivers)."""
-        seg0, off0 = self.delivered_upto()
-        total = 0
-        for path in self.path.glob("*.seg"):
-            seg = int(path.stem)
-            if seg >= seg0:
-                with contextlib.suppress(FileNotFoundError):
-                    total += path.stat().st_size - (off0 if seg == seg0 else 0)
-        return max(0, total)
+        delivered = self.delivered_upto()
+        return _undelivered(self._sizes_on_disk(delivered[0]), delivered)
 
     def read_range(self, start: Position, end: Position) -> tuple[bytes, int]:
         """The CSV bytes and row count of the frames in [start, end) (one segment)."""
@@ -297,7 +295,7 @@ class Destination:
                 seg_path.unlink()
             else:
                 self.sizes[seg] = seg_path.stat().st_size
-        return sum(self.sizes.values()) - (self.acked[1] if self.acked[0] in self.sizes else 0)
+        return self.backlog()
 
     def close(self) -> None:
         if self._fd is not None:
@@ -306,6 +304,11 @@ class Destination:
         for fd in self._read_fds.values():
             os.close(fd)
         self._read_fds.clear()
+
+
+def _undelivered(sizes: dict[int, int], acked: Position) -> int:
+    """Bytes in the segments of `sizes` past the position `acked`."""
+    return sum(sizes.values()) - (acked[1] if acked[0] in sizes else 0)
 
 
 def _try_lock(fd: int) -> bool:
