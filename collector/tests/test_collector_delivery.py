@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import time
 from collections import Counter
 
@@ -132,6 +134,36 @@ def test_it_bounds_the_spool_and_counts_what_it_drops(configure, proxy, proxy_ur
     delivered = rows_of(next(iter(read_files(blobs, workspace).values())))[1:]
     assert len(delivered) == stats["rows_spooled"]
     assert [int(r[1]) for r in delivered] == list(range(len(delivered)))  # the oldest rows were kept
+
+
+def test_a_failed_spool_write_drops_only_its_rows_and_leaves_the_spool_whole(
+    configure, blobs, workspace, monkeypatch
+) -> None:
+    configure()
+    dc = ModelDataCollector("best_model", designation="predictions", feature_names=HEADER)
+    dc.collect(["w", 0, "before"])
+    assert collector.engine.current().spool_now()
+    real_write = os.write
+    calls = []
+
+    def disk_fills_up(fd: int, data: bytes) -> int:
+        calls.append(fd)
+        if len(calls) == 1:
+            return real_write(fd, bytes(data[: len(data) // 2]))  # half of it fits
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", disk_fills_up)
+    dc.collect(["w", 1, "disk full"])
+    assert collector.engine.current().spool_now()
+    monkeypatch.undo()
+    assert len(calls) == 2
+    dc.collect(["w", 2, "after"])
+    assert collector.flush(30)
+    stats = collector.stats()
+    assert stats["rows_dropped"]["internal_error"] == 1
+    assert stats["rows_delivered"] == 2
+    assert "No space left" not in stats["last_error"]  # a spool problem, not an upload error
+    assert_exactly_once(read_files(blobs, workspace), [["w", "0", "before"], ["w", "2", "after"]])
 
 
 def test_it_bounds_the_memory_queue(configure) -> None:

@@ -116,8 +116,14 @@ class Destination:
             fd, seg = self._fd, self._wseg
         view = memoryview(payload)
         written = 0
-        while written < len(payload):
-            written += os.write(fd, view[written:])
+        try:
+            while written < len(payload):
+                written += os.write(fd, view[written:])
+        except OSError:
+            # Take back a partial write (a full disk, say): a segment holds whole frames only.
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, self.sizes[seg])
+            raise
         # Only now may the uploader read these bytes.
         with self.spool.lock:
             self.sizes[seg] += len(payload)
@@ -342,6 +348,7 @@ class Spool:
         self.destinations: dict[str, Destination] = {}
         self.bytes = 0  # undelivered bytes, frames included
         self._lock_fd = lock_fd
+        self._by_target: dict[tuple[str, str, bytes], Destination] = {}  # the writer's lookup, without hashing
 
     @classmethod
     def create(cls, root: Path, shared: bool = False) -> Spool:
@@ -439,6 +446,14 @@ class Spool:
             self.destinations[dest_path.name] = dest
 
     def destination(self, container: str, folder: str, header: bytes) -> Destination:
+        """The destination for these rows, created on first use (the spool writer calls this for every item)."""
+        dest = self._by_target.get((container, folder, header))
+        if dest is None:
+            dest = self._create_destination(container, folder, header)
+            self._by_target[(container, folder, header)] = dest
+        return dest
+
+    def _create_destination(self, container: str, folder: str, header: bytes) -> Destination:
         key = destination_id(container, folder, header)
         dest = self.destinations.get(key)
         if dest is None:
