@@ -9,10 +9,12 @@ from collections import Counter
 
 import numpy as np
 import pytest
+from azure.core.exceptions import ResourceExistsError
+from azure.storage.blob import BlobLeaseClient
 from conftest import read_files, rows_of, wait_for
 
 import collector
-from collector import ModelDataCollector, config
+from collector import ModelDataCollector, config, upload
 
 HEADER = ["writer", "seq", "payload"]
 
@@ -221,3 +223,104 @@ def test_it_delivers_large_volumes_in_big_blocks(configure, blobs, workspace, ro
     stats = collector.stats()
     assert stats["rows_delivered"] == 2000
     assert stats["blocks_appended"] < 20
+
+
+# -- leases: kept across rounds by a lone writer, taken and given back each round when others write too ---------
+
+
+def storage_calls(proxy) -> Counter:
+    """The requests the collector sent, by kind."""
+    kinds: Counter = Counter()
+    for method, path, _ in list(proxy.log):
+        if "comp=appendblock" in path:
+            kinds["append"] += 1
+        elif "comp=lease" in path:
+            kinds["lease"] += 1
+        elif method == "HEAD":
+            kinds["properties"] += 1
+        else:
+            kinds["other"] += 1
+    return kinds
+
+
+def data_blob(blobs, workspace):  # type: ignore[no-untyped-def]
+    return blobs.get_blob_client("modeldata", f"{day_folder(workspace, 'predictions')}/data.csv")
+
+
+def test_a_lone_writer_keeps_its_lease_so_each_round_is_one_append(
+    configure, proxy, proxy_url, blobs, workspace, monkeypatch
+) -> None:
+    monkeypatch.setattr(upload, "KEEP_SECONDS", 2.0)
+    configure(**{config.STORAGE: proxy_url})
+    dc = ModelDataCollector("best_model", designation="predictions", feature_names=HEADER)
+    dc.collect(["w", 0, "x"])
+    assert collector.flush(10)
+    first = storage_calls(proxy)
+    assert first == Counter(other=3, lease=1, properties=1, append=2)  # 2 creates, 1 listing; the header, the row
+    proxy.log.clear()
+    for i in range(1, 6):
+        dc.collect(["w", i, "x"])
+        assert collector.flush(10)
+    assert storage_calls(proxy) == Counter(append=5)  # the lease and the blob's length are known
+    # Kept long enough: it is given back, rows or not, so that another writer can have the file.
+    wait_for(lambda: storage_calls(proxy)["lease"] == 1, message="the lease given back")
+    BlobLeaseClient(data_blob(blobs, workspace)).acquire(lease_duration=15)  # free: this succeeds
+    assert_exactly_once(read_files(blobs, workspace), [["w", str(i), "x"] for i in range(6)])
+
+
+def test_when_another_writer_shows_up_the_lease_is_taken_and_given_back_each_round(
+    configure, proxy, proxy_url, blobs, workspace, monkeypatch
+) -> None:
+    monkeypatch.setattr(upload, "KEEP_SECONDS", 0.5)
+    configure(**{config.STORAGE: proxy_url})
+    dc = ModelDataCollector("best_model", designation="predictions", feature_names=HEADER)
+    dc.collect(["w", 0, "x"])
+    assert collector.flush(10)
+    # Another replica's uploader: it gets the file once ours lets go of it, and appends under its own lease.
+    other = BlobLeaseClient(data_blob(blobs, workspace))
+
+    def acquired() -> bool:
+        try:
+            other.acquire(lease_duration=15)
+        except ResourceExistsError:
+            return False
+        return True
+
+    wait_for(acquired, timeout=5, message="the other writer's lease")
+    data_blob(blobs, workspace).append_block(b"other,0,y\n", lease=other)
+    dc.collect(["w", 1, "x"])
+    wait_for(lambda: storage_calls(proxy)["lease"] >= 3, message="our uploader finding the lease busy")
+    assert not collector.flush(0.2)  # busy: it waits
+    other.release()
+    assert collector.flush(10)
+    wait_for(acquired, timeout=2, message="the lease given back after the round")
+    other.release()
+    proxy.log.clear()
+    for i in range(2, 4):
+        dc.collect(["w", i, "x"])
+        assert collector.flush(10)
+        # Taken, length read, appended, given back: the other writer can have the file between our rounds.
+        wait_for(acquired, timeout=2, message="the lease given back after the round")
+        other.release()
+    assert storage_calls(proxy) == Counter(lease=4, properties=2, append=2)
+    expected = [["w", str(i), "x"] for i in range(4)] + [["other", "0", "y"]]
+    assert_exactly_once(read_files(blobs, workspace), expected)
+
+
+def test_a_lost_lease_is_taken_again_and_the_refused_block_sent_once(configure, proxy, proxy_url, blobs, workspace):
+    configure(**{config.STORAGE: proxy_url})
+    dc = ModelDataCollector("best_model", designation="predictions", feature_names=HEADER)
+    dc.collect(["w", 0, "x"])
+    assert collector.flush(10)
+    # As if this process had stalled past the lease: it is broken, and another writer appends meanwhile.
+    blob = data_blob(blobs, workspace)
+    BlobLeaseClient(blob).break_lease(lease_break_period=0)
+    blob.append_block(b"other,0,y\n")
+    dc.collect(["w", 1, "x"])
+    assert collector.flush(10)
+    stats = collector.stats()
+    assert stats["upload_failures"] >= 1
+    assert "Lease" in stats["last_error"]
+    expected = [["w", "0", "x"], ["other", "0", "y"], ["w", "1", "x"]]
+    assert_exactly_once(read_files(blobs, workspace), expected)
+    assert stats["rows_delivered"] == 2

@@ -319,6 +319,7 @@ class Engine:
         uploader: Uploader | None = None
         next_scan = 0.0
         delay = 0.0
+        busy = 0  # rounds in a row that found a lease held by another writer
         while True:
             if delay:
                 self._uploader_wake.wait(delay)
@@ -346,6 +347,7 @@ class Engine:
                     if outcome == FAILED:
                         COUNTERS.error(uploader.last_error)
                     outcomes.add(outcome)
+                uploader.end_round()
                 for spool in self._spools():
                     if not spool.own and not spool.live and not spool.has_work():
                         self._retire(spool)
@@ -353,11 +355,14 @@ class Engine:
                 COUNTERS.error(f"{type(exc).__name__}: {exc}")
                 outcomes = {FAILED}
             self._rounds += 1
+            busy = busy if BUSY in outcomes else 0
             more = any(d.has_work() for s in self._spools() for d in list(s.destinations.values()))
             if FAILED in outcomes:
                 delay = min(MAX_BACKOFF, max(0.2, delay * 2)) if delay else 0.2
             elif BUSY in outcomes:
-                delay = random.uniform(0.02, 0.1)  # another writer holds a lease: back soon
+                # Another writer holds a lease, for one round or (keeping it, see collector.upload) a few seconds.
+                busy += 1
+                delay = random.uniform(0.02, 0.1) * 2 ** min(busy - 1, 3)
             elif more and self._backlog() >= BIG_BACKLOG:
                 delay = 0.001  # a round ran out of time with a full block or more waiting
             else:

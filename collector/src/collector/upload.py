@@ -19,6 +19,14 @@ are never split or interleaved. The protocol for one file:
    the first request were still in flight and landed at L, the retry (also at L) is refused and the check finds it.
 6. The SDK's own retries are turned off (they would append a second copy); this module retries, with backoff.
 
+A round usually finds the lease still held from the last one: an uploader that sees no other writer on a file
+keeps its lease across rounds, for up to KEEP_SECONDS, and with it the blob's length (nobody else can have moved
+it), so a round is one request, the append, instead of four (acquire, read the length, append, release). Then it
+lets go, so that a writer waiting for the file gets in. A file where another writer shows up (a busy lease, or
+the blob grew while we did not hold it) is delivered as above, lease taken and given back each round, for
+CONTENDED_SECONDS. If the lease is lost all the same (a process stalled past LEASE_SECONDS), storage refuses the
+next request with that lease id (412), and the file is taken again from step 2, which also settles the block.
+
 Roll-over: Azure allows 50,000 committed blocks per append blob (409 `BlockCountExceedsLimit`); we roll over at
 `AML_MODEL_DC_MAX_BLOCKS_PER_BLOB` (default 50,000, small in tests). The parts of a file are `data.csv`, then
 `data_0001.csv`, `data_0002.csv`, ... in the same folder, each with one header row; one listing of
@@ -50,6 +58,10 @@ log = logging.getLogger("collector")
 LEASE_SECONDS = 15
 # Give the lease back and let other writers in after this long, even with more rows to send.
 HOLD_SECONDS = 5.0
+# Keep an uncontended lease across rounds for this long (well within LEASE_SECONDS, a round included).
+KEEP_SECONDS = 5.0
+# After another writer showed up on a file, take and give back its lease every round for this long.
+CONTENDED_SECONDS = 600.0
 
 _PART = re.compile(r"^data(?:_(\d{4,}))?\.csv$")
 
@@ -70,6 +82,18 @@ def part_of(name: str) -> int | None:
 
 class _Unknown(Exception):
     """The outcome of a request is unknown, or storage cannot be reached: retry later."""
+
+
+class _Held:
+    """A lease this uploader holds on one blob, and what it knows of the blob under it."""
+
+    __slots__ = ("blocks", "client", "length", "since")
+
+    def __init__(self, client: BlobLeaseClient) -> None:
+        self.client = client
+        self.since = time.monotonic()
+        self.length: int | None = None  # None: unknown (not read yet, or an append's outcome is unknown)
+        self.blocks = 0
 
 
 class Uploader:
@@ -95,10 +119,21 @@ class Uploader:
         self.on_rollover = on_rollover
         self._containers: dict[str, ContainerClient] = {}
         self._existing: set[tuple[str, str]] = set()
+        self._held: dict[tuple[str, str], _Held] = {}
+        self._left_at: dict[tuple[str, str], int] = {}  # a blob's length when we last let go of its lease
+        self._contended: dict[tuple[str, str], float] = {}  # blob -> until when (monotonic)
         self.last_error = ""
 
     def close(self) -> None:
+        for key in list(self._held):
+            self._let_go(key)
         self.service.close()
+
+    def end_round(self) -> None:
+        """Let go of the leases kept long enough, rows waiting or not: someone else may be waiting for them."""
+        for key, held in list(self._held.items()):
+            if time.monotonic() - held.since >= KEEP_SECONDS:
+                self._let_go(key)
 
     def _container(self, name: str) -> ContainerClient:
         client = self._containers.get(name)
@@ -158,6 +193,25 @@ class Uploader:
 
     def _with_lease(self, blob: BlobClient, group: list[Destination], lease_id: str, deadline: float) -> str:
         key = (blob.container_name, blob.blob_name)
+        held = self._take_lease(blob, key, lease_id)
+        if held is None:
+            return BUSY
+        try:
+            status = self._append_all(blob, group, lease_id, held, deadline)
+        except BaseException:
+            self._let_go(key)  # a lost lease too (a 412 Lease...): taken again, and the block settled, next round
+            raise
+        if self._contended.get(key, 0.0) > time.monotonic():
+            self._let_go(key)
+        return status
+
+    def _take_lease(self, blob: BlobClient, key: tuple[str, str], lease_id: str) -> _Held | None:
+        """The lease on `blob` under `lease_id`: still held from an earlier round, or taken now (None: busy)."""
+        held = self._held.get(key)
+        if held is not None:
+            if held.client.id == lease_id and time.monotonic() - held.since < KEEP_SECONDS:
+                return held
+            self._let_go(key)  # kept long enough (someone may be waiting), or another spool's lease id
         if key not in self._existing:
             try:
                 blob.create_append_blob(if_none_match="*")
@@ -171,21 +225,49 @@ class Uploader:
         try:
             lease.acquire(lease_duration=LEASE_SECONDS)
         except ResourceExistsError:
-            return BUSY
+            self._contended[key] = time.monotonic() + CONTENDED_SECONDS
+            return None
         except ResourceNotFoundError:
             self._existing.discard(key)  # deleted under us: create it again next time
             raise _Unknown(f"{blob.blob_name} disappeared") from None
-        try:
-            return self._append_all(blob, group, lease_id, deadline)
-        finally:
-            with contextlib.suppress(AzureError):  # if not, it expires by itself
-                lease.release()
+        held = self._held[key] = _Held(lease)
+        return held
 
-    def _append_all(self, blob: BlobClient, group: list[Destination], lease_id: str, deadline: float) -> str:
-        length, blocks = self._size(blob, lease_id)
+    def _let_go(self, key: tuple[str, str]) -> None:
+        held = self._held.pop(key, None)
+        if held is None:
+            return
+        if held.length is not None:
+            self._left_at[key] = held.length
+        else:
+            self._left_at.pop(key, None)
+        with contextlib.suppress(AzureError):  # if not, it expires by itself
+            held.client.release()
+
+    def _append_all(
+        self, blob: BlobClient, group: list[Destination], lease_id: str, held: _Held, deadline: float
+    ) -> str:
+        if held.length is None:
+            length, blocks = self._size(blob, lease_id)
+            key = (blob.container_name, blob.blob_name)
+            if key in self._left_at and self._left_at[key] != length:
+                self._contended[key] = time.monotonic() + CONTENDED_SECONDS  # it grew while we did not hold it
+        else:
+            length, blocks = held.length, held.blocks
+        held.length = None  # unknown until this round ends without doubt
         if length == 0:
             length, blocks = self._append_header(blob, group[0].header, lease_id)
         self._settle(blob, group, lease_id, length)
+        status = self._append_blocks(blob, group, lease_id, length, blocks, deadline)
+        if isinstance(status, tuple):
+            held.length, held.blocks = status
+            return DONE
+        return status
+
+    def _append_blocks(
+        self, blob: BlobClient, group: list[Destination], lease_id: str, length: int, blocks: int, deadline: float
+    ) -> str | tuple[int, int]:
+        """Append the group's rows from `length` on: the blob's new length and block count when all went well."""
         stops = [d.end() for d in group]  # this round sends what is spooled now, in blocks as large as can be
         while time.monotonic() < deadline:
             pending = [d for d in group if d.pending is not None]
@@ -195,7 +277,7 @@ class Uploader:
                 return self._roll(group)
             parts = self._resend(pending, length) if pending else self._next_parts(group, stops, length)
             if not parts:
-                return DONE
+                return length, blocks
             data = b"".join(chunk for _, chunk, _ in parts)
             try:
                 result = blob.append_block(data, appendpos_condition=length, lease=lease_id)
@@ -221,7 +303,7 @@ class Uploader:
             length += len(data)
             committed = result.get("blob_committed_block_count")
             blocks = committed if isinstance(committed, int) else blocks + 1
-        return DONE
+        return length, blocks
 
     def _next_parts(
         self, group: list[Destination], stops: list[Position], length: int
@@ -274,11 +356,13 @@ class Uploader:
 
     def _append_header(self, blob: BlobClient, header: bytes, lease_id: str) -> tuple[int, int]:
         try:
-            blob.append_block(header, appendpos_condition=0, lease=lease_id)
+            result = blob.append_block(header, appendpos_condition=0, lease=lease_id)
         except HttpResponseError as exc:
             if _code(exc) != "AppendPositionConditionNotMet":
                 raise _Unknown(f"header of {blob.blob_name}: {_code(exc)}") from exc
-        return self._size(blob, lease_id)
+            return self._size(blob, lease_id)  # our own earlier attempt wrote it
+        committed = result.get("blob_committed_block_count")
+        return len(header), committed if isinstance(committed, int) else 1
 
     @staticmethod
     def _size(blob: BlobClient, lease_id: str) -> tuple[int, int]:
