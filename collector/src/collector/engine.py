@@ -30,7 +30,7 @@ from typing import Any
 
 from collector import tabular
 from collector.config import Settings
-from collector.spool import Destination, Spool, frame
+from collector.spool import FRAME, Destination, Spool, frames
 
 log = logging.getLogger("collector")
 
@@ -220,25 +220,30 @@ class Engine:
     def _writer_loop(self) -> None:
         queue = self._queue
         while True:
-            if not queue:
-                if self._stopping:
-                    return
+            if not self._stopping:
                 self._writer_wake.wait(IDLE_POLL)
                 self._writer_wake.clear()
-                continue
-            self._write_batch(queue)
-            # Hand the GIL back between batches: a request thread waiting to run is held up for one batch at
-            # most, not for the interpreter's switch interval (5 ms). Once per batch, not per item: each hand-over
-            # is a round of futex calls and context switches, which cost more CPU than encoding the item.
-            time.sleep(0)
+            elif not queue:
+                return
+            # What is queued now, and only that: rows collected meanwhile wait for the next wake. A writer that went
+            # on while the queue was not empty would trail the request threads item by item, and each hand-over
+            # of the GIL (a round of futex calls and context switches) costs more CPU than encoding an item.
+            todo = len(queue)
+            while todo > 0:
+                todo -= self._write_batch(queue, todo)
+                if todo > 0:
+                    # Between slices, let a request thread that waits for the GIL run: it is held up for one slice
+                    # (BATCH_SECONDS) at most, not for the interpreter's switch interval (5 ms).
+                    time.sleep(0)
 
-    def _write_batch(self, queue: deque[tuple[Any, ...]]) -> None:
-        """Encode the queued calls, for up to BATCH_SECONDS, and append them to the spool: one write per file."""
+    def _write_batch(self, queue: deque[tuple[Any, ...]], limit: int) -> int:
+        """Encode up to `limit` queued calls, for up to BATCH_SECONDS, and append them to the spool, one write per
+        file; returns how many calls it took."""
         started = time.perf_counter()
-        batch: dict[Destination, tuple[list[bytes], list[int]]] = {}
+        batch: dict[Destination, list[tuple[bytes, int]]] = {}
         room = self.settings.spool_max_bytes - self.spool_bytes()
         items = rows = 0
-        while queue and time.perf_counter() - started < BATCH_SECONDS:
+        while items < limit:
             item = queue.popleft()
             try:
                 room -= self._encode(item, batch, room)
@@ -247,25 +252,30 @@ class Engine:
                 log.debug("collector: writer error\n%s", traceback.format_exc())
             items += 1
             rows += item[-1]
+            if time.perf_counter() - started >= BATCH_SECONDS:
+                break
         spool = self._spool
         assert spool is not None
         spooled = 0
-        for dest, (payloads, counts) in batch.items():
+        for dest, chunks in batch.items():
+            payload = frames(chunks)
+            rows_here = sum(n for _, n in chunks)
             try:
-                dest.write(b"".join(payloads))
+                dest.write(payload)
             except OSError as exc:
-                COUNTERS.drop(tabular.INTERNAL, sum(counts), f"cannot write the spool: {exc}")
+                COUNTERS.drop(tabular.INTERNAL, rows_here, f"cannot write the spool: {exc}")
                 continue
-            spool.add_bytes(sum(map(len, payloads)))
-            spooled += sum(counts)
+            spool.add_bytes(len(payload))
+            spooled += rows_here
         with COUNTERS.lock:
             COUNTERS.rows_spooled += spooled
         # Only now, with the rows on disk, may flush() count these calls as spooled.
         self._taken_rows += rows
         self._processed += items
+        return items
 
-    def _encode(self, item: tuple[Any, ...], batch: dict[Destination, tuple[list[bytes], list[int]]], room: int) -> int:
-        """Add one call's rows to `batch`, framed, under its destination; returns the bytes added."""
+    def _encode(self, item: tuple[Any, ...], batch: dict[Destination, list[tuple[bytes, int]]], room: int) -> int:
+        """Add one call's CSV chunks to `batch`, under their destination; returns the spool bytes they will take."""
         sink, ts, suffix_values, kind, snap, _rows = item
         suffix = ""
         if suffix_values is not None:
@@ -280,17 +290,20 @@ class Engine:
                 COUNTERS.drop(reason, n, enc.first_error[1], sink.label)
         if not enc.chunks:
             return 0
-        payload = b"".join(frame(chunk, n) for chunk, n in enc.chunks)
-        if len(payload) > room:
-            COUNTERS.drop(tabular.SPOOL_FULL, enc.rows, where=sink.label)
-            return 0
         spool = self._spool
         assert spool is not None
         dest = spool.destination(sink.container, f"{sink.folder}/{self._date_path(ts)}", sink.header)
-        payloads, counts = batch.setdefault(dest, ([], []))
-        payloads.append(payload)
-        counts.append(enc.rows)
-        return len(payload)
+        chunks = batch.get(dest)
+        # What it adds to the spool: its rows, and a frame header if it starts the destination's frame (exact
+        # unless the batch's rows for one destination pass FRAME_BYTES, when frames() starts another frame).
+        size = sum(len(chunk) for chunk, _ in enc.chunks) + (0 if chunks else FRAME.size)
+        if size > room:
+            COUNTERS.drop(tabular.SPOOL_FULL, enc.rows, where=sink.label)
+            return 0
+        if chunks is None:
+            batch[dest] = chunks = []
+        chunks.extend(enc.chunks)
+        return size
 
     def _date_path(self, ts: float) -> str:
         hour = int(ts // 3600)

@@ -52,6 +52,8 @@ from typing import Any
 log = logging.getLogger("collector")
 
 FRAME = struct.Struct(">III")
+# The spool writer puts the rows of many collect() calls in one frame, up to this size (a block is at most 4 MiB).
+FRAME_BYTES = 1024 * 1024
 SEGMENT_BYTES = 8 * 1024 * 1024
 
 Position = tuple[int, int]  # (segment number, byte offset)
@@ -328,6 +330,23 @@ def _try_lock(fd: int) -> bool:
 
 def frame(chunk: bytes, rows: int) -> bytes:
     return FRAME.pack(len(chunk), rows, zlib.crc32(chunk)) + chunk
+
+
+def frames(chunks: list[tuple[bytes, int]], max_bytes: int = FRAME_BYTES) -> bytes:
+    """CSV chunks of whole rows, (bytes, rows) each, in as few frames as fit in `max_bytes` (or one chunk)."""
+    out = []
+    part: list[bytes] = []
+    size = rows = 0
+    for chunk, n in chunks:
+        if part and size + len(chunk) > max_bytes:
+            out.append(frame(b"".join(part), rows))
+            part, size, rows = [], 0, 0
+        part.append(chunk)
+        size += len(chunk)
+        rows += n
+    if part:
+        out.append(frame(b"".join(part), rows))
+    return b"".join(out)
 
 
 def destination_id(container: str, folder: str, header: bytes) -> str:
