@@ -229,7 +229,7 @@ class Engine:
             # on while the queue was not empty would trail the request threads item by item, and each hand-over
             # of the GIL (a round of futex calls and context switches) costs more CPU than encoding an item.
             todo = len(queue)
-            while todo > 0:
+            while todo > 0 and queue:
                 todo -= self._write_batch(queue, todo)
                 if todo > 0:
                     # Between slices, let a request thread that waits for the GIL run: it is held up for one slice
@@ -243,7 +243,7 @@ class Engine:
         batch: dict[Destination, list[tuple[bytes, int]]] = {}
         room = self.settings.spool_max_bytes - self.spool_bytes()
         items = rows = 0
-        while items < limit:
+        while items < limit and queue:
             item = queue.popleft()
             try:
                 room -= self._encode(item, batch, room)
