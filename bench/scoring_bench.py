@@ -216,6 +216,33 @@ def run_wrk(port: int, script: Path, connections: int, seconds: float) -> dict[s
 # -- the run ------------------------------------------------------------------------------------------------------
 
 
+def cpu_ticks(server: int, azurite: int) -> dict[str, int]:
+    """CPU clock ticks so far of the server's worker processes, its delivery agent, and Azurite (from /proc)."""
+
+    def ticks(pid: int) -> int:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return 0
+        fields = stat[stat.rindex(")") + 2 :].split()
+        return int(fields[11]) + int(fields[12])  # utime + stime, all threads
+
+    out = {"workers": 0, "agent": 0, "azurite": ticks(azurite)}
+    children = Path(f"/proc/{server}/task/{server}/children")
+    for pid in map(int, children.read_text().split() if children.exists() else []):
+        try:
+            agent = b"collector.agent" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        out["agent" if agent else "workers"] += ticks(pid)
+    return out
+
+
+def per_request(ticks: int, load: dict[str, float]) -> float:
+    """Microseconds of CPU per request of a load run."""
+    return ticks / os.sysconf("SC_CLK_TCK") * 1e6 / max(1, load["requests"])
+
+
 # -- where collection's cost goes (in a child process, without HTTP) ----------------------------------------------
 
 CPU_CALLS = 8000
@@ -350,10 +377,11 @@ def main() -> int:
                 try:
                     wait_scoring(port, process, "/ready" if scenario.startswith("tributary") else "/")
                     run_wrk(port, saturating, args.connections, args.warmup)
-                    result = {
-                        "saturated": run_wrk(port, saturating, args.connections, args.duration),
-                        "paced": run_wrk(port, paced, args.paced_connections, args.duration),
-                    }
+                    result = {"saturated": run_wrk(port, saturating, args.connections, args.duration)}
+                    before = cpu_ticks(process.pid, azurite.process.pid)
+                    result["paced"] = run_wrk(port, paced, args.paced_connections, args.duration)
+                    after = cpu_ticks(process.pid, azurite.process.pid)
+                    result["cpu"] = {k: per_request(after[k] - before.get(k, 0), result["paced"]) for k in after}
                     shares = worker_shares(port) if scenario.startswith("tributary") else "n/a"
                 finally:
                     stop_server(process)
@@ -399,17 +427,33 @@ def report(
         ),
         f"Machine: {machine()}; wrk, Azurite and other work shared it.",
         "",
-        "| server | saturated req/s | saturated p50 / p99 ms | paced req/s | paced p50 / p99 ms | saturated req/s by round |",
-        "| --- | ---: | ---: | ---: | ---: | --- |",
+        (
+            "| server | saturated req/s | saturated p50 / p99 ms | paced req/s | paced p50 / p99 ms "
+            "| saturated req/s by round | paced p99 ms by round |"
+        ),
+        "| --- | ---: | ---: | ---: | ---: | --- | --- |",
     ]
+    cpu_lines = []
     for scenario in SCENARIOS:
         rounds = ", ".join(f"{r['saturated']['rps']:.0f}" for r in results[scenario])
+        paced_p99s = ", ".join(f"{r['paced']['p99']:.2f}" for r in results[scenario])
         lines.append(
             f"| {scenario} | {median(scenario, 'saturated', 'rps'):.0f} "
             f"| {median(scenario, 'saturated', 'p50'):.2f} / {median(scenario, 'saturated', 'p99'):.2f} "
             f"| {median(scenario, 'paced', 'rps'):.0f} "
-            f"| {median(scenario, 'paced', 'p50'):.2f} / {median(scenario, 'paced', 'p99'):.2f} | {rounds} |"
+            f"| {median(scenario, 'paced', 'p50'):.2f} / {median(scenario, 'paced', 'p99'):.2f} | {rounds} "
+            f"| {paced_p99s} |"
         )
+        used = {k: statistics.median(r["cpu"][k] for r in results[scenario]) for k in ("workers", "agent", "azurite")}
+        if scenario == on:  # only it uses Azurite (and has an agent); elsewhere Azurite's own timers are noise
+            cpu_lines.append(
+                f"{scenario}: workers {used['workers']:.0f}, delivery agent {used['agent']:.0f}, "
+                f"Azurite {used['azurite']:.0f}"
+            )
+        else:
+            cpu_lines.append(f"{scenario}: workers {used['workers']:.0f}")
+    # The same round's servers ran minutes apart at most: their ratio is less moved by the machine's drift.
+    pairs = [b["paced"]["p99"] / a["paced"]["p99"] - 1 for a, b in zip(results[off], results[on], strict=True)]
 
     def change(load: str, key: str) -> str:
         return f"{100 * (median(on, load, key) / median(off, load, key) - 1):+.1f}%"
@@ -417,8 +461,9 @@ def report(
     lines += [
         "",
         (
-            f"- Collection on, paced load: p99 {change('paced', 'p99')}, p50 {change('paced', 'p50')} "
-            "(target: p99 under +5%)."
+            f"- Collection on, paced load: p99 {change('paced', 'p99')} (the median of each round's on/off ratio: "
+            f"{100 * statistics.median(pairs):+.1f}%, rounds from {100 * min(pairs):+.0f}% to {100 * max(pairs):+.0f}%), "
+            f"p50 {change('paced', 'p50')} (target: p99 under +5%)."
         ),
         (
             f"- Collection on, saturated: throughput {change('saturated', 'rps')}, p99 {change('saturated', 'p99')}: the "
@@ -428,6 +473,11 @@ def report(
             f"- Throughput against azmlinfsrv, saturated: {median(off, 'saturated', 'rps') / median(peer, 'saturated', 'rps'):.2f}x "
             f"with collection off, {median(on, 'saturated', 'rps') / median(peer, 'saturated', 'rps'):.2f}x with it on "
             "(target: at least 1x)."
+        ),
+        (
+            "- CPU per request under the paced load, microseconds, from /proc (all threads of each process): "
+            + "; ".join(cpu_lines)
+            + "."
         ),
         (
             f"- Where collection's cost goes (the app called in-process, {CPU_CALLS} paced calls, no HTTP; CPU "
