@@ -1,6 +1,6 @@
 """Benchmark of the scoring runtime: POST /score of the sample, collection off and on, against azmlinfsrv.
 
-    .venv/bin/python bench/scoring_bench.py             # about 5 minutes; prints a Markdown table
+    .venv/bin/python bench/scoring_bench.py             # about 8 minutes; prints a Markdown table
     .venv/bin/python bench/scoring_bench.py --write     # and records it in bench/RESULTS.md ("## Scoring runtime")
     .venv/bin/python bench/scoring_bench.py --quick     # a smoke run
 
@@ -343,7 +343,7 @@ def main() -> int:
     parser.add_argument("--paced-delay-ms", type=int, default=4, help="each paced connection's pause between requests")
     parser.add_argument("--duration", type=int, default=6, help="seconds of each measured load, per server and round")
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--max-requests", type=int, default=200_000, help="per load run")
     parser.add_argument("--quick", action="store_true", help="one short round")
     parser.add_argument("--write", action="store_true", help=f"record the table in {RESULTS.relative_to(REPO)}")
