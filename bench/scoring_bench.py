@@ -86,22 +86,25 @@ def peer_python() -> Path:
 # -- servers ------------------------------------------------------------------------------------------------------
 
 
+def collection_env(azurite_url: str, service_prefix: str, spool: Path) -> dict[str, str]:
+    """What a compute driver sets to collect the sample's rows into Azurite (a fresh service name each time)."""
+    return dc.environ_for(
+        enabled=True,
+        connection_string=azurite_url,
+        workspace="bench/bench/bench",
+        service_name=f"{service_prefix}-{uuid.uuid4().hex[:8]}",
+        model_versions={"sample-model": "1"},
+        **{dc.SPOOL_DIR: str(spool)},
+    )
+
+
 def start_server(scenario: str, workers: int, port: int, scratch: Path, azurite_url: str) -> subprocess.Popen:
     log = open(scratch / f"server-{port}.log", "wb")  # noqa: SIM115 - the child owns it
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AML_", "AZUREML_", "SCORING_", "OTEL_"))}
     if scenario.startswith("tributary"):
         env["PYTHONPATH"] = str(REPO)
         if "collection on" in scenario:
-            env.update(
-                dc.environ_for(
-                    enabled=True,
-                    connection_string=azurite_url,
-                    workspace="bench/bench/bench",
-                    service_name=f"bench-{uuid.uuid4().hex[:8]}",
-                    model_versions={"sample-model": "1"},
-                    **{dc.SPOOL_DIR: str(scratch / f"spool-{port}")},
-                )
-            )
+            env.update(collection_env(azurite_url, "bench", scratch / f"spool-{port}"))
         argv = [sys.executable, "-m", "scoring", "--entry-script", str(SAMPLE), "--model-dir", str(MODEL_DIR)]
         argv += ["--port", str(port), "--workers", str(workers)]
     else:
@@ -257,16 +260,7 @@ def cpu_child(azurite_url: str) -> None:
     logging.basicConfig(level=logging.WARNING)
     scratch = Path(tempfile.mkdtemp(prefix="tributary-scoring-cpu-"))
     if azurite_url:
-        os.environ.update(
-            dc.environ_for(
-                enabled=True,
-                connection_string=azurite_url,
-                workspace="bench/bench/bench",
-                service_name=f"cpu-{uuid.uuid4().hex[:8]}",
-                model_versions={"sample-model": "1"},
-                **{dc.SPOOL_DIR: str(scratch / "spool")},
-            )
-        )
+        os.environ.update(collection_env(azurite_url, "cpu", scratch / "spool"))
     os.environ["AZUREML_MODEL_DIR"] = str(MODEL_DIR)
     import collector
     from scoring import app, config

@@ -368,13 +368,12 @@ class Engine:
                 COUNTERS.error(f"{type(exc).__name__}: {exc}")
                 outcomes = {FAILED}
             self._rounds += 1
-            busy = busy if BUSY in outcomes else 0
+            busy = busy + 1 if BUSY in outcomes else 0
             more = any(d.has_work() for s in self._spools() for d in list(s.destinations.values()))
             if FAILED in outcomes:
                 delay = min(MAX_BACKOFF, max(0.2, delay * 2)) if delay else 0.2
             elif BUSY in outcomes:
                 # Another writer holds a lease, for one round or (keeping it, see collector.upload) a few seconds.
-                busy += 1
                 delay = random.uniform(0.02, 0.1) * 2 ** min(busy - 1, 3)
             elif more and self._backlog() >= BIG_BACKLOG:
                 delay = 0.001  # a round ran out of time with a full block or more waiting
