@@ -349,7 +349,9 @@ class LocalDriver:
                 "started_at": time.time(),
             },
         )
-        threading.Thread(target=_reap, args=(process, folder), name=f"reap-{process.pid}", daemon=True).start()
+        reaper = threading.Thread(target=_reap, args=(process, folder), name=f"reap-{process.pid}", daemon=True)
+        _reapers[process.pid] = reaper
+        reaper.start()
 
     def _port(self, spec: DesiredSpec, previous: dict[str, Any] | None) -> int:
         """The spec's port, else the previous one (a stable URL across restarts) if free, else a free one."""
@@ -409,11 +411,16 @@ def _alive(state: dict[str, Any]) -> bool:
     return True
 
 
+# pid -> the thread waiting for that child of this process, so a failure reason can wait for its exit status.
+_reapers: dict[int, threading.Thread] = {}
+
+
 def _reap(process: subprocess.Popen[bytes], folder: Path) -> None:
     """Wait for our child (no zombie is left) and record how it ended, for the failure reason."""
     code = process.wait()
     with contextlib.suppress(OSError):
         (folder / f"exit-{process.pid}").write_text(str(code))
+    _reapers.pop(process.pid, None)
 
 
 def _family(host: str) -> socket.AddressFamily:
@@ -506,6 +513,9 @@ def _log_reason(log_path: Path) -> str:
 
 
 def _exit_reason(folder: Path, state: dict[str, Any]) -> str:
+    reaper = _reapers.get(int(state["pid"]))
+    if reaper is not None:  # our child died a moment ago (a zombie until reaped): its exit status is on its way
+        reaper.join(timeout=2.0)
     how = "exited"
     with contextlib.suppress(OSError, ValueError):
         code = int((folder / f"exit-{state['pid']}").read_text())
