@@ -13,23 +13,31 @@ Three servers, each with the same number of worker processes, serve examples/sco
   instead of 0.0.0.0, and loads the sample through bench/scoring_peer_score.py.
 
 Load comes from `wrk` (Debian package `wrk`; a C load generator, so it takes little of the two cores the servers
-need), to 127.0.0.1 only, one thread, bounded by `--duration` seconds and `--max-requests` responses per run:
+need), to 127.0.0.1 only, one thread, bounded by seconds and `--max-requests` responses per run:
 - saturated: `--connections` keep-alive connections sending as fast as the server answers (azmlinfsrv's sync
-  workers close each connection, so wrk reconnects for each of its requests): throughput;
+  workers close each connection, so wrk reconnects for each of its requests): throughput, the median of rounds;
 - paced: `--paced-connections` connections, each pausing `--paced-delay-ms` after every response: latency at a
   moderate load, where collection's extra work has spare CPU (the "adds under 5% to p99" target is read here).
-Each round starts every server afresh, in a rotating order; the table gives the median of the rounds, so one
-noisy round (other work on the machine) moves it less. Last, the sample is called in-process (no HTTP), collection
-off then on, to show each thread's CPU per request: where collection's cost goes.
+  A shared 2-core machine drifts by tens of percent within a minute, so one run's p99 against another's says
+  little. Each round starts both of our servers (collection off and on; the idle one costs nothing) and runs
+  `--chunks` short paced runs on each, alternating off, on, on, off, ...; after each run on the collecting server
+  the benchmark waits until the delivery agent has delivered its rows (so the next run starts quiet, and the run's
+  CPU includes its uploads). wrk writes each run's latency quantiles on a fine grid; a server's p50 and p99 are
+  those of all its paced requests together, and the change's 90% interval comes from resampling the pairs of
+  back-to-back runs. azmlinfsrv runs alone in each round.
+Last, the sample is called in-process (no HTTP), collection off then on, to show each thread's CPU per request:
+where collection's cost goes.
 Benchmarks, not tests: numbers move with the machine's load.
 """
 
 from __future__ import annotations
 
 import argparse
+import bisect
 import json
 import os
 import platform
+import random
 import re
 import shutil
 import signal
@@ -40,7 +48,9 @@ import tempfile
 import time
 import urllib.request
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -142,17 +152,6 @@ def wait_scoring(port: int, process: subprocess.Popen, ready_path: str, timeout:
         ok += get("/score", PAYLOAD.encode()) == 200
 
 
-def worker_shares(port: int) -> str:
-    """How our runtime's workers shared the requests (from GET /status), e.g. "52/48%"."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=5) as response:
-            counts = [w["requests"] for w in json.loads(response.read())["workers"]]
-    except (OSError, ValueError, KeyError):
-        return "?"
-    total = sum(counts) or 1
-    return "/".join(f"{100 * c / total:.0f}" for c in counts) + "%"
-
-
 def stop_server(process: subprocess.Popen) -> None:
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
@@ -169,7 +168,8 @@ _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
 
 
 def wrk_script(scratch: Path, max_requests: int, delay_ms: int = 0) -> Path:
-    """POST the sample; stop after `max_requests` responses; wait `delay_ms` after each one (pacing)."""
+    """POST the sample; stop after `max_requests` responses; wait `delay_ms` after each one (pacing). When
+    WRK_QUANTILES names a file, write the run's latency distribution there (see `Latencies`)."""
     body = json.dumps(PAYLOAD)  # a Lua string literal (JSON escapes are valid Lua escapes here)
     path = scratch / f"post-{delay_ms}.lua"
     pacing = f"function delay() return {delay_ms} end" if delay_ms else ""
@@ -184,12 +184,65 @@ function response(status, headers, body)
   if seen >= {max_requests} then wrk.thread:stop() end
 end
 {pacing}
+function done(summary, latency, requests)
+  local out = os.getenv("WRK_QUANTILES")
+  if not out then return end
+  local f = assert(io.open(out, "w"))
+  f:write(string.format("%d %d %d\\n", summary.requests, latency.min, latency.max))
+  for i = 1, 999 do f:write(string.format("%.4f %d\\n", i / 1000, latency:percentile(i / 10))) end
+  for i = 1, 99 do f:write(string.format("%.6f %d\\n", 0.999 + i / 100000, latency:percentile(99.9 + i / 1000))) end
+  f:close()
+end
 """
     )
     return path
 
 
-def run_wrk(port: int, script: Path, connections: int, seconds: float) -> dict[str, float]:
+@dataclass
+class Latencies:
+    """One wrk run's latencies, as its quantiles on a fine grid (every 0.1%, every 0.001% above 99.9%): enough
+    to pool runs, so that a p99 comes from all the requests of many short runs rather than from one run's tail."""
+
+    requests: int
+    fractions: list[float]  # ascending, from 0 (the fastest request) to 1 (the slowest)
+    micros: list[float]  # the latency at each fraction, microseconds
+
+    @classmethod
+    def read(cls, path: Path) -> Latencies:
+        head, *rows = path.read_text().split("\n")
+        requests, low, high = (int(v) for v in head.split())
+        points = [(float(f), float(x)) for f, x in (row.split() for row in rows if row)]
+        fractions = [0.0] + [f for f, _ in points] + [1.0]
+        return cls(requests, fractions, [float(low)] + [x for _, x in points] + [float(high)])
+
+    def below(self, micros: float) -> float:
+        """The fraction of this run's requests that took at most `micros`."""
+        i = bisect.bisect_right(self.micros, micros)
+        if i == 0:
+            return 0.0
+        if i == len(self.micros):
+            return 1.0
+        x0, x1, f0, f1 = self.micros[i - 1], self.micros[i], self.fractions[i - 1], self.fractions[i]
+        return f0 + (f1 - f0) * (micros - x0) / (x1 - x0)
+
+
+def pooled_ms(runs: list[Latencies], quantile: float) -> float:
+    """The latency (ms) under which `quantile` of all the runs' requests together were answered."""
+    total = sum(r.requests for r in runs)
+    low, high = min(r.micros[0] for r in runs), max(r.micros[-1] for r in runs)
+    for _ in range(40):  # bisection: far below wrk's microsecond resolution
+        middle = (low + high) / 2
+        if sum(r.requests * r.below(middle) for r in runs) >= quantile * total:
+            high = middle
+        else:
+            low = middle
+    return high / 1000
+
+
+def run_wrk(port: int, script: Path, connections: int, seconds: float) -> dict[str, Any]:
+    """wrk's figures for one run: rps, p50 and p99 (ms), requests, and its `Latencies` under "latencies"."""
+    quantiles = script.with_suffix(".quantiles")
+    quantiles.unlink(missing_ok=True)
     out = subprocess.run(
         [
             "wrk",
@@ -205,6 +258,7 @@ def run_wrk(port: int, script: Path, connections: int, seconds: float) -> dict[s
         text=True,
         check=True,
         timeout=seconds + 60,
+        env={**os.environ, "WRK_QUANTILES": str(quantiles)},
     ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     latency = {q: float(v) * _UNITS[u] for q, v, u in re.findall(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)}
@@ -213,7 +267,9 @@ def run_wrk(port: int, script: Path, connections: int, seconds: float) -> dict[s
     requests = int(re.search(r"(\d+) requests in", out).group(1))
     if bad or errors:
         raise RuntimeError(f"wrk saw failures:\n{out}")
-    return {"rps": rps, "p50": latency["50"], "p99": latency["99"], "requests": requests}
+    figures: dict[str, Any] = {"rps": rps, "p50": latency["50"], "p99": latency["99"], "requests": requests}
+    figures["latencies"] = Latencies.read(quantiles)
+    return figures
 
 
 # -- the run ------------------------------------------------------------------------------------------------------
@@ -239,11 +295,6 @@ def cpu_ticks(server: int, azurite: int) -> dict[str, int]:
             continue
         out["agent" if agent else "workers"] += ticks(pid)
     return out
-
-
-def per_request(ticks: int, load: dict[str, float]) -> float:
-    """Microseconds of CPU per request of a load run."""
-    return ticks / os.sysconf("SC_CLK_TCK") * 1e6 / max(1, load["requests"])
 
 
 # -- where collection's cost goes (in a child process, without HTTP) ----------------------------------------------
@@ -329,15 +380,72 @@ def machine() -> str:
     )
 
 
+def status(port: int) -> dict[str, Any]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=5) as response:
+        return json.loads(response.read())
+
+
+def settle(port: int) -> None:
+    """After a load run on our runtime: until the delivery agent has delivered every row collected (at once with
+    collection off), so that the next run, of either server, starts on a quiet machine and this run's CPU
+    includes the uploads its rows caused."""
+    time.sleep(1.1)  # every worker publishes its counts each second (scoring.stats.PUBLISH_INTERVAL)
+    deadline = time.monotonic() + 60
+    while True:
+        counts = status(port)["collector"]
+        if counts.get("rows_delivered", 0) + counts.get("rows_dropped_total", 0) >= counts.get("rows_collected", 0):
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the rows collected on port {port} were not delivered within 60 s: {counts}")
+        time.sleep(0.1)
+
+
+class Server:
+    """One server under test, started for one round."""
+
+    def __init__(self, scenario: str, args: argparse.Namespace, scratch: Path, azurite: Any) -> None:
+        self.scenario, self.azurite = scenario, azurite
+        self.ours = scenario.startswith("tributary")
+        self.port = free_port()
+        self.process = start_server(scenario, args.workers, self.port, scratch, azurite.url)
+        try:
+            wait_scoring(self.port, self.process, "/ready" if self.ours else "/")
+        except BaseException:
+            stop_server(self.process)
+            raise
+
+    def saturated(self, script: Path, args: argparse.Namespace) -> dict[str, Any]:
+        run_wrk(self.port, script, args.connections, args.warmup)
+        result = run_wrk(self.port, script, args.connections, args.duration)
+        if self.ours:
+            settle(self.port)
+        return result
+
+    def paced(self, script: Path, args: argparse.Namespace) -> dict[str, Any]:
+        """One paced chunk, with the CPU ticks its requests cost (the delivery of their rows included)."""
+        before = cpu_ticks(self.process.pid, self.azurite.process.pid)
+        result = run_wrk(self.port, script, args.paced_connections, args.chunk)
+        if self.ours:
+            settle(self.port)
+        after = cpu_ticks(self.process.pid, self.azurite.process.pid)
+        result["ticks"] = {k: after[k] - before.get(k, 0) for k in after}
+        return result
+
+    def stop(self) -> None:
+        stop_server(self.process)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--connections", type=int, default=8, help="for the saturating load")
     parser.add_argument("--paced-connections", type=int, default=4, help="for the paced load")
     parser.add_argument("--paced-delay-ms", type=int, default=4, help="each paced connection's pause between requests")
-    parser.add_argument("--duration", type=int, default=6, help="seconds of each measured load, per server and round")
+    parser.add_argument("--duration", type=int, default=6, help="seconds of each saturating load, per server and round")
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--chunk", type=int, default=5, help="seconds of each paced run")
+    parser.add_argument("--chunks", type=int, default=4, help="paced runs per server and round")
+    parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--max-requests", type=int, default=200_000, help="per load run")
     parser.add_argument("--quick", action="store_true", help="one short round")
     parser.add_argument("--write", action="store_true", help=f"record the table in {RESULTS.relative_to(REPO)}")
@@ -347,7 +455,7 @@ def main() -> int:
         cpu_child("" if args.cpu_child == "-" else args.cpu_child)
         return 0
     if args.quick:
-        args.rounds, args.duration, args.warmup = 1, 2, 1
+        args.rounds, args.duration, args.warmup, args.chunk, args.chunks = 1, 2, 1, 2, 2
     if not shutil.which("wrk"):
         say("wrk is needed: `apt-get install wrk` (Debian) or your system's package")
         return 2
@@ -360,39 +468,58 @@ def main() -> int:
     BlobServiceClient.from_connection_string(azurite.url).create_container(dc.Settings().container)
     saturating = wrk_script(scratch, args.max_requests)
     paced = wrk_script(scratch, args.max_requests, args.paced_delay_ms)
-    results: dict[str, list[dict[str, dict[str, float]]]] = {s: [] for s in SCENARIOS}
+    results: dict[str, dict[str, list[dict[str, Any]]]] = {s: {"saturated": [], "paced": []} for s in SCENARIOS}
+    off, on, peer = SCENARIOS
+    rows: dict[str, int] = {}
     started = time.time()
+
+    def log(round_no: int, scenario: str, load: str, r: dict[str, Any]) -> None:
+        say(
+            f"round {round_no + 1}/{args.rounds} {scenario}, {load}: {r['rps']:.0f} req/s, "
+            f"p50 {r['p50']:.2f} p99 {r['p99']:.2f} ms"
+        )
+
     try:
         for round_no in range(args.rounds):
-            order = SCENARIOS[round_no % 3 :] + SCENARIOS[: round_no % 3]
-            for scenario in order:
-                port = free_port()
-                process = start_server(scenario, args.workers, port, scratch, azurite.url)
-                try:
-                    wait_scoring(port, process, "/ready" if scenario.startswith("tributary") else "/")
-                    run_wrk(port, saturating, args.connections, args.warmup)
-                    result = {"saturated": run_wrk(port, saturating, args.connections, args.duration)}
-                    before = cpu_ticks(process.pid, azurite.process.pid)
-                    result["paced"] = run_wrk(port, paced, args.paced_connections, args.duration)
-                    after = cpu_ticks(process.pid, azurite.process.pid)
-                    result["cpu"] = {k: per_request(after[k] - before.get(k, 0), result["paced"]) for k in after}
-                    shares = worker_shares(port) if scenario.startswith("tributary") else "n/a"
-                finally:
-                    stop_server(process)
-                results[scenario].append(result)
-                sat, pac = result["saturated"], result["paced"]
-                say(
-                    f"round {round_no + 1}/{args.rounds} {scenario}: saturated {sat['rps']:.0f} req/s "
-                    f"p50 {sat['p50']:.2f} p99 {sat['p99']:.2f} ms; paced {pac['rps']:.0f} req/s "
-                    f"p50 {pac['p50']:.2f} p99 {pac['p99']:.2f} ms; requests by worker {shares}"
-                )
+            # Ours: both servers up at once, the idle one costing nothing; the paced chunks alternate off, on, on,
+            # off, ... so that each pair of chunks shares the machine's conditions of the moment.
+            servers = {}
+            try:
+                for scenario in (off, on) if round_no % 2 == 0 else (on, off):
+                    servers[scenario] = Server(scenario, args, scratch, azurite)
+                    r = servers[scenario].saturated(saturating, args)
+                    results[scenario]["saturated"].append(r)
+                    log(round_no, scenario, "saturated", r)
+                for chunk in range(args.chunks):
+                    for scenario in (off, on) if chunk % 2 == 0 else (on, off):
+                        r = servers[scenario].paced(paced, args)
+                        results[scenario]["paced"].append(r)
+                        log(round_no, scenario, f"paced chunk {chunk + 1}", r)
+                counts = status(servers[on].port)["collector"]
+                for key in ("rows_collected", "rows_delivered", "rows_dropped_total"):
+                    rows[key] = rows.get(key, 0) + counts.get(key, 0)
+            finally:
+                for server in servers.values():
+                    server.stop()
+            # azmlinfsrv, alone.
+            server = Server(peer, args, scratch, azurite)
+            try:
+                r = server.saturated(saturating, args)
+                results[peer]["saturated"].append(r)
+                log(round_no, peer, "saturated", r)
+                for chunk in range(args.chunks):
+                    r = server.paced(paced, args)
+                    results[peer]["paced"].append(r)
+                    log(round_no, peer, f"paced chunk {chunk + 1}", r)
+            finally:
+                server.stop()
         say("measuring where collection's cost goes (in-process, no HTTP)")
         cpu = cpu_breakdown(azurite.url)
     finally:
         azurite.stop()
         shutil.rmtree(scratch, ignore_errors=True)
 
-    table = report(results, cpu, args, time.time() - started)
+    table = report(results, rows, cpu, args, time.time() - started)
     print(table)
     if args.write:
         record(table)
@@ -400,78 +527,104 @@ def main() -> int:
     return 0
 
 
+def interval(off: list[Latencies], on: list[Latencies], quantile: float, draws: int = 1000) -> tuple[float, float]:
+    """A 90% bootstrap interval of on's pooled quantile against off's: chunk pairs drawn with replacement (the two
+    chunks of a pair ran back to back, so a draw keeps what the machine was doing then)."""
+    pairs = list(zip(off, on, strict=True))
+    draw = random.Random(4)
+    ratios = []
+    for _ in range(draws):
+        sample = [draw.choice(pairs) for _ in pairs]
+        ratios.append(pooled_ms([b for _, b in sample], quantile) / pooled_ms([a for a, _ in sample], quantile) - 1)
+    ratios.sort()
+    return ratios[int(0.05 * draws)], ratios[int(0.95 * draws) - 1]
+
+
 def report(
-    results: dict[str, list[dict[str, dict[str, float]]]],
+    results: dict[str, dict[str, list[dict[str, Any]]]],
+    rows: dict[str, int],
     cpu: dict[str, dict[str, float]],
     args: argparse.Namespace,
     elapsed: float,
 ) -> str:
-    def median(scenario: str, load: str, key: str) -> float:
-        return statistics.median(r[load][key] for r in results[scenario])
+    def saturated(scenario: str, key: str) -> float:
+        return statistics.median(r[key] for r in results[scenario]["saturated"])
+
+    def paced(scenario: str, quantile: float) -> float:
+        return pooled_ms([r["latencies"] for r in results[scenario]["paced"]], quantile)
+
+    def paced_rps(scenario: str) -> float:
+        runs = results[scenario]["paced"]
+        return sum(r["requests"] for r in runs) / (len(runs) * args.chunk)
+
+    def cpu_per_request(scenario: str, key: str) -> float:
+        runs = results[scenario]["paced"]
+        ticks = sum(r["ticks"][key] for r in runs)
+        return ticks / os.sysconf("SC_CLK_TCK") * 1e6 / max(1, sum(r["requests"] for r in runs))
 
     off, on, peer = SCENARIOS
     flags = " --quick" if args.quick else ""
     lines = [
         (
             f"Command: `.venv/bin/python bench/scoring_bench.py{flags}`: {args.workers} worker processes per server; "
-            f"saturated = wrk -t1 -c{args.connections}, as fast as the server answers; paced = wrk -t1 "
-            f"-c{args.paced_connections} with {args.paced_delay_ms} ms between a response and the next request on each "
-            f"connection (a moderate load); {args.duration} s each, after {args.warmup} s of warm-up; median of "
-            f"{args.rounds} round(s) with fresh servers in rotating order; {elapsed:.0f} s in all."
+            f"{args.rounds} round(s) with fresh servers, {elapsed:.0f} s in all. Saturated = wrk -t1 "
+            f"-c{args.connections}, as fast as the server answers, {args.duration} s after {args.warmup} s of warm-up, "
+            f"once per server and round (median of rounds). Paced = wrk -t1 -c{args.paced_connections} with "
+            f"{args.paced_delay_ms} ms between a response and the next request on each connection (a moderate load), "
+            f"in {args.chunks} runs of {args.chunk} s per server and round; ours, collection off and on, alternate "
+            "(off, on, on, off, ...), each run after the rows of the one before are delivered; the latency "
+            "percentiles are those of all the paced requests of a server together."
         ),
         f"Machine: {machine()}; wrk, Azurite and other work shared it.",
         "",
-        (
-            "| server | saturated req/s | saturated p50 / p99 ms | paced req/s | paced p50 / p99 ms "
-            "| saturated req/s by round | paced p99 ms by round |"
-        ),
-        "| --- | ---: | ---: | ---: | ---: | --- | --- |",
+        "| server | saturated req/s | saturated p50 / p99 ms | paced req/s | paced p50 / p99 ms | paced p99 ms by run |",
+        "| --- | ---: | ---: | ---: | ---: | --- |",
     ]
-    cpu_lines = []
     for scenario in SCENARIOS:
-        rounds = ", ".join(f"{r['saturated']['rps']:.0f}" for r in results[scenario])
-        paced_p99s = ", ".join(f"{r['paced']['p99']:.2f}" for r in results[scenario])
+        chunks = ", ".join(f"{r['p99']:.2f}" for r in results[scenario]["paced"])
         lines.append(
-            f"| {scenario} | {median(scenario, 'saturated', 'rps'):.0f} "
-            f"| {median(scenario, 'saturated', 'p50'):.2f} / {median(scenario, 'saturated', 'p99'):.2f} "
-            f"| {median(scenario, 'paced', 'rps'):.0f} "
-            f"| {median(scenario, 'paced', 'p50'):.2f} / {median(scenario, 'paced', 'p99'):.2f} | {rounds} "
-            f"| {paced_p99s} |"
+            f"| {scenario} | {saturated(scenario, 'rps'):.0f} "
+            f"| {saturated(scenario, 'p50'):.2f} / {saturated(scenario, 'p99'):.2f} | {paced_rps(scenario):.0f} "
+            f"| {paced(scenario, 0.5):.2f} / {paced(scenario, 0.99):.2f} | {chunks} |"
         )
-        used = {k: statistics.median(r["cpu"][k] for r in results[scenario]) for k in ("workers", "agent", "azurite")}
-        if scenario == on:  # only it uses Azurite (and has an agent); elsewhere Azurite's own timers are noise
-            cpu_lines.append(
-                f"{scenario}: workers {used['workers']:.0f}, delivery agent {used['agent']:.0f}, "
-                f"Azurite {used['azurite']:.0f}"
-            )
-        else:
-            cpu_lines.append(f"{scenario}: workers {used['workers']:.0f}")
-    # The same round's servers ran minutes apart at most: their ratio is less moved by the machine's drift.
-    pairs = [b["paced"]["p99"] / a["paced"]["p99"] - 1 for a, b in zip(results[off], results[on], strict=True)]
+    low, high = interval(
+        [r["latencies"] for r in results[off]["paced"]], [r["latencies"] for r in results[on]["paced"]], 0.99
+    )
+    pairs = [b["p99"] / a["p99"] - 1 for a, b in zip(results[off]["paced"], results[on]["paced"], strict=True)]
 
-    def change(load: str, key: str) -> str:
-        return f"{100 * (median(on, load, key) / median(off, load, key) - 1):+.1f}%"
+    def change(before: float, after: float) -> str:
+        return f"{100 * (after / before - 1):+.1f}%"
 
+    requests = sum(r["requests"] for r in results[on]["paced"])
     lines += [
         "",
         (
-            f"- Collection on, paced load: p99 {change('paced', 'p99')} (the median of each round's on/off ratio: "
-            f"{100 * statistics.median(pairs):+.1f}%, rounds from {100 * min(pairs):+.0f}% to {100 * max(pairs):+.0f}%), "
-            f"p50 {change('paced', 'p50')} (target: p99 under +5%)."
+            f"- Collection on, paced load: p99 {change(paced(off, 0.99), paced(on, 0.99))} over {requests} requests "
+            f"(90% bootstrap interval over the {len(pairs)} pairs of runs: {100 * low:+.1f}% to {100 * high:+.1f}%; "
+            f"the median of each pair's own ratio {100 * statistics.median(pairs):+.1f}%), "
+            f"p50 {change(paced(off, 0.5), paced(on, 0.5))} (target: p99 under +5%)."
         ),
         (
-            f"- Collection on, saturated: throughput {change('saturated', 'rps')}, p99 {change('saturated', 'p99')}: the "
-            "spool writer in each worker, the delivery agent and Azurite take CPU that the workers would otherwise use."
+            f"- Collection on, saturated: throughput {change(saturated(off, 'rps'), saturated(on, 'rps'))}, p99 "
+            f"{change(saturated(off, 'p99'), saturated(on, 'p99'))}: the spool writer in each worker, the delivery "
+            "agent and Azurite take CPU that the workers would otherwise use."
         ),
         (
-            f"- Throughput against azmlinfsrv, saturated: {median(off, 'saturated', 'rps') / median(peer, 'saturated', 'rps'):.2f}x "
-            f"with collection off, {median(on, 'saturated', 'rps') / median(peer, 'saturated', 'rps'):.2f}x with it on "
+            f"- Throughput against azmlinfsrv, saturated: {saturated(off, 'rps') / saturated(peer, 'rps'):.2f}x "
+            f"with collection off, {saturated(on, 'rps') / saturated(peer, 'rps'):.2f}x with it on "
             "(target: at least 1x)."
         ),
         (
-            "- CPU per request under the paced load, microseconds, from /proc (all threads of each process): "
-            + "; ".join(cpu_lines)
-            + "."
+            f"- Rows, collection on: {rows.get('rows_collected', 0)} collected, {rows.get('rows_delivered', 0)} "
+            f"delivered to Azurite, {rows.get('rows_dropped_total', 0)} dropped."
+        ),
+        (
+            "- CPU per request under the paced load, microseconds, from /proc (all threads of each process; Azurite's "
+            "own timers cost it some CPU when idle): "
+            f"tributary, collection off: workers {cpu_per_request(off, 'workers'):.0f}, Azurite "
+            f"{cpu_per_request(off, 'azurite'):.0f}; collection on: workers {cpu_per_request(on, 'workers'):.0f}, "
+            f"delivery agent {cpu_per_request(on, 'agent'):.0f}, Azurite {cpu_per_request(on, 'azurite'):.0f}; "
+            f"azmlinfsrv: workers {cpu_per_request(peer, 'workers'):.0f}."
         ),
         (
             f"- Where collection's cost goes (the app called in-process, {CPU_CALLS} paced calls, no HTTP; CPU "
