@@ -6,6 +6,8 @@ import errno
 import os
 import time
 from collections import Counter
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -14,7 +16,7 @@ from azure.storage.blob import BlobLeaseClient
 from conftest import read_files, rows_of, wait_for
 
 import collector
-from collector import ModelDataCollector, config, upload
+from collector import ModelDataCollector, config, engine, upload
 
 HEADER = ["writer", "seq", "payload"]
 
@@ -78,6 +80,53 @@ def test_it_writes_one_file_per_hour_with_the_hour_boundary(configure, blobs, wo
     t = time.gmtime()
     (name,) = read_files(blobs, workspace)
     assert name == f"{day_folder(workspace, 'labels')}/{t.tm_hour:02d}/data.csv"
+
+
+def open_segments(spool_dir: Path) -> dict[str, int]:
+    """This process's open spool segment files, by access mode: how many open for writing and for reading."""
+    out = {"write": 0, "read": 0}
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            flags = int(Path(f"/proc/self/fdinfo/{fd}").read_text().split("flags:")[1].split()[0], 8)
+        except (OSError, IndexError, ValueError):
+            continue
+        if target.startswith(str(spool_dir)) and target.endswith(".seg"):
+            out["write" if flags & os.O_ACCMODE == os.O_WRONLY else "read"] += 1
+    return out
+
+
+def test_a_new_day_closes_the_files_of_the_day_before(configure, blobs, workspace, spool_dir, monkeypatch) -> None:
+    """A process that collects for years keeps a few spool files open, not one per file it ever wrote."""
+    monkeypatch.setattr(engine, "READER_IDLE_SECONDS", 0.0)
+    configure()
+    clock = {"now": time.time() - 86400}
+    monkeypatch.setattr(
+        collector, "time", SimpleNamespace(time=lambda: clock["now"], gmtime=time.gmtime, strftime=time.strftime)
+    )
+    dc = ModelDataCollector("best_model", designation="predictions", feature_names=HEADER)
+    yesterday, today = clock["now"], time.time()
+
+    dc.collect(["w", 1, "yesterday"])
+    assert collector.flush(10)
+    clock["now"] = today
+    dc.collect(["w", 2, "today"])
+    assert collector.flush(10)
+    # One file open for writing (today's); yesterday's segment is closed for good, and the uploader closes its
+    # readers once a destination has had nothing new for READER_IDLE_SECONDS.
+    assert open_segments(spool_dir)["write"] == 1
+    wait_for(lambda: open_segments(spool_dir)["read"] == 0, 10, "the uploader to close idle segments")
+
+    clock["now"] = yesterday  # a late row, collected just before midnight, still reaches its day's file
+    dc.collect(["w", 3, "late"])
+    assert collector.flush(10)
+    files = read_files(blobs, workspace)
+    assert [r[2] for r in rows_of(files[f"{day_folder(workspace, 'predictions', yesterday)}/data.csv"])[1:]] == [
+        "yesterday",
+        "late",
+    ]
+    assert [r[2] for r in rows_of(files[f"{day_folder(workspace, 'predictions', today)}/data.csv"])[1:]] == ["today"]
+    assert collector.stats()["rows_delivered"] == 3
 
 
 def test_it_delivers_each_row_once_through_resets_500s_and_timeouts(configure, proxy, proxy_url, blobs, workspace):
@@ -250,7 +299,8 @@ def data_blob(blobs, workspace):  # type: ignore[no-untyped-def]
 def test_a_lone_writer_keeps_its_lease_so_each_round_is_one_append(
     configure, proxy, proxy_url, blobs, workspace, monkeypatch
 ) -> None:
-    monkeypatch.setattr(upload, "KEEP_SECONDS", 2.0)
+    # Long enough for the six rounds below on a busy machine, short enough to wait for.
+    monkeypatch.setattr(upload, "KEEP_SECONDS", 6.0)
     configure(**{config.STORAGE: proxy_url})
     dc = ModelDataCollector("best_model", designation="predictions", feature_names=HEADER)
     dc.collect(["w", 0, "x"])

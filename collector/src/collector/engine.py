@@ -40,6 +40,8 @@ BATCH_SECONDS = 0.001
 ORPHAN_SCAN_SECONDS = 30.0
 # How often a writer re-reads from the files how much of its spool the agent has delivered (for the spool bound).
 MEASURE_SECONDS = 1.0
+# A destination's segments stay open for reading while it gets rows; closed after this long with nothing new.
+READER_IDLE_SECONDS = 60.0
 MAX_BACKOFF = 5.0
 # Undelivered bytes that make the uploader go again at once rather than after the flush interval.
 BIG_BACKLOG = 4 * 1024 * 1024
@@ -179,6 +181,7 @@ class Engine:
         self._writer: threading.Thread | None = None
         self._uploader: threading.Thread | None = None
         self._date_cache: tuple[int, str] = (-1, "")
+        self._rolled = False  # the date path changed since the writer last closed the files of the one before
         self._measured_at = 0.0
         self._rounds = 0  # upload rounds done, by the uploader
         self._lease_id = ""  # the agent's, see _agent_lease()
@@ -269,6 +272,10 @@ class Engine:
             spooled += rows_here
         with COUNTERS.lock:
             COUNTERS.rows_spooled += spooled
+        if self._rolled:  # a new day (or hour): the files of the one before get no more rows
+            self._rolled = False
+            today = "/" + self._date_cache[1]
+            spool.close_writers(lambda dest: dest.folder.endswith(today))
         # Only now, with the rows on disk, may flush() count these calls as spooled.
         self._taken_rows += rows
         self._processed += items
@@ -310,10 +317,11 @@ class Engine:
         cached_hour, path = self._date_cache
         if cached_hour != hour:
             t = time.gmtime(hour * 3600)
-            path = f"{t.tm_year:04d}/{t.tm_mon:02d}/{t.tm_mday:02d}"
+            previous, path = path, f"{t.tm_year:04d}/{t.tm_mon:02d}/{t.tm_mday:02d}"
             if self.settings.boundary == "hour":
                 path += f"/{t.tm_hour:02d}"
             self._date_cache = (hour, path)
+            self._rolled = bool(previous) and path != previous
         return path
 
     def spool_bytes(self) -> int:
@@ -364,6 +372,8 @@ class Engine:
                 for spool in self._spools():
                     if not spool.own and not spool.live and not spool.has_work():
                         self._retire(spool)
+                    else:
+                        spool.close_idle_readers(READER_IDLE_SECONDS)
             except Exception as exc:  # bad connection string, disk trouble...: keep the thread alive
                 COUNTERS.error(f"{type(exc).__name__}: {exc}")
                 outcomes = {FAILED}

@@ -42,9 +42,10 @@ import shutil
 import socket
 import struct
 import threading
+import time
 import uuid
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -102,6 +103,7 @@ class Destination:
         self._fd: int | None = None  # writer's open segment
         self._wseg = 0
         self._read_fds: dict[int, int] = {}
+        self.read_at = 0.0  # time.monotonic() of the uploader's last read
 
     # -- writer side -------------------------------------------------------------------------------------------
 
@@ -129,6 +131,13 @@ class Destination:
         # Only now may the uploader read these bytes.
         with self.spool.lock:
             self.sizes[seg] += len(payload)
+
+    def close_writer(self) -> None:
+        """Close the segment being written (writer thread only); a later write() starts the next segment."""
+        with self.spool.lock:
+            fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
 
     def end(self) -> Position:
         with self.spool.lock:
@@ -271,7 +280,14 @@ class Destination:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._segment_path(seg))
 
+    def close_readers(self) -> None:
+        """Close the segments open for reading (uploader thread only); the next read opens them again."""
+        for fd in self._read_fds.values():
+            os.close(fd)
+        self._read_fds.clear()
+
     def _pread(self, seg: int, off: int, n: int) -> bytes:
+        self.read_at = time.monotonic()
         fd = self._read_fds.get(seg)
         if fd is None:
             fd = self._read_fds[seg] = os.open(self._segment_path(seg), os.O_RDONLY)
@@ -306,12 +322,8 @@ class Destination:
         return self.backlog()
 
     def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-        for fd in self._read_fds.values():
-            os.close(fd)
-        self._read_fds.clear()
+        self.close_writer()
+        self.close_readers()
 
 
 def _undelivered(sizes: dict[int, int], acked: Position) -> int:
@@ -486,6 +498,22 @@ class Spool:
             with self.lock:
                 self.destinations[key] = dest
         return dest
+
+    def close_writers(self, current: Callable[[Destination], bool]) -> None:
+        """Close the files the writer holds open for destinations that no longer get rows (an earlier day's or
+        hour's), so that a process collecting for years keeps a few files open, not one per file it ever wrote.
+        A late row for one of them (collected just before midnight) opens it again."""
+        for target, dest in list(self._by_target.items()):
+            if not current(dest):
+                dest.close_writer()
+                del self._by_target[target]
+
+    def close_idle_readers(self, idle_seconds: float) -> None:
+        """Close the uploader's files of destinations with nothing to deliver that it has not read for a while."""
+        now = time.monotonic()
+        for dest in list(self.destinations.values()):
+            if dest._read_fds and not dest.has_work() and now - dest.read_at >= idle_seconds:
+                dest.close_readers()
 
     def add_bytes(self, n: int) -> None:
         with self.lock:
