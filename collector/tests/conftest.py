@@ -11,10 +11,12 @@ import io
 import os
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import IO
 
 import pytest
 from azure.storage.blob import BlobServiceClient
@@ -106,6 +108,18 @@ def wait_for(predicate: Callable[[], object], timeout: float = 20.0, message: st
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {message}")
         time.sleep(0.02)
+
+
+def readline_within(stream: IO[str], seconds: float = 30.0) -> str:
+    """The next line a child process writes to `stream` (a pipe), or fail after `seconds`: never hang the suite.
+    (A thread rather than select(): a line may already wait in the stream's buffer, where select() cannot see it.)"""
+    line: list[str] = []
+    reader = threading.Thread(target=lambda: line.append(stream.readline()), daemon=True)
+    reader.start()
+    reader.join(seconds)
+    if not line:
+        raise AssertionError(f"no line from the child within {seconds}s")
+    return line[0]
 
 
 def read_files(blobs: BlobServiceClient, prefix: str) -> dict[str, str]:

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import child_env, read_files, rows_of, wait_for
+from conftest import child_env, read_files, readline_within, rows_of, wait_for
 from test_collector_delivery import assert_exactly_once
 from test_collector_processes import expect_line, expected_rows, finish, spawn
 
@@ -176,7 +176,7 @@ def test_one_agent_per_spool_folder_and_it_exits_with_its_parent(base_env, blobs
     wait_for(lambda: (spool_dir / ".agent.lock").exists(), message="the first agent's lock")
     second = start_agent(base_env, spool_dir.parent / "second.json")
     assert second.stderr is not None
-    assert "another agent delivers" in second.stderr.readline()
+    assert "another agent delivers" in readline_within(second.stderr)
 
     parent.kill()
     parent.wait()

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import child_env, read_files, rows_of, wait_for
+from conftest import child_env, read_files, readline_within, rows_of, wait_for
 from test_collector_delivery import assert_exactly_once
 
 from collector import config
@@ -32,7 +32,7 @@ def spawn(env: dict[str, str], *args: object) -> subprocess.Popen[str]:
 
 def expect_line(proc: subprocess.Popen[str], line: str) -> None:
     assert proc.stdout is not None
-    got = proc.stdout.readline().strip()
+    got = readline_within(proc.stdout).strip()
     if got != line:
         proc.kill()
         raise AssertionError(f"child said {got!r}, not {line!r}; stderr:\n{proc.communicate()[1]}")
