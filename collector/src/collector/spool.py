@@ -512,7 +512,7 @@ class Spool:
         """Close the uploader's files of destinations with nothing to deliver that it has not read for a while."""
         now = time.monotonic()
         for dest in list(self.destinations.values()):
-            if dest._read_fds and not dest.has_work() and now - dest.read_at >= idle_seconds:
+            if now - dest.read_at >= idle_seconds and not dest.has_work():
                 dest.close_readers()
 
     def add_bytes(self, n: int) -> None:
