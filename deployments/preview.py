@@ -62,6 +62,21 @@ def _rows_end(text: str, start: int = 0, odd: bool = False) -> tuple[int, int, b
     return cut, start, odd
 
 
+def _first_row_start(text: str) -> int:
+    """Where the first whole row of `text`, a file's last bytes, starts: after its first newline outside quoted
+    cells. A file ends outside quotes, and every quote (escaped ones too, as "") toggles the state, so the state at
+    the start of `text` is the parity of all the quotes in it; from there, newlines are counted as in _rows_end."""
+    odd = text.count('"') % 2 == 1
+    start = 0
+    while (newline := text.find("\n", start)) >= 0:
+        if text.count('"', start, newline) % 2:
+            odd = not odd
+        start = newline + 1
+        if not odd:
+            return start
+    return len(text)
+
+
 def head(name: str, n: int) -> Preview:
     """The header and the first `n` rows: ranged reads from the start, doubling until there are enough rows."""
     size = blobs.size_of(name)
@@ -90,7 +105,7 @@ def tail(name: str, n: int, header: list[str]) -> Preview:
         data = blobs.read_range(name, offset, length)
         text = data.decode("utf-8", errors="replace")
         if offset > 0:
-            text = text[text.find("\n") + 1 :]  # the first line may be cut: the previous row's end
+            text = text[_first_row_start(text) :]  # the range may start inside a row, even inside a quoted cell
         rows = _parse(text)
         if offset == 0:
             rows = rows[1:]  # the header

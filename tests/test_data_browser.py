@@ -270,6 +270,27 @@ def test_it_never_shows_a_row_cut_inside_a_quoted_cell(
     assert all(r[1] == f"line one\nline two {r[0]}" for r in head.rows)
 
 
+def test_the_tail_starts_at_a_whole_row_even_when_its_range_starts_inside_a_quoted_cell(
+    client: Client, alice: Any, workspace: Workspace, blob_container: ContainerClient
+) -> None:
+    # Rows of 660 bytes whose second cell holds a quoted newline (and escaped quotes): the last 64 KiB of the file
+    # hold 99 whole rows and the end of the row before, cut inside its quoted cell, before the cell's newline.
+    # Reading from the first newline of the range would show that cell's second line as the first of 100 rows.
+    def row(i: int) -> str:
+        return f'{i:05d},"{"a" * 543}""q""\n{"b" * 100}",x\n'
+
+    assert len(row(0)) == 660
+    assert 99 * 660 < 64 * 1024 - 105 < 100 * 660 - 105  # the range starts before the cell's newline
+    body = "i,text,y\n" + "".join(row(i) for i in range(1000))
+    blob_container.upload_blob(f"{workspace.path}/q/data.csv", body.encode())
+    client.force_login(alice)
+
+    tail = _preview(client, workspace, "q/data.csv").context["tail"]
+
+    assert [r[0] for r in tail.rows] == [f"{i:05d}" for i in range(900, 1000)]
+    assert all(r[1] == f'{"a" * 543}"q"\n{"b" * 100}' and r[2] == "x" for r in tail.rows)
+
+
 def test_the_excel_export_keeps_characters_split_across_chunks(monkeypatch: Any) -> None:
     from deployments import preview
 
