@@ -55,6 +55,16 @@ def apply_service_update(self, update_id: int) -> None:  # type: ignore[no-untyp
     actions.do_finish_update(update, outcome)
 
 
+@shared_task(ignore_result=True)
+def reconcile_updates() -> None:
+    """Run by Celery beat: re-enqueue the updates that crashes left behind (see deployments.reconcile)."""
+    from deployments.reconcile import reconcile_updates as reconcile
+
+    requeued, failed = reconcile()
+    if requeued or failed:
+        log.warning("reconcile: re-enqueued %d stuck update(s); failed %d out of attempts", requeued, failed)
+
+
 def _wait_for_rollout(driver: object, spec: DesiredSpec) -> RolloutState:
     """Poll the driver as `kubectl rollout status` does, until the rollout ends or its deadline passes."""
     deadline = time.monotonic() + settings.ROLLOUT_TIMEOUT_SECONDS

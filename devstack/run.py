@@ -101,6 +101,9 @@ def main() -> int:
                 "worker",
                 "--loglevel=INFO",
                 f"--concurrency={env.get('WORKER_CONCURRENCY', '2')}",
+                # Celery beat in the worker: it re-enqueues updates that crashes left behind (deployments.reconcile).
+                "--beat",
+                f"--schedule={Path(env.get('VAR_DIR', REPO / 'var')) / 'celerybeat-schedule'}",
             ],
             cwd=REPO,
             env=env,

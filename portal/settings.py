@@ -186,6 +186,11 @@ CELERY_TASK_SOFT_TIME_LIMIT = envint("CELERY_TASK_SOFT_TIME_LIMIT", str(ROLLOUT_
 CELERY_TASK_TIME_LIMIT = envint("CELERY_TASK_TIME_LIMIT", str(CELERY_TASK_SOFT_TIME_LIMIT + 60))
 UPDATE_LEASE_SECONDS = envint("UPDATE_LEASE_SECONDS", str(CELERY_TASK_TIME_LIMIT + 60))
 UPDATE_MAX_ATTEMPTS = envint("UPDATE_MAX_ATTEMPTS", "5")
+# Celery beat re-enqueues updates whose worker died or whose task was lost (deployments.reconcile).
+RECONCILE_INTERVAL_SECONDS = float(envstr("RECONCILE_INTERVAL_SECONDS", "60"))
+CELERY_BEAT_SCHEDULE = {
+    "reconcile-updates": {"task": "deployments.tasks.reconcile_updates", "schedule": RECONCILE_INTERVAL_SECONDS}
+}
 
 # The local compute target runs entry scripts on this machine, as the worker's user: only scripts inside these
 # folders (comma-separated), so that a workspace member cannot have the portal run an arbitrary file.

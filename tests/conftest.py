@@ -182,7 +182,9 @@ def _database_url_of(settings_dict: dict[str, Any]) -> str:
 class WorkerProcess:
     """A real `celery -A portal worker` process on this session's queue and test database."""
 
-    def __init__(self, redis_url: str, queue: str, database_url: str, log_path: Path, **env: str) -> None:
+    def __init__(
+        self, redis_url: str, queue: str, database_url: str, log_path: Path, beat: bool = False, **env: str
+    ) -> None:
         self.name = f"{queue}-{uuid.uuid4().hex[:6]}@{os.uname().nodename}"
         self.log_path = log_path
         full_env = {
@@ -209,6 +211,8 @@ class WorkerProcess:
                     f"--hostname={self.name}",
                     "--without-mingle",
                     "--without-gossip",
+                    # Celery beat inside the worker, as `make run` runs it, with a schedule file of its own.
+                    *(["--beat", f"--schedule={log_path.parent / self.name}.schedule"] if beat else []),
                 ],
                 cwd=REPO,
                 env=full_env,
@@ -249,9 +253,10 @@ class WorkerPool:
         self.redis_url, self.queue, self.database_url = redis_url, queue, database_url
         self.workers: list[WorkerProcess] = []
 
-    def start(self, **env: str) -> WorkerProcess:
-        """Start a worker, e.g. with its own settings as environment variables."""
-        worker = WorkerProcess(self.redis_url, self.queue, self.database_url, REPO / "var" / "test-worker.log", **env)
+    def start(self, beat: bool = False, **env: str) -> WorkerProcess:
+        """Start a worker, e.g. with its own settings as environment variables (and Celery beat in it)."""
+        log_path = REPO / "var" / "test-worker.log"
+        worker = WorkerProcess(self.redis_url, self.queue, self.database_url, log_path, beat, **env)
         self.workers.append(worker)
         return worker.wait_ready()
 

@@ -30,6 +30,7 @@ class RunCommand:
 
     def __init__(self, var_dir: Path) -> None:
         self.port = devstack.free_port()
+        self.var_dir = var_dir
         env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "BLOB_CONNECTION_STRING", "REDIS_URL")}
         env.update(PORT=str(self.port), VAR_DIR=str(var_dir), PYTHONUNBUFFERED="1")
         env.pop("DJANGO_SUPERUSER_PASSWORD", None)
@@ -116,6 +117,9 @@ def test_it_logs_in_with_the_printed_credentials_and_shows_the_demo_workspace(ma
 
     wait_until(rows_shown, timeout=30, interval=0.5, message="the collected rows in the preview")
     expect(page.locator("table.csv").first.locator("tbody tr")).to_have_count(2)
+
+    # Celery beat runs in the worker (it re-enqueues updates that crashes left behind): its schedule is kept.
+    assert list(make_run.var_dir.glob("celerybeat-schedule*"))
 
     assert make_run.interrupt() == 0
     make_run.wait_for(r"\[tributary\] stopping")

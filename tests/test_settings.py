@@ -93,4 +93,4 @@ def test_it_has_a_docker_compose_file_that_parses() -> None:
     )
 
     assert result.returncode == 0, result.stderr
-    assert set(result.stdout.split()) == {"postgres", "redis", "azurite", "web", "worker"}
+    assert set(result.stdout.split()) == {"postgres", "redis", "azurite", "web", "worker", "beat"}

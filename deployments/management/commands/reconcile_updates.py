@@ -1,23 +1,10 @@
-"""Finishes what crashes left behind: updates whose worker died, and updates whose task never reached Redis.
-
-Run it periodically (cron, or a loop beside the worker). It only re-enqueues: the task's claim decides who runs
-an update, so running this while workers are busy, or twice at once, does no harm.
-"""
+"""Re-enqueue stuck service updates once (Celery beat also does it periodically: see deployments.reconcile)."""
 
 from __future__ import annotations
 
-from datetime import timedelta
-
-from django.conf import settings
 from django.core.management.base import BaseCommand
-from django.db.models import Q
-from django.utils import timezone
 
-from deployments import actions, tasks
-from deployments.models import ServiceUpdate
-
-# The task's longest retry backoff is 600 s: a handed-back update untouched for much longer lost its retry.
-RETRY_OVERDUE = timedelta(minutes=15)
+from deployments.reconcile import PENDING_LOST_SECONDS, reconcile_updates
 
 
 class Command(BaseCommand):
@@ -25,25 +12,12 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser) -> None:  # type: ignore[no-untyped-def]
         parser.add_argument(
-            "--pending-after", type=int, default=60, help="Seconds after which a Pending update counts as lost."
+            "--pending-after",
+            type=int,
+            default=PENDING_LOST_SECONDS,
+            help="Seconds after which a Pending update counts as lost.",
         )
 
     def handle(self, *args: object, pending_after: int, **options: object) -> None:
-        now = timezone.now()
-        stuck = ServiceUpdate.objects.filter(
-            # Never claimed: its task was lost on the way to the broker.
-            Q(status=ServiceUpdate.Status.PENDING, attempts=0, created__lt=now - timedelta(seconds=pending_after))
-            # Handed back after a transient error: its retry is scheduled; lost only if long overdue.
-            | Q(status=ServiceUpdate.Status.PENDING, attempts__gt=0, started__lt=now - RETRY_OVERDUE)
-            # Its worker died (or hangs) past the lease.
-            | Q(status=ServiceUpdate.Status.RUNNING, lease_until__lt=now)
-        ).select_related("service__workspace")
-        requeued = failed = 0
-        for update in stuck:
-            if update.attempts >= settings.UPDATE_MAX_ATTEMPTS:
-                reason = f"Gave up after {update.attempts} attempts: the worker stopped before finishing."
-                failed += actions.do_fail_abandoned_update(update, reason)
-            else:
-                tasks.apply_service_update.delay(update.pk)
-                requeued += 1
+        requeued, failed = reconcile_updates(pending_after)
         self.stdout.write(f"Re-enqueued {requeued} update(s); failed {failed} that ran out of attempts.")
