@@ -4,6 +4,7 @@ transaction, and enqueues work only once that transaction has committed.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Iterable
 from datetime import timedelta
@@ -18,7 +19,9 @@ from django.utils import timezone
 from collector import config as dc_config
 from deployments import tasks
 from deployments.compute import DesiredSpec, ModelRef, RolloutState
-from deployments.models import AuditEvent, ComputeTarget, Model, Service, ServiceUpdate, Workspace
+from deployments.models import ApiToken, AuditEvent, ComputeTarget, Model, Service, ServiceUpdate, Workspace
+
+log = logging.getLogger(__name__)
 
 # The settings that users change and the audit log records; secrets are never among them.
 SERVICE_FIELDS = (
@@ -324,3 +327,23 @@ def update_is_waiting(update_id: int) -> bool:
     return ServiceUpdate.objects.filter(
         pk=update_id, status=ServiceUpdate.Status.PENDING, attempts__lt=settings.UPDATE_MAX_ATTEMPTS
     ).exists()
+
+
+# -- API tokens: a user's own, across workspaces (so logged, not in a workspace's audit log) ---------------------
+
+
+def do_issue_api_token(user: Any, name: str) -> tuple[ApiToken, str]:
+    """A new token for `user`; returns the row and the token itself, which is shown once and stored nowhere."""
+    token, key = ApiToken.issue(user, name)
+    log.info("user %s issued API token %s… (%s)", user.get_username(), token.prefix, token.name)
+    return token, key
+
+
+def do_revoke_api_token(user: Any, token_id: int) -> ApiToken | None:
+    """Delete one of `user`'s tokens; None if it has no such token (another user's is not found either)."""
+    token = ApiToken.objects.filter(user=user, pk=token_id).first()
+    if token is None:
+        return None
+    token.delete()
+    log.info("user %s revoked API token %s… (%s)", user.get_username(), token.prefix, token.name)
+    return token

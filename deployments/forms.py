@@ -6,7 +6,7 @@ from typing import Any, cast
 from django import forms
 from django.conf import settings
 
-from deployments.models import AuditEvent, ComputeTarget, Model, Service, Workspace
+from deployments.models import ApiToken, AuditEvent, ComputeTarget, Model, Service, Workspace
 
 
 class ServiceSettingsForm(forms.Form):
@@ -102,3 +102,28 @@ class AuditFilterForm(forms.Form):
     actor = forms.CharField(required=False, max_length=150)
 
     action = forms.ChoiceField(required=False, choices=[("", "Any action"), *AuditEvent.Action.choices])
+
+
+MAX_API_TOKENS = 20
+
+
+class ApiTokenForm(forms.Form):
+    name = forms.CharField(max_length=100, help_text="What it is for, to tell your tokens apart: notebook, CI...")
+
+    def __init__(self, *args: Any, user: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.user = user
+
+    def clean_name(self) -> str:
+        name = self.cleaned_data["name"].strip()
+        if not name:
+            raise forms.ValidationError("Name the token.")
+        if ApiToken.objects.filter(user=self.user, name=name).exists():
+            raise forms.ValidationError("You have a token with this name already.")
+        return name
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        if ApiToken.objects.filter(user=self.user).count() >= MAX_API_TOKENS:
+            raise forms.ValidationError(f"You have {MAX_API_TOKENS} tokens: revoke one you no longer use first.")
+        return data

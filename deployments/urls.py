@@ -31,6 +31,8 @@ api_urls = [
 
 urlpatterns = [
     path("", views.home, name="home"),
+    path("account/tokens/", views.api_tokens, name="api-tokens"),
+    path("account/tokens/<int:token_id>/revoke/", views.api_token_revoke, name="api-token-revoke"),
     path("health/", views.health, name="health"),
     path("deployments/", views.deployments_redirect, name="deployments"),
     *workspace_urls,

@@ -4,7 +4,7 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods
@@ -14,8 +14,8 @@ from django_htmx.middleware import HtmxDetails
 from deployments import actions
 from deployments import health as health_checks
 from deployments.access import get_service_for_user, get_workspace_for_user, user_id
-from deployments.forms import AuditFilterForm, ServiceCreateForm, ServiceEditForm, ServiceFilterForm
-from deployments.models import AuditEvent, Membership, Service
+from deployments.forms import ApiTokenForm, AuditFilterForm, ServiceCreateForm, ServiceEditForm, ServiceFilterForm
+from deployments.models import ApiToken, AuditEvent, Membership, Service
 from portal.middleware import request_id
 
 SERVICES_PER_PAGE = 50
@@ -182,3 +182,30 @@ def health(request: HtmxHttpRequest) -> HttpResponse:
     results = health_checks.run_checks()
     healthy = all(r["status"] == "ok" for r in results.values())
     return JsonResponse({"healthy": healthy, "checks": results}, status=200 if healthy else 503)
+
+
+@require_http_methods(["GET", "POST"])
+@login_required
+def api_tokens(request: HtmxHttpRequest) -> HttpResponse:
+    """The user's tokens for the REST API and the SDK; a new one is shown once, in the answer to its POST."""
+    form = ApiTokenForm(request.POST or None, user=request.user)
+    new_key = ""
+    if request.method == "POST" and form.is_valid():
+        _, new_key = actions.do_issue_api_token(request.user, form.cleaned_data["name"])
+        form = ApiTokenForm(user=request.user)
+    tokens = ApiToken.objects.filter(user_id=user_id(request)).order_by("-created", "-id")
+    response = render(
+        request, "deployments/api_tokens.html", {"form": form, "tokens": tokens, "new_key": new_key, "nav": "tokens"}
+    )
+    response["Cache-Control"] = "no-store"  # the page may hold a token: never from a cache or the back button
+    return response
+
+
+@require_http_methods(["POST"])
+@login_required
+def api_token_revoke(request: HtmxHttpRequest, token_id: int) -> HttpResponse:
+    token = actions.do_revoke_api_token(request.user, token_id)
+    if token is None:
+        raise Http404("No such token.")
+    messages.success(request, f"Revoked the token {token.name} ({token.prefix}…): it no longer works.")
+    return redirect("deployments:api-tokens")
