@@ -14,8 +14,8 @@ def user_id(request: HttpRequest) -> int:
     return cast(int, request.user.pk)
 
 
-def get_workspace_for_user(request: HttpRequest, workspace_id: int) -> tuple[Workspace, bool]:
-    """Return the workspace and whether the user may change things in it.
+def get_membership_for_user(request: HttpRequest, workspace_id: int) -> Membership:
+    """The user's membership of the workspace (with the workspace).
 
     A workspace the user is not a member of does not exist as far as they can tell: 404, never 403, so that
     ids of other teams' workspaces leak nothing.
@@ -27,6 +27,12 @@ def get_workspace_for_user(request: HttpRequest, workspace_id: int) -> tuple[Wor
     )
     if membership is None:
         raise Http404("No such workspace")
+    return membership
+
+
+def get_workspace_for_user(request: HttpRequest, workspace_id: int) -> tuple[Workspace, bool]:
+    """Return the workspace and whether the user may change things in it (404 unless a member)."""
+    membership = get_membership_for_user(request, workspace_id)
     return membership.workspace, membership.can_write
 
 

@@ -19,7 +19,16 @@ from django.utils import timezone
 from collector import config as dc_config
 from deployments import tasks
 from deployments.compute import DesiredSpec, ModelRef, RolloutState
-from deployments.models import ApiToken, AuditEvent, ComputeTarget, Model, Service, ServiceUpdate, Workspace
+from deployments.models import (
+    ApiToken,
+    AuditEvent,
+    ComputeTarget,
+    Membership,
+    Model,
+    Service,
+    ServiceUpdate,
+    Workspace,
+)
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +68,7 @@ def _actor_name(user: Any) -> str:
 def _audit(
     workspace: Workspace,
     action: AuditEvent.Action,
-    target: Service,
+    target: Service | Membership,
     *,
     actor: Any = None,
     changes: dict[str, list[Any]] | None = None,
@@ -71,9 +80,9 @@ def _audit(
         actor=actor,
         actor_name=_actor_name(actor),
         action=action,
-        target_type="service",
-        target_id=target.pk,
-        target_repr=target.name,
+        target_type="member" if isinstance(target, Membership) else "service",
+        target_id=target.user_id if isinstance(target, Membership) else target.pk,
+        target_repr=target.user.get_username() if isinstance(target, Membership) else target.name,
         changes=changes or {},
         reason=reason,
         request_id=request_id,
@@ -347,3 +356,67 @@ def do_revoke_api_token(user: Any, token_id: int) -> ApiToken | None:
     token.delete()
     log.info("user %s revoked API token %s… (%s)", user.get_username(), token.prefix, token.name)
     return token
+
+
+# -- Members: owners add people, change their roles and remove them; a workspace always keeps an owner ------------
+
+
+class MembershipError(ValueError):
+    """A change of members that would leave the workspace without an owner; the message is for the user."""
+
+
+def _lock(membership: Membership) -> tuple[Membership, int]:
+    """In a transaction: lock the workspace's owners (always first, in one order, so that concurrent changes wait
+    for each other rather than deadlock) and then the member; returns the member, fresh, and the owner count."""
+    owners = Membership.objects.select_for_update().filter(
+        workspace_id=membership.workspace_id, role=Membership.Role.OWNER
+    )
+    count = len(owners.order_by("pk"))
+    members = Membership.objects.select_for_update(of=("self",)).select_related("user", "workspace")
+    return members.get(pk=membership.pk), count
+
+
+def _check_an_owner_remains(membership: Membership, owners: int) -> None:
+    if membership.role == Membership.Role.OWNER and owners <= 1:
+        raise MembershipError("A workspace needs an owner: make someone else an owner first.")
+
+
+@transaction.atomic
+def do_add_member(workspace: Workspace, user: Any, role: str, *, acting_user: Any) -> Membership:
+    membership = Membership.objects.create(workspace=workspace, user=user, role=role)
+    _audit(workspace, AuditEvent.Action.MEMBER_ADDED, membership, actor=acting_user, changes={"role": [None, role]})
+    return membership
+
+
+@transaction.atomic
+def do_change_member_role(membership: Membership, role: str, *, acting_user: Any) -> bool:
+    """Give the member another role; False if it is the role they have."""
+    membership, owners = _lock(membership)
+    if membership.role == role:
+        return False
+    if role != Membership.Role.OWNER:
+        _check_an_owner_remains(membership, owners)
+    before, membership.role = membership.role, role
+    membership.save(update_fields=["role"])
+    _audit(
+        membership.workspace,
+        AuditEvent.Action.MEMBER_ROLE_CHANGED,
+        membership,
+        actor=acting_user,
+        changes={"role": [before, role]},
+    )
+    return True
+
+
+@transaction.atomic
+def do_remove_member(membership: Membership, *, acting_user: Any) -> None:
+    membership, owners = _lock(membership)
+    _check_an_owner_remains(membership, owners)
+    _audit(
+        membership.workspace,
+        AuditEvent.Action.MEMBER_REMOVED,
+        membership,
+        actor=acting_user,
+        changes={"role": [membership.role, None]},
+    )
+    membership.delete()

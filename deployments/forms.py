@@ -5,8 +5,9 @@ from typing import Any, cast
 
 from django import forms
 from django.conf import settings
+from django.contrib.auth import get_user_model
 
-from deployments.models import ApiToken, AuditEvent, ComputeTarget, Model, Service, Workspace
+from deployments.models import ApiToken, AuditEvent, ComputeTarget, Membership, Model, Service, Workspace
 
 
 class ServiceSettingsForm(forms.Form):
@@ -127,3 +128,26 @@ class ApiTokenForm(forms.Form):
         if ApiToken.objects.filter(user=self.user).count() >= MAX_API_TOKENS:
             raise forms.ValidationError(f"You have {MAX_API_TOKENS} tokens: revoke one you no longer use first.")
         return data
+
+
+class MemberAddForm(forms.Form):
+    username = forms.CharField(max_length=150, help_text="Someone who can log in to Tributary.")
+    role = forms.ChoiceField(choices=Membership.Role.choices, initial=Membership.Role.READER)
+
+    def __init__(self, *args: Any, workspace: Workspace, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.workspace = workspace
+        self.user: Any = None
+
+    def clean_username(self) -> str:
+        username = self.cleaned_data["username"].strip()
+        self.user = get_user_model().objects.filter(username=username, is_active=True).first()
+        if self.user is None:
+            raise forms.ValidationError("No user has this name.")
+        if self.workspace.memberships.filter(user=self.user).exists():
+            raise forms.ValidationError("This user is a member already: change their role below.")
+        return username
+
+
+class MemberRoleForm(forms.Form):
+    role = forms.ChoiceField(choices=Membership.Role.choices)

@@ -194,6 +194,9 @@ class AuditEvent(models.Model):
         SERVICE_REDEPLOYED = "service.redeployed"
         SERVICE_UPDATE_SUCCEEDED = "service.update_succeeded"
         SERVICE_UPDATE_FAILED = "service.update_failed"
+        MEMBER_ADDED = "member.added"
+        MEMBER_ROLE_CHANGED = "member.role_changed"
+        MEMBER_REMOVED = "member.removed"
 
     created = models.DateTimeField(auto_now_add=True, db_index=True)
     actor = models.ForeignKey(settings.AUTH_USER_MODEL, models.SET_NULL, null=True, blank=True)

@@ -8,6 +8,15 @@ workspace_urls = [
     path("w/<int:workspace_id>/deployments/", views.service_list, name="service-list"),
     path("w/<int:workspace_id>/deployments/new/", views.service_create, name="service-create"),
     path("w/<int:workspace_id>/audit/", views.audit_log, name="audit-log"),
+    path("w/<int:workspace_id>/members/", views.workspace_members, name="workspace-members"),
+    path(
+        "w/<int:workspace_id>/members/<int:member_id>/role/", views.workspace_member_role, name="workspace-member-role"
+    ),
+    path(
+        "w/<int:workspace_id>/members/<int:member_id>/remove/",
+        views.workspace_member_remove,
+        name="workspace-member-remove",
+    ),
     path("w/<int:workspace_id>/data/", data_views.data_browser, name="data-browser"),
     path("w/<int:workspace_id>/data/preview/", data_views.data_preview, name="data-preview"),
     path("w/<int:workspace_id>/data/download/", data_views.data_download, name="data-download"),

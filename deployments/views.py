@@ -13,8 +13,16 @@ from django_htmx.middleware import HtmxDetails
 
 from deployments import actions
 from deployments import health as health_checks
-from deployments.access import get_service_for_user, get_workspace_for_user, user_id
-from deployments.forms import ApiTokenForm, AuditFilterForm, ServiceCreateForm, ServiceEditForm, ServiceFilterForm
+from deployments.access import get_membership_for_user, get_service_for_user, get_workspace_for_user, user_id
+from deployments.forms import (
+    ApiTokenForm,
+    AuditFilterForm,
+    MemberAddForm,
+    MemberRoleForm,
+    ServiceCreateForm,
+    ServiceEditForm,
+    ServiceFilterForm,
+)
 from deployments.models import ApiToken, AuditEvent, Membership, Service
 from portal.middleware import request_id
 
@@ -209,3 +217,76 @@ def api_token_revoke(request: HtmxHttpRequest, token_id: int) -> HttpResponse:
         raise Http404("No such token.")
     messages.success(request, f"Revoked the token {token.name} ({token.prefix}…): it no longer works.")
     return redirect("deployments:api-tokens")
+
+
+def _require_owner(membership: Membership) -> None:
+    if membership.role != Membership.Role.OWNER:
+        raise PermissionDenied("Only the workspace's owners change its members.")
+
+
+@require_http_methods(["GET", "POST"])
+@login_required
+def workspace_members(request: HtmxHttpRequest, workspace_id: int) -> HttpResponse:
+    """Who belongs to the workspace, in which role; owners add members here."""
+    mine = get_membership_for_user(request, workspace_id)
+    workspace = mine.workspace
+    form = MemberAddForm(request.POST or None, workspace=workspace)
+    if request.method == "POST":
+        _require_owner(mine)
+        if form.is_valid():
+            role = form.cleaned_data["role"]
+            actions.do_add_member(workspace, form.user, role, acting_user=request.user)
+            messages.success(request, f"Added {form.user.get_username()} as {Membership.Role(role).label}.")
+            return redirect("deployments:workspace-members", workspace_id=workspace.pk)
+    members = workspace.memberships.select_related("user").order_by("user__username")
+    context = {
+        "workspace": workspace,
+        "is_owner": mine.role == Membership.Role.OWNER,
+        "members": members,
+        "form": form,
+        "roles": Membership.Role.choices,
+        "nav": "deployments",
+    }
+    return render(request, "deployments/members.html", context)
+
+
+def _member(request: HtmxHttpRequest, workspace_id: int, member_id: int) -> Membership:
+    """The member to change, for an owner of the workspace (404 for a member of another workspace)."""
+    _require_owner(get_membership_for_user(request, workspace_id))
+    member = Membership.objects.select_related("user", "workspace").filter(pk=member_id, workspace_id=workspace_id)
+    found = member.first()
+    if found is None:
+        raise Http404("No such member")
+    return found
+
+
+@require_http_methods(["POST"])
+@login_required
+def workspace_member_role(request: HtmxHttpRequest, workspace_id: int, member_id: int) -> HttpResponse:
+    member = _member(request, workspace_id, member_id)
+    form = MemberRoleForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, "Choose a role: owner, contributor or reader.")
+    else:
+        role = form.cleaned_data["role"]
+        try:
+            if actions.do_change_member_role(member, role, acting_user=request.user):
+                messages.success(request, f"{member.user.get_username()} is now {Membership.Role(role).label}.")
+        except actions.MembershipError as exc:
+            messages.error(request, str(exc))
+    return redirect("deployments:workspace-members", workspace_id=workspace_id)
+
+
+@require_http_methods(["POST"])
+@login_required
+def workspace_member_remove(request: HtmxHttpRequest, workspace_id: int, member_id: int) -> HttpResponse:
+    member = _member(request, workspace_id, member_id)
+    try:
+        actions.do_remove_member(member, acting_user=request.user)
+    except actions.MembershipError as exc:
+        messages.error(request, str(exc))
+    else:
+        messages.success(request, f"Removed {member.user.get_username()} from {member.workspace.name}.")
+    if member.user_id == user_id(request) and not Membership.objects.filter(pk=member.pk).exists():
+        return redirect("deployments:home")  # they removed themselves: the workspace is no longer theirs to see
+    return redirect("deployments:workspace-members", workspace_id=workspace_id)
