@@ -46,35 +46,35 @@ class NotTabular(ValueError):
     """The bytes are not CSV this preview can parse; the message is for the user."""
 
 
-def _rows_end(text: str, start: int = 0, odd: bool = False) -> tuple[int, int, bool]:
-    """Scan `text` from `start` (quote parity `odd` there) for newlines outside quoted cells.
-
-    Returns the index just after the last such newline (0 if none), where the scan stopped (after the last
-    newline), and the quote parity there. Each character is looked at once, so long quoted cells cost nothing more.
-    """
-    cut = 0
+def _newlines(text: str, start: int, odd: bool) -> Iterator[tuple[int, bool]]:
+    """For each newline of `text` after `start` (quote parity `odd` there): the index just after it and the parity
+    there (odd: inside a quoted cell). Each character is looked at once, so long quoted cells cost nothing more."""
     while (newline := text.find("\n", start)) >= 0:
         if text.count('"', start, newline) % 2:
             odd = not odd
         start = newline + 1
-        if not odd:
-            cut = start
-    return cut, start, odd
+        yield start, odd
+
+
+def _rows_end(text: str, start: int = 0, odd: bool = False) -> tuple[int, int, bool]:
+    """Scan `text` from `start` (quote parity `odd` there) for newlines outside quoted cells.
+
+    Returns the index just after the last such newline (0 if none), where the scan stopped (after the last
+    newline), and the quote parity there.
+    """
+    cut, scanned, parity = 0, start, odd
+    for scanned, parity in _newlines(text, start, odd):
+        if not parity:
+            cut = scanned
+    return cut, scanned, parity
 
 
 def _first_row_start(text: str) -> int:
     """Where the first whole row of `text`, a file's last bytes, starts: after its first newline outside quoted
     cells. A file ends outside quotes, and every quote (escaped ones too, as "") toggles the state, so the state at
-    the start of `text` is the parity of all the quotes in it; from there, newlines are counted as in _rows_end."""
+    the start of `text` is the parity of all the quotes in it."""
     odd = text.count('"') % 2 == 1
-    start = 0
-    while (newline := text.find("\n", start)) >= 0:
-        if text.count('"', start, newline) % 2:
-            odd = not odd
-        start = newline + 1
-        if not odd:
-            return start
-    return len(text)
+    return next((start for start, odd in _newlines(text, 0, odd) if not odd), len(text))
 
 
 def head(name: str, n: int) -> Preview:
