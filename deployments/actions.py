@@ -75,14 +75,18 @@ def _audit(
     reason: str = "",
     request_id: uuid.UUID | None = None,
 ) -> AuditEvent:
+    if isinstance(target, Membership):
+        target_type, target_id, target_repr = "member", target.user_id, target.user.get_username()
+    else:
+        target_type, target_id, target_repr = "service", target.pk, target.name
     return AuditEvent.objects.create(
         workspace=workspace,
         actor=actor,
         actor_name=_actor_name(actor),
         action=action,
-        target_type="member" if isinstance(target, Membership) else "service",
-        target_id=target.user_id if isinstance(target, Membership) else target.pk,
-        target_repr=target.user.get_username() if isinstance(target, Membership) else target.name,
+        target_type=target_type,
+        target_id=target_id,
+        target_repr=target_repr,
         changes=changes or {},
         reason=reason,
         request_id=request_id,
@@ -371,9 +375,9 @@ def _lock(membership: Membership) -> tuple[Membership, int]:
     owners = Membership.objects.select_for_update().filter(
         workspace_id=membership.workspace_id, role=Membership.Role.OWNER
     )
-    count = len(owners.order_by("pk"))
+    locked = list(owners.order_by("pk"))
     members = Membership.objects.select_for_update(of=("self",)).select_related("user", "workspace")
-    return members.get(pk=membership.pk), count
+    return members.get(pk=membership.pk), len(locked)
 
 
 def _check_an_owner_remains(membership: Membership, owners: int) -> None:

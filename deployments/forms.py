@@ -116,9 +116,7 @@ class ApiTokenForm(forms.Form):
         self.user = user
 
     def clean_name(self) -> str:
-        name = self.cleaned_data["name"].strip()
-        if not name:
-            raise forms.ValidationError("Name the token.")
+        name = self.cleaned_data["name"]  # stripped, and required: never blank here
         if ApiToken.objects.filter(user=self.user, name=name).exists():
             raise forms.ValidationError("You have a token with this name already.")
         return name
@@ -140,7 +138,7 @@ class MemberAddForm(forms.Form):
         self.user: Any = None
 
     def clean_username(self) -> str:
-        username = self.cleaned_data["username"].strip()
+        username = self.cleaned_data["username"]
         self.user = get_user_model().objects.filter(username=username, is_active=True).first()
         if self.user is None:
             raise forms.ValidationError("No user has this name.")

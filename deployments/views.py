@@ -5,7 +5,7 @@ from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
-from django.shortcuts import redirect, render
+from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods
 from django_htmx.http import HttpResponseClientRedirect, HttpResponseStopPolling
@@ -253,11 +253,8 @@ def workspace_members(request: HtmxHttpRequest, workspace_id: int) -> HttpRespon
 def _member(request: HtmxHttpRequest, workspace_id: int, member_id: int) -> Membership:
     """The member to change, for an owner of the workspace (404 for a member of another workspace)."""
     _require_owner(get_membership_for_user(request, workspace_id))
-    member = Membership.objects.select_related("user", "workspace").filter(pk=member_id, workspace_id=workspace_id)
-    found = member.first()
-    if found is None:
-        raise Http404("No such member")
-    return found
+    members = Membership.objects.select_related("user", "workspace")
+    return get_object_or_404(members, pk=member_id, workspace_id=workspace_id)
 
 
 @require_http_methods(["POST"])
@@ -285,8 +282,8 @@ def workspace_member_remove(request: HtmxHttpRequest, workspace_id: int, member_
         actions.do_remove_member(member, acting_user=request.user)
     except actions.MembershipError as exc:
         messages.error(request, str(exc))
-    else:
-        messages.success(request, f"Removed {member.user.get_username()} from {member.workspace.name}.")
-    if member.user_id == user_id(request) and not Membership.objects.filter(pk=member.pk).exists():
-        return redirect("deployments:home")  # they removed themselves: the workspace is no longer theirs to see
+        return redirect("deployments:workspace-members", workspace_id=workspace_id)
+    messages.success(request, f"Removed {member.user.get_username()} from {member.workspace.name}.")
+    if member.user_id == user_id(request):
+        return redirect("deployments:home")  # they left: the workspace is no longer theirs to see
     return redirect("deployments:workspace-members", workspace_id=workspace_id)

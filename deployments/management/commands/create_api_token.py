@@ -1,7 +1,7 @@
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 
-from deployments.models import ApiToken
+from deployments.actions import do_issue_api_token
 
 
 class Command(BaseCommand):
@@ -15,5 +15,5 @@ class Command(BaseCommand):
         user = get_user_model().objects.filter(username=username).first()
         if user is None:
             raise CommandError(f"No user called {username!r}.")
-        _, key = ApiToken.issue(user, name)
+        _, key = do_issue_api_token(user, name)
         self.stdout.write(key)
