@@ -374,3 +374,35 @@ def test_a_lost_lease_is_taken_again_and_the_refused_block_sent_once(configure, 
     expected = [["w", "0", "x"], ["other", "0", "y"], ["w", "1", "x"]]
     assert_exactly_once(read_files(blobs, workspace), expected)
     assert stats["rows_delivered"] == 2
+
+
+def test_a_frame_larger_than_the_room_left_in_a_block_waits_for_the_next_block(
+    base_env, blobs, workspace, spool_dir
+) -> None:
+    # The agent sends one file's rows from several writers' spools in one block. The first spool fills 4 MiB but
+    # 100 KiB; the second spool's frames are 100 KiB: they go in the next block, whole, never skipped as damaged.
+    from collector.spool import Spool, frames
+
+    folder = day_folder(workspace, "inputs")
+    header = (",".join(HEADER) + "\n").encode()
+    first, second = Spool.create(spool_dir / "a", shared=True), Spool.create(spool_dir / "b", shared=True)
+    second.lease_id = first.lease_id  # as the agent gives its writers' spools its own lease
+    expected = []
+    for spool, name, frame_count in ((first, "a", 41), (second, "b", 3)):
+        dest = spool.destination("modeldata", folder, header)
+        for f in range(frame_count):
+            rows = [[name, str(f * 1000 + i), "y" * 95] for i in range(1000)]
+            expected += rows
+            dest.write(frames([("".join(",".join(r) + "\n" for r in rows).encode(), len(rows))]))
+    delivered = []
+    uploader = upload.Uploader(
+        base_env[config.STORAGE], max_blocks=50_000, on_delivered=lambda rows, nbytes: delivered.append(rows)
+    )
+
+    dests = [first.destination("modeldata", folder, header), second.destination("modeldata", folder, header)]
+    while any(d.has_work() for d in dests):
+        assert uploader.deliver(dests, first.lease_id) == upload.DONE, uploader.last_error
+    uploader.close()
+
+    assert_exactly_once(read_files(blobs, folder), expected)
+    assert sum(delivered) == 44_000

@@ -212,7 +212,14 @@ class Destination:
                     later = []
             if off < size:
                 window = min(size - off, max_bytes + FRAME.size * 256)
-                data, rows, used, damaged = self._unframe(self._pread(seg, off, window), max_bytes)
+                raw = self._pread(seg, off, window)
+                data, rows, used, damaged = self._unframe(raw, max_bytes)
+                if not used and not damaged and len(raw) >= FRAME.size:
+                    # The first frame is longer than the window (the room left in a block was small): read it
+                    # whole if it is on disk; the caller sends it first in a block of its own.
+                    whole = FRAME.size + FRAME.unpack_from(raw)[0]
+                    if whole <= size - off:
+                        data, rows, used, damaged = self._unframe(self._pread(seg, off, whole))
                 if used:
                     return data, rows, (seg, off), (seg, off + used)
                 if self.spool.live and not damaged and not later:
