@@ -12,7 +12,7 @@ from functools import partial
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
@@ -159,17 +159,22 @@ def do_deploy_service(
     reason: str = "",
     request_id: uuid.UUID | None = None,
 ) -> ServiceUpdate:
-    service = Service.objects.create(
-        workspace=workspace,
-        name=name,
-        compute_target=compute_target,
-        entry_script=entry_script,
-        image=image,
-        replicas=replicas,
-        collect_model_data=collect_model_data,
-        enable_app_insights=enable_app_insights,
-        state=Service.State.TRANSITIONING,
-    )
+    try:
+        # The form checked the name, but a second submit of the same form may have got here first.
+        with transaction.atomic():
+            service = Service.objects.create(
+                workspace=workspace,
+                name=name,
+                compute_target=compute_target,
+                entry_script=entry_script,
+                image=image,
+                replicas=replicas,
+                collect_model_data=collect_model_data,
+                enable_app_insights=enable_app_insights,
+                state=Service.State.TRANSITIONING,
+            )
+    except IntegrityError as exc:
+        raise ActionError(f"A service named {name} already exists in this workspace.") from exc
     service.models.set(models)
     after = _snapshot(service)
     changes = {name: [None, _display(name, value)] for name, value in after.items()}
@@ -366,16 +371,22 @@ def do_revoke_api_token(user: Any, token_id: int) -> ApiToken | None:
 
 
 class MembershipError(ValueError):
-    """A change of members that would leave the workspace without an owner; the message is for the user."""
+    """A change of members that was refused (it would leave the workspace without an owner, say); the message is
+    for the user."""
 
 
-def _lock(membership: Membership) -> tuple[Membership, int]:
+def _lock(membership: Membership, acting_user: Any) -> tuple[Membership, int]:
     """In a transaction: lock the workspace's owners (always first, in one order, so that concurrent changes wait
-    for each other rather than deadlock) and then the member; returns the member, fresh, and the owner count."""
+    for each other rather than deadlock) and then the member; returns the member, fresh, and the owner count.
+
+    The acting user must still be an owner once the owners are locked: one who was made a contributor meanwhile
+    changes nothing."""
     owners = Membership.objects.select_for_update().filter(
         workspace_id=membership.workspace_id, role=Membership.Role.OWNER
     )
     locked = list(owners.order_by("pk"))
+    if not any(owner.user_id == acting_user.pk for owner in locked):
+        raise MembershipError("Only an owner of the workspace can change its members, and you no longer are one.")
     members = Membership.objects.select_for_update(of=("self",)).select_related("user", "workspace")
     return members.get(pk=membership.pk), len(locked)
 
@@ -387,7 +398,11 @@ def _check_an_owner_remains(membership: Membership, owners: int) -> None:
 
 @transaction.atomic
 def do_add_member(workspace: Workspace, user: Any, role: str, *, acting_user: Any) -> Membership:
-    membership = Membership.objects.create(workspace=workspace, user=user, role=role)
+    try:
+        with transaction.atomic():  # the form checked, but the same user may have been added meanwhile
+            membership = Membership.objects.create(workspace=workspace, user=user, role=role)
+    except IntegrityError as exc:
+        raise MembershipError(f"{user.get_username()} is already a member of this workspace.") from exc
     _audit(workspace, AuditEvent.Action.MEMBER_ADDED, membership, actor=acting_user, changes={"role": [None, role]})
     return membership
 
@@ -395,7 +410,7 @@ def do_add_member(workspace: Workspace, user: Any, role: str, *, acting_user: An
 @transaction.atomic
 def do_change_member_role(membership: Membership, role: str, *, acting_user: Any) -> bool:
     """Give the member another role; False if it is the role they have."""
-    membership, owners = _lock(membership)
+    membership, owners = _lock(membership, acting_user)
     if membership.role == role:
         return False
     if role != Membership.Role.OWNER:
@@ -414,7 +429,7 @@ def do_change_member_role(membership: Membership, role: str, *, acting_user: Any
 
 @transaction.atomic
 def do_remove_member(membership: Membership, *, acting_user: Any) -> None:
-    membership, owners = _lock(membership)
+    membership, owners = _lock(membership, acting_user)
     _check_an_owner_remains(membership, owners)
     _audit(
         membership.workspace,

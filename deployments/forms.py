@@ -44,11 +44,17 @@ class ServiceSettingsForm(forms.Form):
         if not entry_script:
             self.add_error("entry_script", "The local compute target runs an entry script: give its path.")
             return
-        path = Path(entry_script).resolve()
-        if not any(path.is_relative_to(folder) for folder in settings.LOCAL_SCRIPT_DIRS):
+        try:
+            path = Path(entry_script).resolve()
+            inside = any(path.is_relative_to(folder) for folder in settings.LOCAL_SCRIPT_DIRS)
+            found = inside and path.is_file()
+        except (OSError, ValueError):  # a name too long, a NUL byte, a folder it may not read...
+            self.add_error("entry_script", "This is not a path to a file this machine can read.")
+            return
+        if not inside:
             folders = ", ".join(str(f) for f in settings.LOCAL_SCRIPT_DIRS)
             self.add_error("entry_script", f"This machine runs only scripts inside: {folders}.")
-        elif not path.is_file():
+        elif not found:
             self.add_error("entry_script", "No such file on this machine.")
 
     def settings(self) -> dict[str, Any]:

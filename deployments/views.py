@@ -152,15 +152,19 @@ def service_create(request: HtmxHttpRequest, workspace_id: int) -> HttpResponse:
     _require_write(can_write)
     form = ServiceCreateForm(request.POST or None, workspace=workspace)
     if request.method == "POST" and form.is_valid():
-        update = actions.do_deploy_service(
-            workspace,
-            acting_user=request.user,
-            reason=form.cleaned_data["reason"],
-            request_id=request_id(request),
-            **form.settings(),
-        )
-        messages.success(request, f"Deploying {update.service.name}.")
-        return _after_change(request, reverse("deployments:service-detail", args=[update.service_id]))
+        try:
+            update = actions.do_deploy_service(
+                workspace,
+                acting_user=request.user,
+                reason=form.cleaned_data["reason"],
+                request_id=request_id(request),
+                **form.settings(),
+            )
+        except actions.ActionError as exc:
+            form.add_error(None, str(exc))
+        else:
+            messages.success(request, f"Deploying {update.service.name}.")
+            return _after_change(request, reverse("deployments:service-detail", args=[update.service_id]))
     template = "deployments/service_create.html" + ("#service-form" if request.htmx else "")
     return render(request, template, {"workspace": workspace, "form": form, "nav": "deployments"})
 
@@ -235,9 +239,13 @@ def workspace_members(request: HtmxHttpRequest, workspace_id: int) -> HttpRespon
         _require_owner(mine)
         if form.is_valid():
             role = form.cleaned_data["role"]
-            actions.do_add_member(workspace, form.user, role, acting_user=request.user)
-            messages.success(request, f"Added {form.user.get_username()} as {Membership.Role(role).label}.")
-            return redirect("deployments:workspace-members", workspace_id=workspace.pk)
+            try:
+                actions.do_add_member(workspace, form.user, role, acting_user=request.user)
+            except actions.MembershipError as exc:
+                form.add_error(None, str(exc))
+            else:
+                messages.success(request, f"Added {form.user.get_username()} as {Membership.Role(role).label}.")
+                return redirect("deployments:workspace-members", workspace_id=workspace.pk)
     members = workspace.memberships.select_related("user").order_by("user__username")
     context = {
         "workspace": workspace,

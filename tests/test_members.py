@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from django.test import Client
 from django.urls import reverse
 
@@ -149,3 +150,44 @@ def test_member_changes_need_csrf_and_names_are_escaped(alice: Any, workspace: W
     assert strict.post(_remove_url(theirs)).status_code == 403
     assert strict.post(_role_url(theirs), {"role": "owner"}).status_code == 403
     assert _roles(workspace)["<b>mallory</b>"] == "reader"
+
+
+def test_adding_someone_another_owner_just_added_is_a_form_error(
+    client: Client, alice: Any, workspace: Workspace, monkeypatch: Any
+) -> None:
+    # Two owners add dave at once: both forms pass the membership check before either saves.
+    from deployments.forms import MemberAddForm
+
+    original = MemberAddForm.clean_username
+
+    def clean_then_other_owner_adds(form: MemberAddForm) -> str:
+        username = original(form)
+        MembershipFactory(workspace=workspace, user=form.user, role=Membership.Role.READER)
+        return username
+
+    dave = UserFactory(username="dave")
+    monkeypatch.setattr(MemberAddForm, "clean_username", clean_then_other_owner_adds)
+    client.force_login(alice)
+
+    response = client.post(_members(workspace), {"username": "dave", "role": "owner"})
+
+    assert response.status_code == 200
+    assert "dave is already a member of this workspace." in response.content.decode()
+    assert Membership.objects.get(user=dave).role == Membership.Role.READER
+    assert not AuditEvent.objects.exists()
+
+
+def test_an_owner_demoted_meanwhile_changes_nothing(alice: Any, workspace: Workspace) -> None:
+    from deployments import actions
+
+    erins = MembershipFactory(workspace=workspace, user=UserFactory(username="erin"), role=Membership.Role.OWNER)
+    # alice passed the page's owner check; then erin made her a reader before her change ran.
+    Membership.objects.filter(user=alice).update(role=Membership.Role.READER)
+
+    with pytest.raises(actions.MembershipError, match="you no longer are one"):
+        actions.do_remove_member(erins, acting_user=alice)
+    with pytest.raises(actions.MembershipError, match="you no longer are one"):
+        actions.do_change_member_role(erins, Membership.Role.READER, acting_user=alice)
+
+    assert _roles(workspace) == {"alice": "reader", "erin": "owner"}
+    assert not AuditEvent.objects.exists()

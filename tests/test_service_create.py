@@ -106,3 +106,39 @@ def test_it_runs_only_scripts_from_the_allowed_folders(
 
     assert b"This machine runs only scripts inside" in response.content
     assert not Service.objects.exists()
+
+
+def test_a_second_submit_that_passed_the_name_check_too_is_refused_not_a_500(
+    client: Client, alice: Any, workspace: Workspace, model: Model, monkeypatch: Any
+) -> None:
+    # Two submits of one form (a double click) both pass the form's name check before either is saved.
+    from deployments.forms import ServiceCreateForm
+
+    monkeypatch.setattr(ServiceCreateForm, "clean_name", lambda form: form.cleaned_data["name"])
+    client.force_login(alice)
+    url = reverse("deployments:service-create", args=[workspace.pk])
+    data = _form(workspace, model)
+
+    first = client.post(url, data)
+    second = client.post(url, data)
+
+    assert first.status_code == 302
+    assert second.status_code == 200
+    assert b"A service named churn already exists in this workspace." in second.content
+    assert Service.objects.count() == 1
+    assert AuditEvent.objects.count() == ServiceUpdate.objects.count() == 1
+
+
+def test_a_script_path_the_system_cannot_read_is_a_form_error(
+    client: Client, alice: Any, workspace: Workspace, model: Model
+) -> None:
+    client.force_login(alice)
+    too_long = str(EXAMPLE_SCRIPT.parent / ("a" * 300) / "score.py")
+
+    response = client.post(
+        reverse("deployments:service-create", args=[workspace.pk]), _form(workspace, model, entry_script=too_long)
+    )
+
+    assert response.status_code == 200
+    assert b"This is not a path to a file this machine can read." in response.content
+    assert not Service.objects.exists()
