@@ -34,6 +34,7 @@ UPDATABLE = {
     "collect_model_data",
     "enable_app_insights",
 }
+FLAGS = ("collect_model_data", "enable_app_insights")
 
 
 def _error(message: str, status: int) -> JsonResponse:
@@ -77,10 +78,14 @@ def api_view(*methods: str) -> Callable[[View], View]:
 def _body(request: HttpRequest) -> dict[str, Any]:
     try:
         data = json.loads(request.body or b"{}")
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested deeper than the parser goes
         raise ValueError("The body must be a JSON object.") from exc
     if not isinstance(data, dict):
         raise ValueError("The body must be a JSON object.")
+    for flag in FLAGS:
+        if flag in data and not isinstance(data[flag], bool):
+            # A form reads any text but "false" and "0" as on: "no" must not switch collection on.
+            raise ValueError(f"{flag} must be true or false.")
     return data
 
 
@@ -121,7 +126,7 @@ def _form_data(workspace: Workspace, values: dict[str, Any]) -> dict[str, Any]:
 
 def _as_form_post(data: dict[str, Any]) -> dict[str, Any]:
     """An unchecked box is absent from a form post: drop the flags that are off."""
-    return {k: v for k, v in data.items() if not (k in ("collect_model_data", "enable_app_insights") and not v)}
+    return {k: v for k, v in data.items() if not (k in FLAGS and not v)}
 
 
 def _update_json(update: ServiceUpdate | None) -> dict[str, Any] | None:
@@ -244,6 +249,9 @@ def service(request: HttpRequest, workspace_id: int, name: str) -> JsonResponse:
 
 @api_view("GET")
 def update(request: HttpRequest, update_id: int) -> JsonResponse:
-    found = get_object_or_404(ServiceUpdate.objects.select_related("service"), pk=update_id)
-    get_workspace_for_user(request, found.service.workspace_id)
+    # One answer for an update that does not exist and one of a workspace the caller is not in: ids leak nothing.
+    mine = ServiceUpdate.objects.filter(service__workspace__memberships__user_id=user_id(request))
+    found = mine.filter(pk=update_id).first()
+    if found is None:
+        raise Http404("No such update")
     return JsonResponse(_update_json(found) or {})

@@ -100,6 +100,44 @@ def test_it_refuses_a_body_that_is_not_an_object(client: Client, alice: Any, ser
     assert _patch(client, service, alice, [1, 2]).status_code == 400
 
 
+def test_it_refuses_json_nested_too_deep_for_the_parser(client: Client, alice: Any, service: Service) -> None:
+    url = reverse("deployments:api-service", args=[service.workspace_id, service.name])
+
+    response = client.patch(url, "[" * 100_000, content_type="application/json", headers=_auth(alice))
+
+    assert response.status_code == 400
+    assert response.json()["error"] == "The body must be a JSON object."
+
+
+@pytest.mark.parametrize("value", ["no", "off", "", 0, None, [False]])
+def test_flags_are_json_booleans_only(client: Client, alice: Any, service: Service, value: Any) -> None:
+    # A form field reads any text but "false" and "0" as on: "no" must not switch collection on.
+    service.collect_model_data = False
+    service.save()
+
+    response = _patch(client, service, alice, {"collect_model_data": value, "enable_app_insights": value})
+
+    assert response.status_code == 400
+    assert response.json()["error"] == "collect_model_data must be true or false."
+    service.refresh_from_db()
+    assert (service.collect_model_data, service.enable_app_insights) == (False, False)
+    assert not ServiceUpdate.objects.exists()
+
+
+def test_an_update_of_another_workspace_is_answered_as_if_it_did_not_exist(
+    client: Client, alice: Any, charlie: Any, service: Service
+) -> None:
+    _patch(client, service, alice, {"replicas": 2})
+    update = ServiceUpdate.objects.get()
+
+    theirs = client.get(reverse("deployments:api-update", args=[update.pk]), headers=_auth(charlie))
+    missing = client.get(reverse("deployments:api-update", args=[update.pk + 1000]), headers=_auth(charlie))
+    mine = client.get(reverse("deployments:api-update", args=[update.pk]), headers=_auth(alice))
+
+    assert (theirs.status_code, missing.status_code, mine.status_code) == (404, 404, 200)
+    assert theirs.json() == missing.json() == {"error": "No such update"}
+
+
 def test_it_refuses_a_stale_version_with_409(client: Client, alice: Any, service: Service) -> None:
     _patch(client, service, alice, {"replicas": 2})
 
