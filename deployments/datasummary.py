@@ -17,7 +17,8 @@ from deployments import blobs, preview
 from deployments.models import Service
 
 CORRELATION_COLUMN = "$aml_dc_correlation_id"
-JOIN_SCAN_LIMIT = 512 * 1024 * 1024  # bytes one join may read before it gives up with a clear message
+# Bytes one join may read before it gives up with a clear message: it runs in a web request (~2 s for 128 MiB).
+JOIN_SCAN_LIMIT = 128 * 1024 * 1024
 # <model>/<version>/<designation>/<yyyy>/<mm>/<dd>/[<HH>/]data[_NNNN].csv below the service's folder.
 FILE = re.compile(
     r"^(?P<model>[^/]+)/(?P<version>[^/]+)/(?P<designation>[^/]+)/(?P<y>\d{4})/(?P<m>\d{2})/(?P<d>\d{2})/"
@@ -43,8 +44,9 @@ class Summary:
     series: list[Series]
 
 
-def _service_files(service: Service, days: list[date]) -> list[tuple[dict[str, str], blobs.Entry]]:
-    """The collected files of `service` on `days`: one listing per model version, designation and month."""
+def _service_files(service: Service, days: list[date]) -> list[tuple[date, dict[str, str], blobs.Entry]]:
+    """The collected files of `service` on `days` (and of other days of their months), with the day of each: one
+    listing per model version, designation and month. A folder that is not a date (2026/06/31) is no data."""
     root = f"{service.workspace.path}/{service.name}/"
     months = sorted({(d.year, d.month) for d in days})
     found = []
@@ -56,9 +58,17 @@ def _service_files(service: Service, days: list[date]) -> list[tuple[dict[str, s
                 for year, month in months:
                     for entry in blobs.list_blobs(f"{designation.name}{year:04d}/{month:02d}/"):
                         match = FILE.match(entry.name[len(root) :])
-                        if match:
-                            found.append((match.groupdict(), entry))
+                        day = _day(match) if match else None
+                        if match and day:
+                            found.append((day, match.groupdict(), entry))
     return found
+
+
+def _day(match: re.Match[str]) -> date | None:
+    try:
+        return date(int(match["y"]), int(match["m"]), int(match["d"]))
+    except ValueError:
+        return None
 
 
 def _average_row_bytes(name: str) -> tuple[float, int, bool]:
@@ -89,8 +99,7 @@ def rows_per_day(service: Service, start: date, end: date) -> Summary:
     days = [start + timedelta(days=i) for i in range((end - start).days + 1)]
     index = {day: i for i, day in enumerate(days)}
     sizes: dict[str, list[list[tuple[str, int]]]] = {}
-    for parts, entry in _service_files(service, days):
-        day = date(int(parts["y"]), int(parts["m"]), int(parts["d"]))
+    for day, parts, entry in _service_files(service, days):
         if day in index:
             per_day = sizes.setdefault(parts["designation"], [[] for _ in days])
             per_day[index[day]].append((entry.name, entry.size or 0))
@@ -131,8 +140,8 @@ def join(service: Service, correlation_id: str, day: date) -> Joined:
     """The rows of every designation that carry `correlation_id` on `day`: the request's inputs and predictions."""
     found: dict[str, list[tuple[str, str]]] = {}
     scanned = 0
-    for parts, entry in _service_files(service, [day]):
-        if date(int(parts["y"]), int(parts["m"]), int(parts["d"])) != day or parts["designation"] in found:
+    for file_day, parts, entry in _service_files(service, [day]):
+        if file_day != day or parts["designation"] in found:
             continue
         if scanned + (entry.size or 0) > JOIN_SCAN_LIMIT:
             return Joined(found, scanned, gave_up=True)

@@ -127,9 +127,9 @@ def collecting(blob_container: ContainerClient, azurite: str, workspace: Workspa
 
 
 def collect_rows(rows: list[list[Any]]) -> list[str]:
+    """Collect each row as one request's input, and its prediction with the request's correlation values."""
     inputs = collector.ModelDataCollector("best_model", designation="inputs", feature_names=["age", "plan"])
     predictions = collector.ModelDataCollector("best_model", designation="predictions", feature_names=["churn"])
-    """Collect each row as one request's input, and its prediction with the request's correlation values."""
     ids = []
     for row in rows:
         correlations = inputs.collect([row])

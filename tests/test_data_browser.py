@@ -310,3 +310,43 @@ def test_a_forged_page_token_is_never_a_500(
 
     assert response.status_code in (200, 400)  # Azurite treats an unknown marker as a name to start after
     assert response.status_code != 500
+
+
+def test_a_day_folder_that_is_not_a_date_is_left_out_of_the_summary_and_the_join(
+    client: Client, alice: Any, service: Service, collecting: None, blob_container: ContainerClient
+) -> None:
+    # Any scoring code with the storage key can write such a name; the pages must not fail on it.
+    collect_rows([[30, "basic"]])
+    blob_container.upload_blob(
+        f"{service.workspace.path}/churn/best_model/1/inputs/{TODAY:%Y/%m}/99/data.csv", b"age,plan\n1,x\n"
+    )
+    client.force_login(alice)
+
+    summary = client.get(reverse("deployments:service-data-summary", args=[service.pk]))
+    join = client.get(
+        reverse("deployments:service-data-join", args=[service.pk]),
+        {"correlation_id": "nope", "day": TODAY.strftime("%Y-%m-%d")},
+    )
+
+    assert summary.status_code == 200
+    assert {s.designation: s.total for s in summary.context["summary"].series}["inputs"] == 1
+    assert join.status_code == 200
+    assert join.context["result"].rows == {}
+
+
+def test_a_join_stops_at_its_read_limit_and_says_so(
+    client: Client, alice: Any, service: Service, collecting: None, monkeypatch: Any
+) -> None:
+    from deployments import datasummary
+
+    collect_rows([[20 + i, "basic"] for i in range(50)])
+    monkeypatch.setattr(datasummary, "JOIN_SCAN_LIMIT", 100)  # bytes: less than one day's file
+    client.force_login(alice)
+
+    response = client.get(
+        reverse("deployments:service-data-join", args=[service.pk]),
+        {"correlation_id": "not-there", "day": TODAY.strftime("%Y-%m-%d")},
+    )
+
+    assert response.context["result"].gave_up
+    assert b"that day holds more than one search may read" in response.content
