@@ -41,6 +41,8 @@ def envlist(name: str, default: str) -> list[str]:
 
 
 DEBUG = envbool("DEBUG", "false")
+# The DEBUG error page and error mails hide the storage connection string and service URLs, not only keys.
+DEFAULT_EXCEPTION_REPORTER_FILTER = "portal.errors.SecretsFilter"
 
 SECRET_KEY = envstr("SECRET_KEY")
 if not SECRET_KEY:

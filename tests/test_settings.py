@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -94,3 +95,26 @@ def test_it_has_a_docker_compose_file_that_parses() -> None:
 
     assert result.returncode == 0, result.stderr
     assert set(result.stdout.split()) == {"postgres", "redis", "azurite", "web", "worker", "beat"}
+
+
+# Module constants, so that the error page's source context and frame locals do not show them in the test itself.
+STORAGE_KEY = "s3cr3tKey=="
+BROKER_PASSWORD = "hunter2"
+
+
+def test_the_debug_error_page_hides_the_storage_key_and_service_passwords(rf: Any, settings: Any) -> None:
+    import sys
+
+    from django.views.debug import technical_500_response
+
+    settings.DEBUG = True
+    settings.BLOB_CONNECTION_STRING = f"DefaultEndpointsProtocol=http;AccountName=a;AccountKey={STORAGE_KEY};"
+    settings.CELERY_BROKER_URL = settings.REDIS_URL = f"redis://:{BROKER_PASSWORD}@redis:6379/0"
+    try:
+        raise RuntimeError("boom")
+    except RuntimeError:
+        html = technical_500_response(rf.get("/"), *sys.exc_info()).content.decode()
+
+    assert "BLOB_CONNECTION_STRING" in html
+    assert STORAGE_KEY not in html
+    assert BROKER_PASSWORD not in html
