@@ -84,6 +84,19 @@ def test_it_uses_dataframe_columns_as_header(debug, capsys) -> None:
     assert printed(capsys) == [["age", "city"], ["30", "Oslo"], ["40", "Rome"]]
 
 
+def test_it_writes_each_dataframe_column_as_its_own_type(debug, capsys) -> None:
+    # An int column among floats must not become floats: large ids would lose digits.
+    dc = ModelDataCollector("best_model", designation="signals")
+    dc.collect(pd.DataFrame({"id": [12345678901234567, 3], "x": [0.5, 0.25]}))
+    assert printed(capsys) == [["id", "x"], ["12345678901234567", "0.5"], ["3", "0.25"]]
+
+
+def test_it_writes_numpy_dates_as_iso_text(debug, capsys) -> None:
+    dc = ModelDataCollector("best_model", designation="signals")
+    dc.collect(np.array(["2024-01-01T00:00:00.5", "2024-01-02"], dtype="datetime64[ns]"))
+    assert printed(capsys)[1] == ["2024-01-01T00:00:00.500000000", "2024-01-02T00:00:00.000000000"]
+
+
 def test_it_prefers_feature_names_over_dataframe_columns(debug, capsys) -> None:
     dc = ModelDataCollector("best_model", designation="signals", feature_names=["a", "b"])
     dc.collect(pd.DataFrame({"age": [30], "city": ["Oslo"]}))

@@ -92,7 +92,10 @@ def capture(data: Any) -> tuple[int, Any, int]:
     pd = sys.modules.get("pandas")
     if pd is not None:
         if isinstance(data, pd.DataFrame):
-            return FRAME, ([str(c) for c in data.columns], data.to_numpy(copy=True)), len(data)
+            # Columns of different types as Python objects: to_numpy() would widen ints to floats (12345678901234567
+            # to 1.2345678901234568e+16) and dates to nanoseconds.
+            values = data.to_numpy(dtype=object) if data.dtypes.nunique() > 1 else data.to_numpy(copy=True)
+            return FRAME, ([str(c) for c in data.columns], values), len(data)
         if isinstance(data, pd.Series):
             return ARRAY, data.to_numpy(copy=True), 1
     if t in _SCALARS or (np is not None and isinstance(data, np.generic)):
@@ -171,6 +174,10 @@ def _array_rows(values: Any, ndim: int) -> tuple[list[Sequence[Any]], int]:
     if kind == "f" and values.dtype.itemsize < 8:
         # float32/float16: tolist() widens to float64 and prints 0.1 as 0.10000000149011612; numpy's str() does not.
         return [[str(x) for x in row] for row in (values if ndim == 2 else [values])], _TEXT
+    if kind in "mM":
+        # Dates and durations: ISO 8601 text (tolist() of nanosecond precision gives integers).
+        text = values.astype(str)
+        return ([text.tolist()] if ndim == 1 else text.tolist()), _TEXT
     listed = values.tolist()
     how = _NUMBERS if kind in "iubf" else _GENERIC
     return ([listed] if ndim == 1 else listed), how
