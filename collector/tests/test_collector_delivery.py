@@ -217,6 +217,38 @@ def test_a_failed_spool_write_drops_only_its_rows_and_leaves_the_spool_whole(
     assert_exactly_once(read_files(blobs, workspace), [["w", "0", "before"], ["w", "2", "after"]])
 
 
+def test_without_a_spool_it_drops_and_counts_and_tries_again_only_after_a_while(
+    configure, tmp_path, monkeypatch, caplog
+) -> None:
+    # A spool folder that cannot be made (here its parent is a file; on a pod, a read-only or full disk).
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("")
+    configure(**{config.SPOOL_DIR: str(blocked / "spool")})
+    monkeypatch.setattr(engine, "START_RETRY_SECONDS", 1.0)
+    tries = []
+    real_create = engine.Spool.create
+    monkeypatch.setattr(engine.Spool, "create", lambda *a, **k: tries.append(1) or real_create(*a, **k))
+    dc = ModelDataCollector("best_model", designation="predictions")  # tries once, at construction
+
+    for i in range(100):
+        dc.collect([[i, 0.5], [i, 0.25]])  # never raises into run()
+
+    stats = collector.stats()
+    assert len(tries) == 1  # not once per collect(): the next try waits START_RETRY_SECONDS (1 s here)
+    assert stats["rows_dropped"]["internal_error"] == 200
+    assert stats["queue_rows"] == 0  # nothing held in memory for a writer that never started
+    assert "cannot create the spool" in stats["last_error"]
+    blocked.unlink()
+    blocked.mkdir()
+
+    def collected() -> bool:
+        dc.collect([[100, 0.5]])
+        return collector.stats()["rows_collected"] > 0
+
+    wait_for(collected, timeout=5, message="rows kept again once the spool can be made")
+    assert 2 <= len(tries) <= 3
+
+
 def test_it_bounds_the_memory_queue(configure) -> None:
     configure(**{config.QUEUE_MAX_ROWS: "50"})
     dc = ModelDataCollector("best_model", designation="predictions")

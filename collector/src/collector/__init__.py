@@ -233,10 +233,18 @@ class ModelDataCollector:
             kind, snap, rows = capture(input_data)
             if strict or mode == _DEBUG:
                 self._encode_now(b, kind, snap, suffix_values, strict, mode == _DEBUG)
-            if mode == _UPLOAD and not eng.submit((b.sink, ts, suffix_values, kind, snap, rows), rows):
-                if strict:
-                    raise CollectError(QUEUE_FULL)
-                COUNTERS.drop(QUEUE_FULL, rows, where=b.sink.label)
+            if mode == _UPLOAD:
+                try:
+                    queued = eng.submit((b.sink, ts, suffix_values, kind, snap, rows), rows)
+                except OSError as exc:  # no spool (a read-only or full disk): the rows cannot be kept
+                    if strict:
+                        raise
+                    COUNTERS.drop(INTERNAL, rows, str(exc), b.sink.label)
+                    return correlations
+                if not queued:
+                    if strict:
+                        raise CollectError(QUEUE_FULL)
+                    COUNTERS.drop(QUEUE_FULL, rows, where=b.sink.label)
             return correlations
         except CollectError as exc:
             if strict:

@@ -43,6 +43,9 @@ MEASURE_SECONDS = 1.0
 # A destination's segments stay open for reading while it gets rows; closed after this long with nothing new.
 READER_IDLE_SECONDS = 60.0
 MAX_BACKOFF = 5.0
+# After the spool could not be created (a read-only or full disk), collect() drops rows without trying again for
+# this long, rather than retry on every request.
+START_RETRY_SECONDS = 5.0
 # Undelivered bytes that make the uploader go again at once rather than after the flush interval.
 BIG_BACKLOG = 4 * 1024 * 1024
 
@@ -171,6 +174,8 @@ class Engine:
         self._submitted = 0  # calls, under _lock
         self._processed = 0  # calls, by the writer
         self._started = False
+        self._start_again_at = 0.0  # after a failed start, the next try waits until then
+        self._start_error = ""
         self._stopping = False
         self._writer_wake = threading.Event()
         self._uploader_wake = threading.Event()
@@ -189,7 +194,10 @@ class Engine:
     # -- caller's thread ---------------------------------------------------------------------------------------
 
     def submit(self, item: tuple[Any, ...], rows: int) -> bool:
-        """Enqueue a captured call; False when the queue is full (the caller counts the drop)."""
+        """Enqueue a captured call; False when the queue is full (the caller counts the drop). Raises OSError,
+        with nothing queued, while the spool cannot be created."""
+        if not self._started:
+            self.start()
         with self._lock:
             if self._queued_rows - self._taken_rows + rows > self.settings.queue_max_rows:
                 return False
@@ -197,8 +205,6 @@ class Engine:
             self._submitted += 1
             COUNTERS.rows_collected += rows
             self._queue.append(item)
-        if not self._started:
-            self.start()
         return True
 
     def start(self) -> None:
@@ -206,11 +212,15 @@ class Engine:
         with self._spools_lock:
             if self._started or self.closed:
                 return
+            if time.monotonic() < self._start_again_at:
+                raise OSError(self._start_error)  # tried a moment ago: not again on every collect()
             try:
                 if self.role != AGENT:
                     self._spool = Spool.create(self.settings.spool_dir, shared=self.role == WRITER)
             except OSError as exc:
-                COUNTERS.error(f"cannot create the spool in {self.settings.spool_dir}: {exc}")
+                self._start_error = f"cannot create the spool in {self.settings.spool_dir}: {exc}"
+                self._start_again_at = time.monotonic() + START_RETRY_SECONDS
+                COUNTERS.error(self._start_error)
                 raise
             if self.role != AGENT:
                 self._writer = _thread(self._writer_loop, "collector-spool-writer")
