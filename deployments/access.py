@@ -39,11 +39,11 @@ def get_workspace_for_user(request: HttpRequest, workspace_id: int) -> tuple[Wor
 def get_service_for_user(request: HttpRequest, service_id: int) -> tuple[Service, bool]:
     """Return the service and whether the user may change it; 404 unless the user is a member of its workspace."""
     service = Service.objects.select_related("workspace", "compute_target").filter(pk=service_id).first()
+    if service is None:
+        raise Http404("No such service")
     try:
-        if service is None:
-            raise Http404
         workspace, can_write = get_workspace_for_user(request, service.workspace_id)
     except Http404:
-        raise Http404("No such service") from None  # the same answer whether it exists elsewhere or not at all
+        raise Http404("No such service") from None  # the same answer as for a service that does not exist
     service.workspace = workspace
     return service, can_write

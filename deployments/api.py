@@ -82,10 +82,6 @@ def _body(request: HttpRequest) -> dict[str, Any]:
         raise ValueError("The body must be a JSON object.") from exc
     if not isinstance(data, dict):
         raise ValueError("The body must be a JSON object.")
-    for flag in FLAGS:
-        if flag in data and not isinstance(data[flag], bool):
-            # A form reads any text but "false" and "0" as on: "no" must not switch collection on.
-            raise ValueError(f"{flag} must be true or false.")
     return data
 
 
@@ -114,6 +110,10 @@ def _model_ids(workspace: Workspace, refs: Any) -> list[int]:
 
 def _form_data(workspace: Workspace, values: dict[str, Any]) -> dict[str, Any]:
     data = dict(values)
+    for flag in FLAGS:
+        if flag in data and not isinstance(data[flag], bool):
+            # A form reads any text but "false" and "0" as on: "no" must not switch collection on.
+            raise ValueError(f"{flag} must be true or false.")
     if "models" in data:
         data["models"] = _model_ids(workspace, data["models"])
     if "compute_target" in data:

@@ -58,8 +58,7 @@ def _service_files(service: Service, days: list[date]) -> list[tuple[date, dict[
                 for year, month in months:
                     for entry in blobs.list_blobs(f"{designation.name}{year:04d}/{month:02d}/"):
                         match = FILE.match(entry.name[len(root) :])
-                        day = _day(match) if match else None
-                        if match and day:
+                        if match and (day := _day(match)):
                             found.append((day, match.groupdict(), entry))
     return found
 

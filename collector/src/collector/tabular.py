@@ -94,7 +94,7 @@ def capture(data: Any) -> tuple[int, Any, int]:
         if isinstance(data, pd.DataFrame):
             # Columns of different types as Python objects: to_numpy() would widen ints to floats (12345678901234567
             # to 1.2345678901234568e+16) and dates to nanoseconds.
-            values = data.to_numpy(dtype=object) if data.dtypes.nunique() > 1 else data.to_numpy(copy=True)
+            values = data.to_numpy(copy=True) if _one_type(data) else data.to_numpy(dtype=object)
             return FRAME, ([str(c) for c in data.columns], values), len(data)
         if isinstance(data, pd.Series):
             return ARRAY, data.to_numpy(copy=True), 1
@@ -103,6 +103,13 @@ def capture(data: Any) -> tuple[int, Any, int]:
     if isinstance(data, Sequence) and not isinstance(data, str | bytes):
         return capture(list(data))
     raise CollectError(NOT_TABULAR, f"got {t.__module__}.{t.__qualname__}")
+
+
+def _one_type(frame: Any) -> bool:
+    """Whether all of a DataFrame's columns have one dtype. pandas' own answer (0.3 µs, there since pandas 0.23)
+    when it has one: `frame.dtypes` builds a Series, 10 µs on the caller's thread."""
+    homogeneous = getattr(frame, "_is_homogeneous_type", None)
+    return homogeneous if isinstance(homogeneous, bool) else len(set(frame.dtypes)) <= 1
 
 
 def _is_array(x: Any) -> bool:
