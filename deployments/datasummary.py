@@ -19,10 +19,11 @@ from deployments.models import Service
 CORRELATION_COLUMN = "$aml_dc_correlation_id"
 # Bytes one join may read before it gives up with a clear message: it runs in a web request (~2 s for 128 MiB).
 JOIN_SCAN_LIMIT = 128 * 1024 * 1024
-# <model>/<version>/<designation>/<yyyy>/<mm>/<dd>/[<HH>/]data[_NNNN].csv below the service's folder.
+# <model>/<version>/<designation>/<yyyy>/<mm>/<dd>/[<HH>/]data[-<hash>][_NNNN].csv below the service's folder
+# (data-<hash>.csv holds rows of another shape than data.csv's: see collector.upload).
 FILE = re.compile(
     r"^(?P<model>[^/]+)/(?P<version>[^/]+)/(?P<designation>[^/]+)/(?P<y>\d{4})/(?P<m>\d{2})/(?P<d>\d{2})/"
-    r"(?:\d{2}/)?data(?:_\d{4,})?\.csv$"
+    r"(?:\d{2}/)?data(?:-[0-9a-f]{8})?(?:_\d{4,})?\.csv$"
 )
 
 

@@ -12,6 +12,7 @@ from azure.storage.blob import ContainerClient
 from django.test import Client
 from django.urls import reverse
 
+import collector
 from deployments.models import Service, Workspace
 from tests.conftest import collect_rows
 from tests.factories import ServiceFactory
@@ -233,6 +234,29 @@ def test_it_charts_rows_per_day_and_designation(client: Client, alice: Any, serv
     assert b"(7 rows)" in response.content
     assert b"<svg" in response.content
     assert f"{TODAY:%Y-%m-%d}: 7 rows".encode() in response.content
+
+
+def test_predictions_of_another_width_count_and_join_from_their_own_file(
+    client: Client, alice: Any, service: Service, collecting: None
+) -> None:
+    inputs = collector.ModelDataCollector("best_model", designation="inputs", feature_names=["age"])
+    predictions = collector.ModelDataCollector("best_model", designation="predictions", feature_names=["churn"])
+    ids = []
+    for batch in ([[30]], [[41], [52]], [[20]]):  # a 1-D prediction per request: one row of as many cells
+        correlations = inputs.collect(batch)
+        predictions.collect(predictions.add_correlations([int(a > 40) for (a,) in batch], correlations))
+        ids.append(correlations["$aml_dc_correlation_id"])
+    assert collector.flush(20)
+    client.force_login(alice)
+
+    summary = client.get(reverse("deployments:service-data-summary", args=[service.pk]))
+    join = client.get(
+        reverse("deployments:service-data-join", args=[service.pk]),
+        {"correlation_id": ids[1], "day": TODAY.strftime("%Y-%m-%d")},
+    )
+
+    assert {s.designation: s.total for s in summary.context["summary"].series}["predictions"] == 3
+    assert dict(join.context["result"].rows["predictions"])["feature_2"] == "1"
 
 
 def test_a_service_links_to_its_own_data(client: Client, alice: Any, service: Service) -> None:

@@ -1,6 +1,6 @@
-"""A scoring process for the multi-process tests: `collector_child.py TAG ROWS THEN [EVERY]`.
+"""A scoring process for the multi-process tests: `collector_child.py TAG ROWS THEN [EVERY [EXTRA]]`.
 
-Collects ROWS rows tagged TAG (a flush every EVERY rows, to make many blocks), then THEN:
+Collects ROWS rows tagged TAG (a flush every EVERY rows, to make many blocks; EXTRA more cells a row), then THEN:
 flush (flush and print the counters as JSON), exit (return: atexit delivers), wait (print "ready", sleep until
 signalled), spool (write to the spool, print "spooled", sleep until killed), adopt (wait until a dead process's
 spool was adopted, flush, print the counters).
@@ -14,10 +14,10 @@ import collector
 from collector import ModelDataCollector, engine
 
 
-def main(tag: str, rows: int, then: str, every: int = 0) -> None:
+def main(tag: str, rows: int, then: str, every: int = 0, extra: int = 0) -> None:
     dc = ModelDataCollector("best_model", designation="predictions", feature_names=["writer", "seq", "payload"])
     for i in range(rows):
-        dc.collect([tag, i, f"{tag} row {i}"])
+        dc.collect([tag, i, f"{tag} row {i}", *range(extra)])
         if every and i % every == every - 1:
             collector.flush(60)
     if then == "flush":

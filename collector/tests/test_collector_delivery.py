@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import time
 from collections import Counter
@@ -16,7 +17,7 @@ from azure.storage.blob import BlobLeaseClient
 from conftest import read_files, rows_of, wait_for
 
 import collector
-from collector import ModelDataCollector, config, engine, upload
+from collector import ModelDataCollector, config, engine, tabular, upload
 
 HEADER = ["writer", "seq", "payload"]
 
@@ -272,6 +273,47 @@ def test_it_rolls_over_to_predictable_part_names(configure, blobs, workspace) ->
     assert_exactly_once(files, expected)
     assert [len(rows_of(files[n])) for n in names] == [3, 3, 3, 2]
     assert collector.stats()["parts_rolled"] == 3
+
+
+def test_a_prediction_of_another_length_goes_to_a_file_of_its_own(configure, blobs, workspace) -> None:
+    """A 1-D predict() result is one row of as many cells as the request had inputs (the legacy shape)."""
+    configure(**{config.MAX_BLOCKS_PER_BLOB: "3"})
+    inputs = ModelDataCollector("best_model", designation="inputs", feature_names=["x"])
+    predictions = ModelDataCollector("best_model", designation="predictions", feature_names=["prediction"])
+    sent = []
+    for batch in [2, 3, 2, 1, 3, 3, 2, 3]:
+        corr = inputs.collect([[i] for i in range(batch)])
+        result = np.arange(batch) * 10
+        predictions.collect(predictions.add_correlations(result, corr))
+        sent.append((corr["$aml_dc_correlation_id"], [str(v) for v in result]))
+        assert collector.flush(10)  # a block each: the files roll over
+    stats = collector.stats()
+    assert stats["rows_dropped_total"] == 0
+    assert stats["rows_delivered"] == stats["rows_collected"] == 19 + 8
+    folder = day_folder(workspace, "predictions")
+    files = {n: rows_of(t) for n, t in read_files(blobs, workspace).items() if n.startswith(folder)}
+    tail = ["$aml_dc_correlation_id", "$aml_dc_scoring_timestamp", "$aml_request_id"]
+    headers = {
+        2: ["prediction", "feature_2", *tail],
+        3: ["prediction", "feature_2", "feature_3", *tail],
+        1: ["prediction", *tail],
+    }
+    other = {n: f"data-{hashlib.sha256(tabular.header_line(h)).hexdigest()[:8]}" for n, h in headers.items()}
+    # data.csv is the first width's; each other width has its own file and parts, named after its header.
+    assert set(files) == {
+        f"{folder}/data.csv",
+        f"{folder}/data_0001.csv",
+        f"{folder}/{other[1]}.csv",
+        f"{folder}/{other[3]}.csv",
+        f"{folder}/{other[3]}_0001.csv",
+    }
+    got = []
+    for name, rows in files.items():
+        width = len(rows[0]) - len(tail)
+        assert rows[0] == headers[width], name
+        assert all(len(row) == len(rows[0]) for row in rows[1:]), name
+        got += [(row[width], row[:width]) for row in rows[1:]]
+    assert sorted(got) == sorted(sent)
 
 
 def test_it_turns_on_and_off_without_a_restart(configure, base_env, blobs, workspace) -> None:

@@ -69,6 +69,28 @@ def test_concurrent_writers_in_several_processes_write_each_row_once(base_env, p
         assert [int(r[1]) for r in rows if r[0] == f"w{n}"] == list(range(150))
 
 
+def test_processes_with_rows_of_different_widths_never_share_a_header(
+    base_env, proxy, proxy_url, blobs, workspace
+) -> None:
+    """One file per header, whichever process starts data.csv: the other's rows go to data-<hash>.csv."""
+    proxy.add("reset_after", every=5, times=-1)
+    env = {**base_env, config.STORAGE: proxy_url}
+    narrow, wide = spawn(env, "n", 100, "flush", 10), spawn(env, "w", 100, "flush", 10, 2)
+    assert all(finish(c)["flushed"] for c in (narrow, wide))
+    files = read_files(blobs, workspace)
+    assert sorted(name.rsplit("/", 1)[1][:5] for name in files) == ["data-", "data."]
+    by_header = {}
+    for name, text in files.items():
+        rows = rows_of(text)
+        assert all(len(row) == len(rows[0]) for row in rows), f"rows of another width in {name}"
+        assert rows.count(rows[0]) == 1, f"a second header in {name}"
+        by_header[tuple(rows[0])] = sorted(rows[1:], key=lambda r: int(r[1]))
+    assert by_header == {
+        ("writer", "seq", "payload"): expected_rows("n", 100),
+        ("writer", "seq", "payload", "feature_4", "feature_5"): [[*r, "0", "1"] for r in expected_rows("w", 100)],
+    }
+
+
 def test_sigterm_flushes_before_the_process_dies(base_env, blobs, workspace) -> None:
     env = {**base_env, config.FLUSH_INTERVAL: "60"}  # nothing would be uploaded for a minute
     child = spawn(env, "t", 40, "wait")

@@ -205,7 +205,6 @@ def test_legacy_import_path_is_the_same_class() -> None:
         (None, None, "not_tabular"),
         (None, np.zeros((2, 2, 2)), "not_tabular"),
         ([1, 2], [[1, 2], [1, 2, 3]], "ragged"),
-        ([1, 2], [3, 4, 5], "ragged"),
         (None, [1, [2, 3]], "unencodable_cell"),
         (None, [1, {"k": "v"}], "unencodable_cell"),
         (None, [b"\xff"], "unencodable_cell"),
@@ -226,6 +225,20 @@ def test_it_drops_bad_input_counts_it_and_never_raises(configure, capsys, caplog
     messages = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
     assert len(messages) == 1, messages  # one message per kind, then only counted
     assert "Further drops" in messages[0]
+
+
+def test_rows_of_another_width_get_a_header_of_their_own(debug, capsys) -> None:
+    dc = ModelDataCollector("best_model", designation="predictions", feature_names=["prediction"])
+    for result in ([1, 2], [3, 4, 5], [6, 7]):
+        dc.collect(np.array(result))
+    assert printed(capsys) == [
+        ["prediction", "feature_2"],
+        ["1", "2"],
+        ["prediction", "feature_2", "feature_3"],
+        ["3", "4", "5"],
+        ["6", "7"],
+    ]
+    assert collector.stats()["rows_dropped_total"] == 0
 
 
 def test_it_keeps_the_good_rows_of_a_batch(debug, capsys) -> None:

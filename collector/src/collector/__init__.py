@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from collector import config, engine
-from collector.engine import COUNTERS, Sink, install_sigterm_handler, set_header
+from collector.engine import COUNTERS, Sink, header_of, install_sigterm_handler
 from collector.tabular import INTERNAL, QUEUE_FULL, CollectError, capture, encode
 
 __all__ = [
@@ -261,23 +261,20 @@ class ModelDataCollector:
         """Strict mode (raise on any bad row) and debug mode (print the CSV) do the writer's work right here."""
         suffix = "," + ",".join(map(_quote, suffix_values)) if suffix_values is not None else ""
         sink = b.sink
-        enc, data_columns = encode(
-            kind, snap, expected_cols=sink.ncols, suffix=suffix, max_row_bytes=b.engine.settings.max_row_bytes
-        )
+        enc, data_columns = encode(kind, snap, suffix=suffix, max_row_bytes=b.engine.settings.max_row_bytes)
         if enc.first_error is not None:
             reason, detail = enc.first_error
             if strict:
                 raise CollectError(reason, detail)
             for why, n in enc.dropped.items():
                 COUNTERS.drop(why, n, detail, sink.label)
-        if sink.ncols is None and enc.ncols:
-            set_header(sink, enc.ncols, data_columns)
-        if debug:
+        if debug and enc.chunks:
+            header = header_of(sink, enc.ncols, data_columns)
             with _print_lock:
                 out = sys.stdout
-                if not sink.header_printed:
-                    out.write(sink.header.decode("utf-8"))
-                    sink.header_printed = True
+                if header not in sink.printed:
+                    out.write(header.decode("utf-8"))
+                    sink.printed.add(header)
                 for chunk, _ in enc.chunks:
                     out.write(chunk.decode("utf-8"))
                 out.flush()
@@ -294,7 +291,7 @@ class ModelDataCollector:
         try:
             keys = tuple(str(k) for k in correlations)
             values = list(correlations.values())
-            if self._binding is not None and self._binding.sink.ncols is None:
+            if self._binding is not None:
                 self._binding.sink.tail_names = keys
             self._tail_names = keys
             return _with_columns(input_data, keys, values)

@@ -119,17 +119,16 @@ COUNTERS = Counters()
 
 
 class Sink:
-    """What the spool writer needs to know about one collector; its header is fixed by its first rows."""
+    """What the spool writer needs to know about one collector, and the headers its rows have had so far."""
 
     __slots__ = (
         "container",
         "feature_names",
         "folder",
-        "header",
-        "header_printed",
+        "headers",
         "inputs",
         "label",
-        "ncols",
+        "printed",
         "tail_names",
     )
 
@@ -139,9 +138,10 @@ class Sink:
         self.feature_names = feature_names
         self.inputs = inputs
         self.label = label
-        self.ncols: int | None = None
-        self.header = b""
-        self.header_printed = False
+        # By column count and the data's own column names: rows of another shape get a header, and a file, of
+        # their own (a 1-D predict() result is one row of as many cells as the request had inputs).
+        self.headers: dict[tuple[int, tuple[str, ...] | None], bytes] = {}
+        self.printed: set[bytes] = set()  # headers written to standard output (debug mode)
         self.tail_names: tuple[str, ...] = ()  # columns that add_correlations() appends
 
 
@@ -297,11 +297,7 @@ class Engine:
         suffix = ""
         if suffix_values is not None:
             suffix = "," + ",".join(map(tabular.quote, suffix_values))
-        enc, data_columns = tabular.encode(
-            kind, snap, expected_cols=sink.ncols, suffix=suffix, max_row_bytes=self.settings.max_row_bytes
-        )
-        if sink.ncols is None and enc.ncols:
-            set_header(sink, enc.ncols, data_columns)
+        enc, data_columns = tabular.encode(kind, snap, suffix=suffix, max_row_bytes=self.settings.max_row_bytes)
         if enc.first_error is not None:
             for reason, n in enc.dropped.items():
                 COUNTERS.drop(reason, n, enc.first_error[1], sink.label)
@@ -309,7 +305,8 @@ class Engine:
             return 0
         spool = self._spool
         assert spool is not None
-        dest = spool.destination(sink.container, f"{sink.folder}/{self._date_path(ts)}", sink.header)
+        header = header_of(sink, enc.ncols, data_columns)
+        dest = spool.destination(sink.container, f"{sink.folder}/{self._date_path(ts)}", header)
         chunks = batch.get(dest)
         # What it adds to the spool: its rows, and a frame header if it starts the destination's frame (exact
         # unless the batch's rows for one destination pass FRAME_BYTES, when frames() starts another frame).
@@ -550,13 +547,17 @@ def _alive(thread: threading.Thread | None) -> bool:
     return thread is not None and thread.is_alive()
 
 
-def set_header(sink: Sink, ncols: int, data_columns: list[str] | None) -> None:
-    tail = list(sink.tail_names) if 0 < len(sink.tail_names) < ncols else []
-    names = tabular.column_names(ncols - len(tail), sink.feature_names, data_columns) + tail
-    if sink.inputs:
-        names += INPUT_COLUMNS
-    sink.ncols = ncols
-    sink.header = tabular.header_line(names)
+def header_of(sink: Sink, ncols: int, data_columns: list[str] | None) -> bytes:
+    """The header line of `sink`'s rows of `ncols` cells (with these column names, for a DataFrame's)."""
+    key = (ncols, tuple(data_columns) if data_columns is not None else None)
+    header = sink.headers.get(key)
+    if header is None:
+        tail = list(sink.tail_names) if 0 < len(sink.tail_names) < ncols else []
+        names = tabular.column_names(ncols - len(tail), sink.feature_names, data_columns) + tail
+        if sink.inputs:
+            names += INPUT_COLUMNS
+        header = sink.headers[key] = tabular.header_line(names)
+    return header
 
 
 def _delivered(rows: int, nbytes: int) -> None:

@@ -9,7 +9,7 @@ Layout under the spool folder (AML_MODEL_DC_SPOOL_DIR), which several processes 
       <destination>/         one per target file (container, folder, header): a hash of the three
         destination.json     {"container", "folder", "header"}
         00000001.seg ...     frames, appended in order: >III (payload bytes, rows, crc32) then whole CSV rows
-        state.json           {"acked": [segment, offset], "pending": {...} | null, "part": n}
+        state.json           {"acked": [segment, offset], "pending": {...} | null, "file": "data", "part": n}
 
 A process creates its owner folder under a hidden name, locks it, then renames it into place, so a scan never
 mistakes a folder being created for an orphan. Any process that starts (and every uploader every 30 s) scans
@@ -99,6 +99,9 @@ class Destination:
         self.sizes: dict[int, int] = {}  # segment -> bytes written (complete frames only)
         self.acked: Position = (1, 0)
         self.pending: Pending | None = None
+        # The target file: its name without the part ("data", or "data-<hash>" where data.csv has another header,
+        # see collector.upload), and its part (None: not known yet, the latest one there is).
+        self.file = "data"
         self.part: int | None = None
         self._fd: int | None = None  # writer's open segment
         self._wseg = 0
@@ -257,6 +260,12 @@ class Destination:
             i += FRAME.size + length
         return b"".join(parts), rows, i, False
 
+    def move_to(self, file: str) -> None:
+        """Deliver what is left to another file, from its latest part (only with no block pending)."""
+        assert self.pending is None
+        self.file, self.part = file, None
+        self._save_state()
+
     def set_pending(self, pending: Pending | None) -> None:
         self.pending = pending
         self._save_state()
@@ -307,6 +316,7 @@ class Destination:
         state = {
             "acked": list(self.acked),
             "pending": self.pending.to_json() if self.pending else None,
+            "file": self.file,
             "part": self.part,
         }
         tmp = self.path / "state.json.tmp"
@@ -319,6 +329,7 @@ class Destination:
             state = json.loads((self.path / "state.json").read_text())
             self.acked = (state["acked"][0], state["acked"][1])
             self.pending = Pending.from_json(state["pending"]) if state.get("pending") else None
+            self.file = state.get("file", "data")
             self.part = state.get("part")
         for seg_path in self.path.glob("*.seg"):
             seg = int(seg_path.stem)

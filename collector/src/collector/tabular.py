@@ -38,7 +38,7 @@ REASONS = (NOT_TABULAR, RAGGED, UNENCODABLE, ROW_TOO_LARGE, QUEUE_FULL, SPOOL_FU
 
 _EXPLAIN = {
     NOT_TABULAR: "collect() was given a value that is not a list, numpy array, DataFrame or scalar",
-    RAGGED: "a row has a different number of columns than the first row this collector wrote",
+    RAGGED: "a row has a different number of columns than the first row of the same collect() call",
     UNENCODABLE: "a cell could not be written as CSV text (a nested list, dict or array, or undecodable text)",
     ROW_TOO_LARGE: "a row is larger than AML_MODEL_DC_MAX_ROW_BYTES",
     QUEUE_FULL: "rows arrive faster than the spool writer takes them (AML_MODEL_DC_QUEUE_MAX_ROWS)",
@@ -232,28 +232,27 @@ def encode(
     kind: int,
     snap: Any,
     *,
-    expected_cols: int | None,
     suffix: str,
     max_row_bytes: int,
     chunk_bytes: int = 1024 * 1024,
 ) -> tuple[Encoded, list[str] | None]:
     """Encode a captured value as CSV rows, each ending in `suffix` (the inputs columns) and a newline.
 
-    `expected_cols` is the collector's column count once fixed (None before its first rows). Returns the result
-    and the data's own column names (a DataFrame's), so the caller can fix the header on the first call.
+    The first row sets the column count of the call (`Encoded.ncols`); other rows of the call with another count
+    are dropped as ragged. Returns the result and the data's own column names (a DataFrame's), from which the
+    caller names the columns.
     """
     out = Encoded()
     data_columns, rows, how = _rows_of(kind, snap)
     cell = repr if how == _NUMBERS else str if how == _TEXT else _cell
     if not rows:
         return out, data_columns
-    ncols = expected_cols if expected_cols is not None else len(rows[0])
-    out.ncols = ncols
+    ncols = out.ncols = len(rows[0])
     if ncols == 0:
         out.drop(RAGGED, "a row with no cells", len(rows))
         return out, data_columns
     widest = ncols * _WIDEST_NUMBER + len(suffix) * 4 + 1
-    if how == _NUMBERS and kind in (ARRAY, FRAME) and len(rows[0]) == ncols and widest <= max_row_bytes:
+    if how == _NUMBERS and kind in (ARRAY, FRAME) and widest <= max_row_bytes:
         # A numeric array: every row has ncols cells of ASCII no longer than _WIDEST_NUMBER, so no row can be
         # ragged, too large or unencodable; write whole chunks at once (this is most of the writer's time).
         per_chunk = max(1, chunk_bytes // widest)

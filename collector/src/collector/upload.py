@@ -9,6 +9,8 @@ are never split or interleaved. The protocol for one file:
    in a moment). While we hold the lease no one else can append, so whatever the blob holds past the length we read
    next was written by us.
 3. Read its length L and committed block count C. An empty blob gets the header first, as block 1 at position 0.
+   A blob that starts with another header (rows of another shape, from this collector or another process) takes
+   none of these rows: they go to a file of their own, below.
 4. Before each append, record in the spool the block's part, position L and spool range (`pending`). Then append
    it with `appendpos = L` and the lease. On success, record the new acked position (the row is now delivered).
 5. After any failure whose outcome is unknown (a timeout, a reset connection, a 5xx, a crash of this process, a
@@ -33,6 +35,13 @@ Roll-over: Azure allows 50,000 committed blocks per append blob (409 `BlockCount
 `<folder>/data` finds them all, in order. A writer that learns of a newer part (a full blob, or a listing when it
 starts) moves on to it; a part is never written again once full.
 
+Rows of several shapes: a collector's rows can have different column counts (a 1-D `predict()` result is one row of
+as many cells as the request had inputs) or column names (DataFrames). Each shape has its own header, and every
+file holds rows of the header it starts with only. The first shape to reach a folder gets `data.csv`; rows whose
+header differs from data.csv's go to `data-<hash>.csv` (the first 8 hex digits of the header's SHA-256), with parts
+`data-<hash>_0001.csv`, ...: every writer of that shape, in any process or replica, finds the same file. A writer
+checks a file's header once per process (one read as long as the header), under the lease, before its first append there.
+
 What is left: if this process stalls longer than the lease (15 s) between sending a block and checking it, and
 another writer appends a block with byte-identical rows at exactly that position meanwhile, the check would take
 theirs for ours and our copy would be lost. Inputs rows carry a unique correlation id, so for them it cannot
@@ -42,6 +51,7 @@ happen; for other designations it needs a stall past the lease plus identical co
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import re
 import time
@@ -63,25 +73,37 @@ KEEP_SECONDS = 5.0
 # After another writer showed up on a file, take and give back its lease every round for this long.
 CONTENDED_SECONDS = 600.0
 
-_PART = re.compile(r"^data(?:_(\d{4,}))?\.csv$")
+FIRST_FILE = "data"
+_PART = re.compile(r"^(data(?:-[0-9a-f]{8})?)(?:_(\d{4,}))?\.csv$")
 
 DONE, BUSY, FAILED = "done", "busy", "failed"
 
 
-def part_name(folder: str, part: int) -> str:
-    """`data.csv` for part 0, then `data_0001.csv`, `data_0002.csv`, ..."""
-    return f"{folder}/data.csv" if part == 0 else f"{folder}/data_{part:04d}.csv"
+def part_name(folder: str, part: int, file: str = FIRST_FILE) -> str:
+    """`data.csv` for part 0, then `data_0001.csv`, `data_0002.csv`, ... (`data-<hash>.csv`, ... likewise)."""
+    return f"{folder}/{file}.csv" if part == 0 else f"{folder}/{file}_{part:04d}.csv"
 
 
-def part_of(name: str) -> int | None:
+def part_of(name: str, file: str = FIRST_FILE) -> int | None:
+    """The part number of a blob of `file`; None for any other blob."""
     m = _PART.match(name.rsplit("/", 1)[-1])
-    if m is None:
+    if m is None or m.group(1) != file:
         return None
-    return int(m.group(1)) if m.group(1) else 0
+    return int(m.group(2)) if m.group(2) else 0
+
+
+def file_for(header: bytes) -> str:
+    """The file for rows whose header is not data.csv's: named after the header, so that every writer of rows
+    with that header, in any process or replica, finds the same one."""
+    return f"{FIRST_FILE}-{hashlib.sha256(header).hexdigest()[:8]}"
 
 
 class _Unknown(Exception):
     """The outcome of a request is unknown, or storage cannot be reached: retry later."""
+
+
+class _OtherHeader(Exception):
+    """The blob starts with another header than the rows to append: they belong in another file."""
 
 
 class _Held:
@@ -122,6 +144,8 @@ class Uploader:
         self._held: dict[tuple[str, str], _Held] = {}
         self._left_at: dict[tuple[str, str], int] = {}  # a blob's length when we last let go of its lease
         self._contended: dict[tuple[str, str], float] = {}  # blob -> until when (monotonic)
+        self._checked: set[tuple[str, str, bytes]] = set()  # (blob, header): the blob starts with that header
+        self._moved: set[tuple[str, str, bytes]] = set()  # (container, folder, header): not data.csv's header
         self.last_error = ""
 
     def close(self) -> None:
@@ -164,20 +188,46 @@ class Uploader:
 
     def _deliver(self, dests: list[Destination], lease_id: str, deadline: float) -> str:
         first = dests[0]
+        file = file_for(first.header)
+        if (first.container, first.folder, first.header) in self._moved:
+            for dest in dests:  # a new spool's rows, say: not data.csv's shape either
+                if dest.pending is None and dest.file != file:
+                    dest.move_to(file)
+        try:
+            return self._deliver_parts(dests, lease_id, deadline)
+        except _OtherHeader:
+            pass
+        # Rows of another shape than data.csv's (a 1-D prediction of another length, other column names): they
+        # go to a file of their own, never under a header that does not name them.
+        self._moved.add((first.container, first.folder, first.header))
+        moved = [d for d in dests if d.pending is None and d.file != file]
+        for dest in moved:
+            dest.move_to(file)
+        try:
+            if moved:
+                return self._deliver_parts(dests, lease_id, deadline)
+        except _OtherHeader:
+            pass
+        # Only if a blob was replaced under a pending block, or two headers share a hash: say so, keep the rows.
+        raise _Unknown(f"a file in {first.folder} has another header than its rows")
+
+    def _deliver_parts(self, dests: list[Destination], lease_id: str, deadline: float) -> str:
+        first = dests[0]
         container = self._container(first.container)
         for dest in dests:
             if dest.pending is not None and dest.part != dest.pending.part:
                 dest.part = dest.pending.part  # settle the pending block in its own part first
-        if any(d.part is None for d in dests):
-            latest = self._latest_part(container, first.folder)
-            for dest in dests:
-                if dest.part is None:
-                    dest.part = latest
+        latest: dict[str, int] = {}
+        for dest in dests:
+            if dest.part is None:
+                if dest.file not in latest:
+                    latest[dest.file] = self._latest_part(container, first.folder, dest.file)
+                dest.part = latest[dest.file]
         # Spools can be at different parts (one that rolled over while another was spooling): each in turn.
-        for part in sorted({d.part or 0 for d in dests if d.has_work()}):
-            group = [d for d in dests if (d.part or 0) == part and d.has_work()]
+        for file, part in sorted({(d.file, d.part or 0) for d in dests if d.has_work()}):
+            group = [d for d in dests if (d.file, d.part or 0) == (file, part) and d.has_work()]
             while group:
-                blob = container.get_blob_client(part_name(first.folder, part))
+                blob = container.get_blob_client(part_name(first.folder, part, file))
                 status = self._with_lease(blob, group, lease_id, deadline)
                 if status != "rolled":
                     if status != DONE:
@@ -187,8 +237,8 @@ class Uploader:
                 group = [d for d in group if d.has_work()]  # the next part is created when there are rows
         return DONE
 
-    def _latest_part(self, container: ContainerClient, folder: str) -> int:
-        parts = [part_of(b) for b in container.list_blob_names(name_starts_with=f"{folder}/data")]
+    def _latest_part(self, container: ContainerClient, folder: str, file: str) -> int:
+        parts = [part_of(b, file) for b in container.list_blob_names(name_starts_with=f"{folder}/{file}")]
         return max((p for p in parts if p is not None), default=0)
 
     def _with_lease(self, blob: BlobClient, group: list[Destination], lease_id: str, deadline: float) -> str:
@@ -255,8 +305,15 @@ class Uploader:
         else:
             length, blocks = held.length, held.blocks
         held.length = None  # unknown until this round ends without doubt
+        header = group[0].header
+        checked = (blob.container_name, blob.blob_name, header)
         if length == 0:
-            length, blocks = self._append_header(blob, group[0].header, lease_id)
+            length, blocks = self._append_header(blob, header, lease_id)
+        if checked not in self._checked:
+            # Once per blob and process: another writer, with rows of another shape, may have started the file.
+            if blob.download_blob(offset=0, length=len(header), lease=lease_id).readall() != header:
+                raise _OtherHeader
+            self._checked.add(checked)
         self._settle(blob, group, lease_id, length)
         status = self._append_blocks(blob, group, lease_id, length, blocks, deadline)
         if isinstance(status, tuple):
@@ -360,7 +417,8 @@ class Uploader:
         except HttpResponseError as exc:
             if _code(exc) != "AppendPositionConditionNotMet":
                 raise _Unknown(f"header of {blob.blob_name}: {_code(exc)}") from exc
-            return self._size(blob, lease_id)  # our own earlier attempt wrote it
+            return self._size(blob, lease_id)  # an earlier attempt under our lease wrote a header: check it
+        self._checked.add((blob.container_name, blob.blob_name, header))
         committed = result.get("blob_committed_block_count")
         return len(header), committed if isinstance(committed, int) else 1
 
@@ -373,7 +431,7 @@ class Uploader:
         for dest in group:
             dest.part = (dest.part or 0) + 1
             dest.set_pending(dest.pending)  # persist the part
-        self.on_rollover(part_name(group[0].folder, group[0].part or 0))
+        self.on_rollover(part_name(group[0].folder, group[0].part or 0, group[0].file))
         return "rolled"
 
     def _acked(self, dest: Destination, rows: int, nbytes: int) -> None:
