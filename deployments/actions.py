@@ -407,6 +407,61 @@ def do_add_member(workspace: Workspace, user: Any, role: str, *, acting_user: An
     return membership
 
 
+STAFF_REASON = "in the Django admin"
+
+
+@transaction.atomic
+def do_staff_save_member(membership: Membership, *, acting_user: Any) -> None:
+    """A member added or changed by staff in the Django admin, where a new workspace gets its first owner. Staff
+    are not members, so there is no owner check; the audit row says who did it, and where."""
+    before = None
+    if membership.pk is not None:
+        before = Membership.objects.select_for_update().select_related("user").filter(pk=membership.pk).first()
+    membership.save()
+    workspace = membership.workspace
+    if before is not None and before.user_id != membership.user_id:  # another user on the same row
+        _audit(
+            workspace,
+            AuditEvent.Action.MEMBER_REMOVED,
+            before,
+            actor=acting_user,
+            reason=STAFF_REASON,
+            changes={"role": [before.role, None]},
+        )
+        before = None
+    if before is None:
+        _audit(
+            workspace,
+            AuditEvent.Action.MEMBER_ADDED,
+            membership,
+            actor=acting_user,
+            reason=STAFF_REASON,
+            changes={"role": [None, membership.role]},
+        )
+    elif before.role != membership.role:
+        _audit(
+            workspace,
+            AuditEvent.Action.MEMBER_ROLE_CHANGED,
+            membership,
+            actor=acting_user,
+            reason=STAFF_REASON,
+            changes={"role": [before.role, membership.role]},
+        )
+
+
+@transaction.atomic
+def do_staff_remove_member(membership: Membership, *, acting_user: Any) -> None:
+    _audit(
+        membership.workspace,
+        AuditEvent.Action.MEMBER_REMOVED,
+        membership,
+        actor=acting_user,
+        reason=STAFF_REASON,
+        changes={"role": [membership.role, None]},
+    )
+    membership.delete()
+
+
 @transaction.atomic
 def do_change_member_role(membership: Membership, role: str, *, acting_user: Any) -> bool:
     """Give the member another role; False if it is the role they have."""

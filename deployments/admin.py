@@ -1,8 +1,11 @@
 from typing import Any
 
 from django.contrib import admin
+from django.db import transaction
+from django.forms import BaseInlineFormSet, ModelForm
 from django.http import HttpRequest
 
+from deployments import actions
 from deployments.models import AuditEvent, ComputeTarget, Membership, Model, Service, ServiceUpdate, Workspace
 
 
@@ -17,6 +20,18 @@ class WorkspaceAdmin(admin.ModelAdmin):
     list_display = ["name", "resource_group", "subscription_id", "created"]
     search_fields = ["name", "resource_group", "subscription_id"]
     inlines = [MembershipInline]
+
+    def save_formset(self, request: HttpRequest, form: ModelForm, formset: BaseInlineFormSet, change: bool) -> None:
+        if formset.model is not Membership:
+            super().save_formset(request, form, formset, change)
+            return
+        # Through the actions, so that each member added, re-roled or removed here has its audit row.
+        with transaction.atomic():
+            saved = formset.save(commit=False)
+            for membership in formset.deleted_objects:
+                actions.do_staff_remove_member(membership, acting_user=request.user)
+            for membership in saved:
+                actions.do_staff_save_member(membership, acting_user=request.user)
 
 
 @admin.register(ComputeTarget)

@@ -6,8 +6,8 @@ import pytest
 from django.test import Client
 from django.urls import reverse
 
-from deployments.models import AuditEvent, ServiceUpdate, Workspace
-from tests.factories import ServiceFactory
+from deployments.models import AuditEvent, Membership, ServiceUpdate, Workspace
+from tests.factories import ServiceFactory, UserFactory
 
 
 @pytest.fixture
@@ -51,3 +51,43 @@ def test_service_updates_are_read_only_even_for_superusers(admin_client_: Client
         == 403
     )
     assert ServiceUpdate.objects.filter(pk=update.pk).exists()
+
+
+def _workspace_form(membership_forms: list[dict[str, Any]], initial: int) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "subscription_id": "sub",
+        "resource_group": "rg",
+        "name": "fresh",
+        "storage_secret": "tributary-storage",
+        "memberships-TOTAL_FORMS": len(membership_forms),
+        "memberships-INITIAL_FORMS": initial,
+        "memberships-MIN_NUM_FORMS": 0,
+        "memberships-MAX_NUM_FORMS": 1000,
+    }
+    for i, fields in enumerate(membership_forms):
+        data.update({f"memberships-{i}-{key}": value for key, value in fields.items()})
+    return data
+
+
+def test_members_seated_changed_and_removed_in_the_admin_are_audited(admin_client_: Client, admin_user: Any) -> None:
+    dave = UserFactory(username="dave")
+
+    response = admin_client_.post(
+        reverse("admin:deployments_workspace_add"), _workspace_form([{"user": dave.pk, "role": "owner"}], 0)
+    )
+    assert response.status_code == 302, response.content[:2000]
+    workspace = Workspace.objects.get(name="fresh")
+    membership = Membership.objects.get(workspace=workspace)
+    change_url = reverse("admin:deployments_workspace_change", args=[workspace.pk])
+    admin_client_.post(change_url, _workspace_form([{"id": membership.pk, "user": dave.pk, "role": "reader"}], 1))
+    admin_client_.post(
+        change_url, _workspace_form([{"id": membership.pk, "user": dave.pk, "role": "reader", "DELETE": "on"}], 1)
+    )
+
+    events = AuditEvent.objects.filter(workspace=workspace).order_by("pk")
+    assert [(e.action, e.target_repr, e.changes, e.actor_name, e.reason) for e in events] == [
+        ("member.added", "dave", {"role": [None, "owner"]}, admin_user.username, "in the Django admin"),
+        ("member.role_changed", "dave", {"role": ["owner", "reader"]}, admin_user.username, "in the Django admin"),
+        ("member.removed", "dave", {"role": ["reader", None]}, admin_user.username, "in the Django admin"),
+    ]
+    assert not Membership.objects.filter(workspace=workspace).exists()
