@@ -157,8 +157,11 @@ class ScoringServer(BaseApplication):
         self.agent: DeliveryAgent | None = None
         collection = collector.config.from_environ()
         if collection.uploading:
-            # Set before the workers fork, so that each of them spools only.
+            # Set before the workers fork, so that each of them spools only, within its share of the replica's
+            # spool bound (the bound is what the replica's volume holds, not what each of its workers may take).
             os.environ[collector.config.DELIVERY] = "agent"
+            share = max(collection.spool_max_bytes // settings.workers, collector.config.MIN_SPOOL_MAX_BYTES)
+            os.environ[collector.config.SPOOL_MAX_BYTES] = str(share)
             self.agent = DeliveryAgent(self.board.agent_file, collection.shutdown_timeout)
         super().__init__(prog="tributary-score")
 

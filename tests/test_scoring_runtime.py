@@ -11,6 +11,7 @@ import http.client
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -18,6 +19,7 @@ import tempfile
 import textwrap
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -533,6 +535,32 @@ def test_a_delivery_agent_uploads_for_the_workers_and_is_restarted(azurite, blob
     last = delivery_agent(runtime)
     assert runtime.stop() == 0
     assert not Path(f"/proc/{last}").exists()  # stopped with the runtime, not orphaned
+
+
+def test_the_spool_bound_holds_for_the_replica_not_for_each_worker(azurite, blob_container, tmp_path, runtimes):
+    bound = 64 * 1024
+    unreachable = re.sub(r"127\.0\.0\.1:\d+", f"127.0.0.1:{free_port()}", azurite)
+    env = collecting_env(azurite, blob_container, tmp_path, **{dc.STORAGE: unreachable, dc.SPOOL_MAX_BYTES: str(bound)})
+    runtime = start_runtime(
+        EXAMPLES / "score.py",
+        tmp_path,
+        env=env,
+        args=("--model-dir", str(EXAMPLES / "sample_model"), "--workers", "2"),
+    )
+    runtimes.append(runtime)
+    runtime.wait_ready()
+    payload = (EXAMPLES / "sample_request.json").read_text()
+    with ThreadPoolExecutor(8) as pool:  # enough for both workers to fill what they may spool
+        assert set(pool.map(lambda _: runtime.score(payload)[0], range(1500))) == {200}
+
+    def full() -> dict[str, Any] | None:
+        status = runtime.status()
+        return status if len(status["workers"]) == 2 and status["collector"]["rows_dropped_total"] > 0 else None
+
+    collector = wait_until(full, timeout=20, message="rows dropped with the spool full")["collector"]
+    assert {reason for reason, n in collector["rows_dropped"].items() if n} == {"spool_full"}
+    spooled = sum(f.stat().st_size for f in (tmp_path / "spool").rglob("*.seg"))
+    assert bound / 2 < spooled <= bound
 
 
 FAILING_INIT_SCRIPT = """

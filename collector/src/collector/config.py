@@ -16,7 +16,7 @@ or build a whole environment with `environ_for(...)`.
 | `AML_MODEL_DC_MODEL_VERSIONS` | JSON object, model name to version: `{"best_model": "3"}` | the constructor's `model_version` |
 | `AML_MODEL_DC_CONTAINER` | blob container | `modeldata` |
 | `AML_MODEL_DC_SPOOL_DIR` | local spool folder; shared safely by the processes of one replica | `<tmp>/tributary-collector-spool` |
-| `AML_MODEL_DC_SPOOL_MAX_BYTES` | spool bound; when full, new rows are dropped and counted | 1 GiB |
+| `AML_MODEL_DC_SPOOL_MAX_BYTES` | spool bound; when full, new rows are dropped and counted. The scoring runtime gives each of its N workers 1/N of it, so that it bounds the replica | 1 GiB |
 | `AML_MODEL_DC_QUEUE_MAX_ROWS` | rows waiting in memory for the spool writer; over it, new rows are dropped and counted | 100000 |
 | `AML_MODEL_DC_FLUSH_INTERVAL` | seconds between upload rounds (rows are visible within about this long) | 1.0 |
 | `AML_MODEL_DC_MAX_BLOCKS_PER_BLOB` | committed blocks after which a file rolls over to its next part (Azure's limit: 50000) | 50000 |
@@ -51,6 +51,7 @@ MODEL_VERSIONS = "AML_MODEL_DC_MODEL_VERSIONS"
 CONTAINER = "AML_MODEL_DC_CONTAINER"
 SPOOL_DIR = "AML_MODEL_DC_SPOOL_DIR"
 SPOOL_MAX_BYTES = "AML_MODEL_DC_SPOOL_MAX_BYTES"
+MIN_SPOOL_MAX_BYTES = 1024
 QUEUE_MAX_ROWS = "AML_MODEL_DC_QUEUE_MAX_ROWS"
 FLUSH_INTERVAL = "AML_MODEL_DC_FLUSH_INTERVAL"
 MAX_BLOCKS_PER_BLOB = "AML_MODEL_DC_MAX_BLOCKS_PER_BLOB"
@@ -189,7 +190,7 @@ def from_environ(env: Mapping[str, str] | None = None) -> Settings:
         model_versions=_model_versions(env),
         container=env.get(CONTAINER, "").strip() or defaults.container,
         spool_dir=Path(env[SPOOL_DIR]) if env.get(SPOOL_DIR, "").strip() else defaults.spool_dir,
-        spool_max_bytes=int(_number(env, SPOOL_MAX_BYTES, defaults.spool_max_bytes, int, 1024, 2**50)),
+        spool_max_bytes=int(_number(env, SPOOL_MAX_BYTES, defaults.spool_max_bytes, int, MIN_SPOOL_MAX_BYTES, 2**50)),
         queue_max_rows=int(_number(env, QUEUE_MAX_ROWS, defaults.queue_max_rows, int, 1, 10**9)),
         flush_interval=_number(env, FLUSH_INTERVAL, defaults.flush_interval, float, 0.01, 3600),
         max_blocks_per_blob=max_blocks,
