@@ -18,6 +18,7 @@ from conftest import read_files, rows_of, wait_for
 
 import collector
 from collector import ModelDataCollector, config, engine, tabular, upload
+from collector.spool import FRAME, Pending, Spool, frame
 
 HEADER = ["writer", "seq", "payload"]
 
@@ -314,6 +315,42 @@ def test_a_prediction_of_another_length_goes_to_a_file_of_its_own(configure, blo
         assert all(len(row) == len(rows[0]) for row in rows[1:]), name
         got += [(row[width], row[:width]) for row in rows[1:]]
     assert sorted(got) == sorted(sent)
+
+
+@pytest.mark.parametrize("landed", [True, False], ids=["block-landed", "block-not-landed"])
+def test_a_block_pending_in_a_file_of_another_header_is_finished_there_and_the_rest_moves(
+    azurite, blobs, workspace, tmp_path, landed
+) -> None:
+    """A spool left by a version that did not check headers: its unconfirmed block settles where it was sent (moving
+    it could write it twice), then its rows and another spool's go to the file of their header."""
+    container = blobs.get_container_client("modeldata")
+    if not container.exists():
+        container.create_container()
+    folder = f"{workspace}/m/1/predictions/2026/11/24"
+    blob = container.get_blob_client(f"{folder}/data.csv")
+    blob.create_append_blob()
+    blob.append_block(b"a\n1\n")  # another shape started the file
+    if landed:
+        blob.append_block(b"1,2\n")  # the old process's block, appended before it died unconfirmed
+    old = Spool.create(tmp_path / "spool")
+    left = old.destination("modeldata", folder, b"a,b\n")
+    left.write(frame(b"1,2\n", 1) + frame(b"5,6\n", 1))
+    left.part = 0
+    left.set_pending(Pending(0, 4, (1, 0), (1, FRAME.size + 4), 4, 1))
+    new = Spool.create(tmp_path / "spool").destination("modeldata", folder, b"a,b\n")
+    new.write(frame(b"3,4\n", 1))
+    uploader = upload.Uploader(azurite.url, max_blocks=100, on_delivered=lambda rows, nbytes: None)
+
+    outcome = uploader.deliver([left, new], old.lease_id)
+    uploader.close()
+
+    assert outcome == upload.DONE, uploader.last_error
+    assert (left.pending, left.has_work(), new.has_work()) == (None, False, False)
+    files = read_files(blobs, folder)
+    assert files.pop(f"{folder}/data.csv") == "a\n1\n1,2\n"
+    (other,) = files.values()
+    assert other.startswith("a,b\n")
+    assert sorted(other.splitlines()[1:]) == ["3,4", "5,6"]
 
 
 def test_it_turns_on_and_off_without_a_restart(configure, base_env, blobs, workspace) -> None:

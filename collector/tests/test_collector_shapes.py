@@ -241,6 +241,23 @@ def test_rows_of_another_width_get_a_header_of_their_own(debug, capsys) -> None:
     assert collector.stats()["rows_dropped_total"] == 0
 
 
+def test_only_the_rows_add_correlations_made_are_named_for_its_columns(debug, capsys) -> None:
+    dc = ModelDataCollector("best_model", designation="predictions", feature_names=["prediction"])
+    correlations = {"$aml_dc_correlation_id": "c1", "$aml_dc_scoring_timestamp": "t", "$aml_request_id": "r"}
+    dc.collect(np.arange(5))
+    dc.collect(dc.add_correlations(np.arange(2), correlations))  # also 5 cells
+    dc.collect(np.arange(6))
+    tail = list(correlations)
+    assert printed(capsys) == [
+        ["prediction", "feature_2", "feature_3", "feature_4", "feature_5"],
+        ["0", "1", "2", "3", "4"],
+        ["prediction", "feature_2", *tail],
+        ["0", "1", "c1", "t", "r"],
+        ["prediction", "feature_2", "feature_3", "feature_4", "feature_5", "feature_6"],
+        ["0", "1", "2", "3", "4", "5"],
+    ]
+
+
 def test_it_keeps_the_good_rows_of_a_batch(debug, capsys) -> None:
     dc = ModelDataCollector("best_model", designation="predictions")
     dc.collect([[1, 2], [3], [4, 5], [6, [7]]])

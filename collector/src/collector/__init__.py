@@ -163,7 +163,9 @@ class ModelDataCollector:
         self.collection_name = collection_name
         self._strict = strict
         self._inputs = self.designation == "inputs"
-        self._tail_names: tuple[str, ...] = ()
+        # add_correlations()'s last result on each thread, and the names of the columns it added: the collect()
+        # of that very object names them in its header (a script's run() calls the two on one thread).
+        self._correlated = threading.local()
         self._binding: _Binding | None = None
         self._bind(engine.current())  # checks workspace etc. now, in init(), rather than in run()
         binding = self._binding
@@ -188,7 +190,6 @@ class ModelDataCollector:
         version = _segment(s.model_versions.get(self.model_name, self.model_version), "model_version")
         folder = f"{workspace_id}/{service}/{self.model_name}/{version}/{self.designation}"
         sink = Sink(s.container, folder, self.feature_names, self._inputs, f"{self.model_name}/{self.designation}")
-        sink.tail_names = self._tail_names
         b = _Binding(
             engine=eng,
             workspace=workspace_id,
@@ -231,11 +232,15 @@ class ModelDataCollector:
             if mode == _OFF and not strict:
                 return correlations
             kind, snap, rows = capture(input_data)
+            tail: tuple[str, ...] = ()
+            correlated = self._correlated
+            if getattr(correlated, "data", None) is input_data:
+                tail, correlated.data = correlated.names, None
             if strict or mode == _DEBUG:
-                self._encode_now(b, kind, snap, suffix_values, strict, mode == _DEBUG)
+                self._encode_now(b, kind, snap, suffix_values, tail, strict, mode == _DEBUG)
             if mode == _UPLOAD:
                 try:
-                    queued = eng.submit((b.sink, ts, suffix_values, kind, snap, rows), rows)
+                    queued = eng.submit((b.sink, ts, suffix_values, kind, snap, tail, rows), rows)
                 except OSError as exc:  # no spool (a read-only or full disk): the rows cannot be kept
                     if strict:
                         raise
@@ -257,7 +262,9 @@ class ModelDataCollector:
             COUNTERS.drop(INTERNAL, 1, f"{type(exc).__name__}: {exc}", f"{self.model_name}/{self.designation}")
             return correlations
 
-    def _encode_now(self, b: _Binding, kind: int, snap: Any, suffix_values: Any, strict: bool, debug: bool) -> None:
+    def _encode_now(
+        self, b: _Binding, kind: int, snap: Any, suffix_values: Any, tail: tuple[str, ...], strict: bool, debug: bool
+    ) -> None:
         """Strict mode (raise on any bad row) and debug mode (print the CSV) do the writer's work right here."""
         suffix = "," + ",".join(map(_quote, suffix_values)) if suffix_values is not None else ""
         sink = b.sink
@@ -269,7 +276,7 @@ class ModelDataCollector:
             for why, n in enc.dropped.items():
                 COUNTERS.drop(why, n, detail, sink.label)
         if debug and enc.chunks:
-            header = header_of(sink, enc.ncols, data_columns)
+            header = header_of(sink, enc.ncols, data_columns, tail)
             with _print_lock:
                 out = sys.stdout
                 if header not in sink.printed:
@@ -283,18 +290,16 @@ class ModelDataCollector:
         """A copy of `input_data` with the correlation values (from the inputs' `collect()`) as extra columns.
 
         Works on the same shapes as `collect()`: a flat list or 1-D array gets the values at its end (still one
-        row), each row of a list of rows or 2-D array gets them, a DataFrame gets named columns. This collector
-        then names those columns in its header.
+        row), each row of a list of rows or 2-D array gets them, a DataFrame gets named columns. When the copy is
+        then passed to this collector's `collect()`, its header names those columns.
         """
         if not correlations:
             return input_data
         try:
             keys = tuple(str(k) for k in correlations)
-            values = list(correlations.values())
-            if self._binding is not None:
-                self._binding.sink.tail_names = keys
-            self._tail_names = keys
-            return _with_columns(input_data, keys, values)
+            data = _with_columns(input_data, keys, list(correlations.values()))
+            self._correlated.data, self._correlated.names = data, keys
+            return data
         except Exception as exc:
             if self._strict:
                 raise

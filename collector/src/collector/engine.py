@@ -129,7 +129,6 @@ class Sink:
         "inputs",
         "label",
         "printed",
-        "tail_names",
     )
 
     def __init__(self, container: str, folder: str, feature_names: list[str] | None, inputs: bool, label: str):
@@ -138,11 +137,11 @@ class Sink:
         self.feature_names = feature_names
         self.inputs = inputs
         self.label = label
-        # By column count and the data's own column names: rows of another shape get a header, and a file, of
-        # their own (a 1-D predict() result is one row of as many cells as the request had inputs).
-        self.headers: dict[tuple[int, tuple[str, ...] | None], bytes] = {}
+        # By column count, the data's own column names and those add_correlations() added: rows of another shape
+        # get a header, and a file, of their own (a 1-D predict() result is one row of as many cells as the request
+        # had inputs).
+        self.headers: dict[tuple[int, tuple[str, ...] | None, tuple[str, ...]], bytes] = {}
         self.printed: set[bytes] = set()  # headers written to standard output (debug mode)
-        self.tail_names: tuple[str, ...] = ()  # columns that add_correlations() appends
 
 
 INPUT_COLUMNS = (
@@ -293,7 +292,7 @@ class Engine:
 
     def _encode(self, item: tuple[Any, ...], batch: dict[Destination, list[tuple[bytes, int]]], room: int) -> int:
         """Add one call's CSV chunks to `batch`, under their destination; returns the spool bytes they will take."""
-        sink, ts, suffix_values, kind, snap, _rows = item
+        sink, ts, suffix_values, kind, snap, tail, _rows = item
         suffix = ""
         if suffix_values is not None:
             suffix = "," + ",".join(map(tabular.quote, suffix_values))
@@ -305,7 +304,7 @@ class Engine:
             return 0
         spool = self._spool
         assert spool is not None
-        header = header_of(sink, enc.ncols, data_columns)
+        header = header_of(sink, enc.ncols, data_columns, tail)
         dest = spool.destination(sink.container, f"{sink.folder}/{self._date_path(ts)}", header)
         chunks = batch.get(dest)
         # What it adds to the spool: its rows, and a frame header if it starts the destination's frame (exact
@@ -547,13 +546,14 @@ def _alive(thread: threading.Thread | None) -> bool:
     return thread is not None and thread.is_alive()
 
 
-def header_of(sink: Sink, ncols: int, data_columns: list[str] | None) -> bytes:
-    """The header line of `sink`'s rows of `ncols` cells (with these column names, for a DataFrame's)."""
-    key = (ncols, tuple(data_columns) if data_columns is not None else None)
+def header_of(sink: Sink, ncols: int, data_columns: list[str] | None, tail: tuple[str, ...]) -> bytes:
+    """The header line of `sink`'s rows of `ncols` cells: with these column names (a DataFrame's), and ending
+    in the `tail` columns that add_correlations() added."""
+    key = (ncols, tuple(data_columns) if data_columns is not None else None, tail)
     header = sink.headers.get(key)
     if header is None:
-        tail = list(sink.tail_names) if 0 < len(sink.tail_names) < ncols else []
-        names = tabular.column_names(ncols - len(tail), sink.feature_names, data_columns) + tail
+        last = list(tail) if 0 < len(tail) < ncols else []
+        names = tabular.column_names(ncols - len(last), sink.feature_names, data_columns) + last
         if sink.inputs:
             names += INPUT_COLUMNS
         header = sink.headers[key] = tabular.header_line(names)

@@ -278,7 +278,8 @@ class Uploader:
             self._contended[key] = time.monotonic() + CONTENDED_SECONDS
             return None
         except ResourceNotFoundError:
-            self._existing.discard(key)  # deleted under us: create it again next time
+            self._existing.discard(key)  # deleted under us: create it again next time, and check its header
+            self._checked = {c for c in self._checked if c[:2] != key}
             raise _Unknown(f"{blob.blob_name} disappeared") from None
         held = self._held[key] = _Held(lease)
         return held
@@ -309,12 +310,22 @@ class Uploader:
         checked = (blob.container_name, blob.blob_name, header)
         if length == 0:
             length, blocks = self._append_header(blob, header, lease_id)
+        foreign = False
         if checked not in self._checked:
             # Once per blob and process: another writer, with rows of another shape, may have started the file.
-            if blob.download_blob(offset=0, length=len(header), lease=lease_id).readall() != header:
-                raise _OtherHeader
-            self._checked.add(checked)
+            foreign = blob.download_blob(offset=0, length=len(header), lease=lease_id).readall() != header
+            if not foreign:
+                self._checked.add(checked)
         self._settle(blob, group, lease_id, length)
+        if foreign:
+            # A block sent here before the file was known to have another header (by a version that did not check,
+            # or before the blob was replaced) is finished here, as step 5 says: moving it could write it twice.
+            unsettled = [d for d in group if d.pending is not None]
+            if unsettled:
+                status = self._append_blocks(blob, unsettled, lease_id, length, blocks, deadline, pending_only=True)
+                if not isinstance(status, tuple) or any(d.pending is not None for d in unsettled):
+                    raise _Unknown(f"{blob.blob_name}: a block sent before is not settled yet")
+            raise _OtherHeader
         status = self._append_blocks(blob, group, lease_id, length, blocks, deadline)
         if isinstance(status, tuple):
             held.length, held.blocks = status
@@ -322,12 +333,22 @@ class Uploader:
         return status
 
     def _append_blocks(
-        self, blob: BlobClient, group: list[Destination], lease_id: str, length: int, blocks: int, deadline: float
+        self,
+        blob: BlobClient,
+        group: list[Destination],
+        lease_id: str,
+        length: int,
+        blocks: int,
+        deadline: float,
+        pending_only: bool = False,
     ) -> str | tuple[int, int]:
-        """Append the group's rows from `length` on: the blob's new length and block count when all went well."""
+        """Append the group's rows from `length` on (only the pending blocks, if `pending_only`): the blob's new
+        length and block count when all went well."""
         stops = [d.end() for d in group]  # this round sends what is spooled now, in blocks as large as can be
         while time.monotonic() < deadline:
             pending = [d for d in group if d.pending is not None]
+            if pending_only and not pending:
+                return length, blocks
             # A block still pending is resent to its own part first, even past our (soft) limit: moving it to
             # the next part while the first request might still land would write it twice.
             if not pending and blocks >= self.max_blocks:
