@@ -17,13 +17,15 @@ from deployments import blobs, preview
 from deployments.models import Service
 
 CORRELATION_COLUMN = "$aml_dc_correlation_id"
+# Row sizes are sampled from this many files of a designation at most (one per shape of its rows, the largest).
+SAMPLED_SHAPES = 8
 # Bytes one join may read before it gives up with a clear message: it runs in a web request (~2 s for 128 MiB).
 JOIN_SCAN_LIMIT = 128 * 1024 * 1024
 # <model>/<version>/<designation>/<yyyy>/<mm>/<dd>/[<HH>/]data[-<hash>][_NNNN].csv below the service's folder
 # (data-<hash>.csv holds rows of another shape than data.csv's: see collector.upload).
 FILE = re.compile(
     r"^(?P<model>[^/]+)/(?P<version>[^/]+)/(?P<designation>[^/]+)/(?P<y>\d{4})/(?P<m>\d{2})/(?P<d>\d{2})/"
-    r"(?:\d{2}/)?data(?:-[0-9a-f]{8})?(?:_\d{4,})?\.csv$"
+    r"(?:\d{2}/)?(?P<file>data(?:-[0-9a-f]{8})?)(?:_\d{4,})?\.csv$"
 )
 
 
@@ -98,17 +100,26 @@ def _bytes_of(sample: preview.Preview) -> int:
 def rows_per_day(service: Service, start: date, end: date) -> Summary:
     days = [start + timedelta(days=i) for i in range((end - start).days + 1)]
     index = {day: i for i, day in enumerate(days)}
-    sizes: dict[str, list[list[tuple[str, int]]]] = {}
+    # designation -> file (data, or data-<hash> for rows of another shape) -> day -> (name, size) of its parts
+    sizes: dict[str, dict[str, list[list[tuple[str, int]]]]] = {}
     for day, parts, entry in _service_files(service, days):
         if day in index:
-            per_day = sizes.setdefault(parts["designation"], [[] for _ in days])
+            files = sizes.setdefault(parts["designation"], {})
+            per_day = files.setdefault(parts["file"], [[] for _ in days])
             per_day[index[day]].append((entry.name, entry.size or 0))
     series = []
-    for designation, per_day in sorted(sizes.items()):
-        average, header_bytes, exact = _sample(per_day)
-        only_newest = sum(len(files) for files in per_day) == 1
-        counts = [sum(max(size - header_bytes, 0) for _, size in files) for files in per_day]
-        series.append(Series(designation, [round(c / average) for c in counts], exact and only_newest))
+    for designation, files in sorted(sizes.items()):
+        # Each shape has its own row size and header: a 60-value prediction row is not a 1-value one.
+        by_size = sorted(files.values(), key=lambda per_day: -sum(size for f in per_day for _, size in f))
+        counts = [0] * len(days)
+        exact = True
+        for n, per_day in enumerate(by_size):
+            if n < SAMPLED_SHAPES:
+                average, header_bytes, sampled_whole = _sample(per_day)
+            exact = exact and n < SAMPLED_SHAPES and sampled_whole and sum(len(f) for f in per_day) == 1
+            for i, day_files in enumerate(per_day):
+                counts[i] += round(sum(max(size - header_bytes, 0) for _, size in day_files) / average)
+        series.append(Series(designation, counts, exact))
     _layout(series, days)
     return Summary(days, series)
 

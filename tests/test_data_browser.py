@@ -259,6 +259,23 @@ def test_predictions_of_another_width_count_and_join_from_their_own_file(
     assert dict(join.context["result"].rows["predictions"])["feature_2"] == "1"
 
 
+def test_the_summary_counts_each_shape_of_rows_by_its_own_row_size(
+    client: Client, alice: Any, service: Service, collecting: None
+) -> None:
+    inputs = collector.ModelDataCollector("best_model", designation="inputs", feature_names=["age"])
+    predictions = collector.ModelDataCollector("best_model", designation="predictions", feature_names=["churn"])
+    for n in [1] * 10 + [60] * 10:  # requests of 1 and of 60 inputs: prediction rows of 1 and of 60 values
+        correlations = inputs.collect([[i] for i in range(n)])
+        predictions.collect(predictions.add_correlations([0.123456789 * i for i in range(n)], correlations))
+    assert collector.flush(20)
+    client.force_login(alice)
+
+    summary = client.get(reverse("deployments:service-data-summary", args=[service.pk]))
+
+    totals = {s.designation: s.total for s in summary.context["summary"].series}
+    assert totals == {"inputs": 10 + 600, "predictions": 20}
+
+
 def test_a_service_links_to_its_own_data(client: Client, alice: Any, service: Service) -> None:
     client.force_login(alice)
 
