@@ -1,7 +1,6 @@
 from typing import Any
 
 from django.contrib import admin
-from django.db import transaction
 from django.forms import BaseInlineFormSet, ModelForm
 from django.http import HttpRequest
 
@@ -25,13 +24,13 @@ class WorkspaceAdmin(admin.ModelAdmin):
         if formset.model is not Membership:
             super().save_formset(request, form, formset, change)
             return
-        # Through the actions, so that each member added, re-roled or removed here has its audit row.
-        with transaction.atomic():
-            saved = formset.save(commit=False)
-            for membership in formset.deleted_objects:
-                actions.do_staff_remove_member(membership, acting_user=request.user)
-            for membership in saved:
-                actions.do_staff_save_member(membership, acting_user=request.user)
+        # Through the actions, so that each member added, re-roled or removed here has its audit row (the admin
+        # runs the whole change form in one transaction).
+        saved = formset.save(commit=False)
+        for membership in formset.deleted_objects:
+            actions.do_staff_remove_member(membership, acting_user=request.user)
+        for membership in saved:
+            actions.do_staff_save_member(membership, acting_user=request.user)
 
 
 @admin.register(ComputeTarget)

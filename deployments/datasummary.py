@@ -17,7 +17,8 @@ from deployments import blobs, preview
 from deployments.models import Service
 
 CORRELATION_COLUMN = "$aml_dc_correlation_id"
-# Row sizes are sampled from this many files of a designation at most (one per shape of its rows, the largest).
+# Row sizes are sampled from this many shapes of a designation's rows at most (the largest); smaller shapes are
+# counted with the row size of the last one sampled.
 SAMPLED_SHAPES = 8
 # Bytes one join may read before it gives up with a clear message: it runs in a web request (~2 s for 128 MiB).
 JOIN_SCAN_LIMIT = 128 * 1024 * 1024

@@ -188,26 +188,20 @@ class Uploader:
 
     def _deliver(self, dests: list[Destination], lease_id: str, deadline: float) -> str:
         first = dests[0]
-        file = file_for(first.header)
-        if (first.container, first.folder, first.header) in self._moved:
-            for dest in dests:  # a new spool's rows, say: not data.csv's shape either
-                if dest.pending is None and dest.file != file:
-                    dest.move_to(file)
+        target, file = (first.container, first.folder, first.header), file_for(first.header)
+        if target in self._moved:
+            _move(dests, file)  # a new spool's rows, say: not data.csv's shape either
         try:
             return self._deliver_parts(dests, lease_id, deadline)
         except _OtherHeader:
-            pass
-        # Rows of another shape than data.csv's (a 1-D prediction of another length, other column names): they
-        # go to a file of their own, never under a header that does not name them.
-        self._moved.add((first.container, first.folder, first.header))
-        moved = [d for d in dests if d.pending is None and d.file != file]
-        for dest in moved:
-            dest.move_to(file)
-        try:
-            if moved:
+            # Rows of another shape than data.csv's (a 1-D prediction of another length, other column names): they
+            # go to a file of their own, never under a header that does not name them.
+            self._moved.add(target)
+        if _move(dests, file):
+            try:
                 return self._deliver_parts(dests, lease_id, deadline)
-        except _OtherHeader:
-            pass
+            except _OtherHeader:
+                pass
         # Only if a blob was replaced under a pending block, or two headers share a hash: say so, keep the rows.
         raise _Unknown(f"a file in {first.folder} has another header than its rows")
 
@@ -460,6 +454,14 @@ class Uploader:
         assert p is not None
         self.on_delivered(rows, nbytes)  # first: flush() returns as soon as it sees the ack
         dest.ack(p.end, rows, p.end[1] - p.start[1])
+
+
+def _move(dests: list[Destination], file: str) -> bool:
+    """Send the rows of `dests` that have no block pending to `file` from now on; whether any moved."""
+    moved = [d for d in dests if d.pending is None and d.file != file]
+    for dest in moved:
+        dest.move_to(file)
+    return bool(moved)
 
 
 def _code(exc: HttpResponseError) -> str:
