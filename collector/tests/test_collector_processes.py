@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import child_env, read_files, readline_within, rows_of, wait_for
+from conftest import child_env, read_files, readline_within, rows_of, run_child, wait_for
 from test_collector_delivery import assert_exactly_once
 
 from collector import config
@@ -89,6 +89,43 @@ def test_processes_with_rows_of_different_widths_never_share_a_header(
         ("writer", "seq", "payload"): expected_rows("n", 100),
         ("writer", "seq", "payload", "feature_4", "feature_5"): [[*r, "0", "1"] for r in expected_rows("w", 100)],
     }
+
+
+MANY_SHAPES = textwrap.dedent(
+    """
+    import json, os, resource, sys
+    limit, widths = int(sys.argv[1]), int(sys.argv[2])
+    resource.setrlimit(resource.RLIMIT_NOFILE, (limit, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+    import collector
+    from collector import ModelDataCollector
+
+    dc = ModelDataCollector("best_model", designation="predictions")
+    for round in range(2):  # the second round writes to every destination again, after it was let go
+        for width in range(1, widths + 1):
+            dc.collect([round, *range(1, width)])  # a 1-D prediction of `width` values: one row, a shape of its own
+        collector.flush(60)
+    open(os.devnull).close()  # the scoring script can still open files
+    print(json.dumps({**collector.stats(), "open_fds": len(os.listdir("/proc/self/fd"))}))
+    """
+)
+
+
+def test_a_process_with_more_shapes_than_open_files_keeps_every_row(base_env, blobs, workspace) -> None:
+    """Each shape of row is a spool destination with its own files: a service whose predictions come in hundreds of
+    widths must not run its process out of file descriptors (its sockets and the script's files share the limit)
+    nor lose rows."""
+    limit, widths = 64, 150
+    done = run_child(MANY_SHAPES, base_env, str(limit), str(widths), timeout=120)
+    assert done.returncode == 0, done.stderr
+    stats = json.loads(done.stdout.strip().splitlines()[-1])
+    assert stats["rows_dropped_total"] == 0, stats["last_error"]
+    assert stats["rows_delivered"] == 2 * widths
+    assert stats["open_fds"] < limit
+    files = read_files(blobs, workspace)
+    assert len(files) == widths
+    for name, text in files.items():
+        header, *rows = rows_of(text)
+        assert sorted(rows) == [[str(r), *map(str, range(1, len(header)))] for r in range(2)], name
 
 
 def test_sigterm_flushes_before_the_process_dies(base_env, blobs, workspace) -> None:

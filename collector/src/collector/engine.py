@@ -40,8 +40,6 @@ BATCH_SECONDS = 0.001
 ORPHAN_SCAN_SECONDS = 30.0
 # How often a writer re-reads from the files how much of its spool the agent has delivered (for the spool bound).
 MEASURE_SECONDS = 1.0
-# A destination's segments stay open for reading while it gets rows; closed after this long with nothing new.
-READER_IDLE_SECONDS = 60.0
 MAX_BACKOFF = 5.0
 # After the spool could not be created (a read-only or full disk), collect() drops rows without trying again for
 # this long, rather than retry on every request.
@@ -378,8 +376,6 @@ class Engine:
                 for spool in self._spools():
                     if not spool.own and not spool.live and not spool.has_work():
                         self._retire(spool)
-                    else:
-                        spool.close_idle_readers(READER_IDLE_SECONDS)
             except Exception as exc:  # bad connection string, disk trouble...: keep the thread alive
                 COUNTERS.error(f"{type(exc).__name__}: {exc}")
                 outcomes = {FAILED}

@@ -42,9 +42,9 @@ import shutil
 import socket
 import struct
 import threading
-import time
 import uuid
 import zlib
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +56,11 @@ FRAME = struct.Struct(">III")
 # The spool writer puts the rows of many collect() calls in one frame, up to this size (a block is at most 4 MiB).
 FRAME_BYTES = 1024 * 1024
 SEGMENT_BYTES = 8 * 1024 * 1024
+# Files the spool writer keeps open at once. Each destination (a day's file of one shape of rows) has a segment open
+# for writing; a service whose predictions come in hundreds of widths would otherwise hold hundreds of descriptors,
+# and run its process (its sockets, the script's own files) into the open-file limit. Past this many, the least
+# recently written is closed and opened again when it next gets rows.
+WRITERS_OPEN = 32
 
 Position = tuple[int, int]  # (segment number, byte offset)
 
@@ -105,8 +110,6 @@ class Destination:
         self.part: int | None = None
         self._fd: int | None = None  # writer's open segment
         self._wseg = 0
-        self._read_fds: dict[int, int] = {}
-        self.read_at = 0.0  # time.monotonic() of the uploader's last read
 
     # -- writer side -------------------------------------------------------------------------------------------
 
@@ -114,13 +117,11 @@ class Destination:
         """Append whole frames to the current segment (writer thread only)."""
         with self.spool.lock:
             if self._fd is None or self.sizes.get(self._wseg, 0) >= SEGMENT_BYTES:
-                seg = max(self.sizes) + 1 if self.sizes else self.acked[0]
-                if self._fd is not None:
-                    os.close(self._fd)
-                self._fd = os.open(self._segment_path(seg), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-                self._wseg = seg
-                self.sizes[seg] = 0
+                self._open_segment()
             fd, seg = self._fd, self._wseg
+            evicted = self.spool.written(self)
+        if evicted is not None:
+            os.close(evicted)
         view = memoryview(payload)
         written = 0
         try:
@@ -135,10 +136,31 @@ class Destination:
         with self.spool.lock:
             self.sizes[seg] += len(payload)
 
+    def _open_segment(self) -> None:
+        """Open the segment to write to (under the spool's lock): the last one again if it has room, else a new one.
+        The last segment is never deleted while its owner lives (the uploader moves past a segment only once a
+        later one exists), so appending to it again is safe; if it is gone all the same, a new one starts."""
+        if self._fd is None and self.sizes.get(self._wseg, SEGMENT_BYTES) < SEGMENT_BYTES:
+            with contextlib.suppress(FileNotFoundError):
+                self._fd = os.open(self._segment_path(self._wseg), os.O_WRONLY | os.O_APPEND)
+                return
+        seg = max(self.sizes) + 1 if self.sizes else self.acked[0]
+        fd = os.open(self._segment_path(seg), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        if self._fd is not None:
+            os.close(self._fd)
+        self._fd, self._wseg = fd, seg
+        self.sizes[seg] = 0
+
+    def let_go(self) -> int | None:
+        """Forget the open segment (under the spool's lock) and return its descriptor for the caller to close."""
+        fd, self._fd = self._fd, None
+        self.spool.writing.pop(self, None)
+        return fd
+
     def close_writer(self) -> None:
-        """Close the segment being written (writer thread only); a later write() starts the next segment."""
+        """Close the segment being written (writer thread only); a later write() opens it again."""
         with self.spool.lock:
-            fd, self._fd = self._fd, None
+            fd = self.let_go()
         if fd is not None:
             os.close(fd)
 
@@ -290,24 +312,17 @@ class Destination:
     def _drop_segment(self, seg: int) -> None:
         with self.spool.lock:
             self.sizes.pop(seg, None)
-        fd = self._read_fds.pop(seg, None)
-        if fd is not None:
-            os.close(fd)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._segment_path(seg))
 
-    def close_readers(self) -> None:
-        """Close the segments open for reading (uploader thread only); the next read opens them again."""
-        for fd in self._read_fds.values():
-            os.close(fd)
-        self._read_fds.clear()
-
     def _pread(self, seg: int, off: int, n: int) -> bytes:
-        self.read_at = time.monotonic()
-        fd = self._read_fds.get(seg)
-        if fd is None:
-            fd = self._read_fds[seg] = os.open(self._segment_path(seg), os.O_RDONLY)
-        return os.pread(fd, n, off)
+        # Opened for each read: an open and a close (microseconds) per block of up to 4 MiB that then takes an HTTP
+        # request, and the uploader holds no descriptor per destination, however many there are.
+        fd = os.open(self._segment_path(seg), os.O_RDONLY)
+        try:
+            return os.pread(fd, n, off)
+        finally:
+            os.close(fd)
 
     def _segment_path(self, seg: int) -> Path:
         return self.path / f"{seg:08d}.seg"
@@ -341,7 +356,6 @@ class Destination:
 
     def close(self) -> None:
         self.close_writer()
-        self.close_readers()
 
 
 def _undelivered(sizes: dict[int, int], acked: Position) -> int:
@@ -398,6 +412,8 @@ class Spool:
         self.bytes = 0  # undelivered bytes, frames included
         self._lock_fd = lock_fd
         self._by_target: dict[tuple[str, str, bytes], Destination] = {}  # the writer's lookup, without hashing
+        # Destinations with a segment open for writing, least recently written first (see WRITERS_OPEN).
+        self.writing: OrderedDict[Destination, None] = OrderedDict()
 
     @classmethod
     def create(cls, root: Path, shared: bool = False) -> Spool:
@@ -526,12 +542,14 @@ class Spool:
                 dest.close_writer()
                 del self._by_target[target]
 
-    def close_idle_readers(self, idle_seconds: float) -> None:
-        """Close the uploader's files of destinations with nothing to deliver that it has not read for a while."""
-        now = time.monotonic()
-        for dest in list(self.destinations.values()):
-            if now - dest.read_at >= idle_seconds and not dest.has_work():
-                dest.close_readers()
+    def written(self, dest: Destination) -> int | None:
+        """`dest` was just written to (under the lock): it is the most recent; returns the descriptor of the least
+        recent for the caller to close when more than WRITERS_OPEN are open."""
+        self.writing[dest] = None
+        self.writing.move_to_end(dest)
+        if len(self.writing) <= WRITERS_OPEN:
+            return None
+        return next(iter(self.writing)).let_go()
 
     def add_bytes(self, n: int) -> None:
         with self.lock:
