@@ -304,7 +304,9 @@ class Destination:
             self._drop_segment(seg)
 
     def _advance(self, seg: int) -> None:
-        for old in [s for s in self.sizes if s < seg]:
+        with self.spool.lock:  # the writer thread may be adding a segment
+            done_segments = [s for s in self.sizes if s < seg]
+        for old in done_segments:
             self._drop_segment(old)
         self.acked = (seg, 0)
         self._save_state()
