@@ -113,7 +113,8 @@ def test_a_new_day_closes_the_files_of_the_day_before(configure, blobs, workspac
     clock["now"] = today
     dc.collect(["w", 2, "today"])
     assert collector.flush(10)
-    # One file open for writing (today's); yesterday's segment is closed for good, and the uploader holds none.
+    # One file open for writing (today's): yesterday's segment is closed (a late row opens it again, below), and the
+    # uploader holds none.
     assert open_segments(spool_dir) == {"write": 1, "read": 0}
 
     clock["now"] = yesterday  # a late row, collected just before midnight, still reaches its day's file
