@@ -4,6 +4,7 @@ behind the fault proxy, kills at the worst moments."""
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,10 +13,11 @@ from pathlib import Path
 
 import pytest
 from conftest import child_env, read_files, readline_within, rows_of, wait_for
-from test_collector_delivery import assert_exactly_once
+from test_collector_delivery import HEADER, assert_exactly_once
 from test_collector_processes import expect_line, expected_rows, finish, spawn
 
-from collector import config
+import collector
+from collector import ModelDataCollector, config, engine
 
 
 def agent_env(env: dict[str, str]) -> dict[str, str]:
@@ -148,6 +150,49 @@ def test_a_new_agent_settles_the_block_a_killed_agent_left_unconfirmed(
     assert len(appends) == 2  # the header, and the one block: not appended again
     writer.kill()
     stop_agent(second)
+
+
+def test_the_agent_goes_past_a_spool_file_deleted_by_something_else(
+    configure, blobs, workspace, spool_dir, start_agent, monkeypatch
+):
+    env = configure(**{config.DELIVERY: "agent"})  # this process spools its rows; the agent delivers them
+    monkeypatch.setattr(engine, "REOPEN_CHECK_SECONDS", 0.05)
+    dc = ModelDataCollector("best_model", designation="predictions", feature_names=HEADER)
+    dc.collect(["w", 0, "lost"])
+    assert engine.current().spool_now()
+    (segment,) = spool_dir.glob("*/*/*.seg")
+    segment.unlink()  # the writer still has it open
+    wait_for(lambda: len(list(spool_dir.glob("*/*/*.seg"))) == 1, 5, "the writer's new segment")
+    agent = start_agent(env, spool_dir.parent / "agent.json")
+
+    assert collector.flush(30)  # the agent moved past the deleted segment, though no row came after it
+    dc.collect(["w", 1, "after"])
+    assert collector.flush(30)
+    assert_exactly_once(read_files(blobs, workspace), [["w", "1", "after"]])
+    assert "was deleted before its rows were delivered" in stop_agent(agent)
+
+
+def test_a_writers_spool_folder_deleted_while_the_agent_watches_it_stops_no_other_delivery(
+    base_env, proxy, proxy_url, blobs, workspace, spool_dir, start_agent
+):
+    proxy.refusing = True  # storage down: the rows wait in the spools
+    env = {**base_env, config.STORAGE: proxy_url}
+    status = spool_dir.parent / "agent.json"
+    agent = start_agent(env, status)
+    writers = {tag: spawn(agent_env(env), tag, 10, "spool") for tag in ("a", "b")}
+    for writer in writers.values():
+        expect_line(writer, "spooled")
+    spooled = sum(seg.stat().st_size for seg in spool_dir.glob("*/*/*.seg"))
+    wait_for(lambda: status_of(status).get("spool_bytes") == spooled, message="the agent watching both spools")
+    (folder_a,) = [p for p in spool_dir.glob("*/owner.json") if json.loads(p.read_text())["pid"] == writers["a"].pid]
+    shutil.rmtree(folder_a.parent)
+
+    proxy.refusing = False
+    wait_for(lambda: status_of(status).get("rows_delivered") == 10, message="b's rows delivered")
+    assert_exactly_once(read_files(blobs, workspace), expected_rows("b", 10))
+    for writer in writers.values():
+        writer.kill()
+    assert "was deleted before its rows were delivered" in stop_agent(agent)
 
 
 def test_processes_that_upload_their_own_rows_leave_shared_spools_alone(

@@ -5,6 +5,8 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import shutil
+import subprocess
 import time
 from collections import Counter
 from pathlib import Path
@@ -18,6 +20,7 @@ from conftest import read_files, rows_of, wait_for
 
 import collector
 from collector import ModelDataCollector, config, engine, tabular, upload
+from collector import spool as spool_module
 from collector.spool import FRAME, Pending, Spool, frame
 
 HEADER = ["writer", "seq", "payload"]
@@ -215,6 +218,109 @@ def test_a_failed_spool_write_drops_only_its_rows_and_leaves_the_spool_whole(
     assert stats["rows_delivered"] == 2
     assert "No space left" not in stats["last_error"]  # a spool problem, not an upload error
     assert_exactly_once(read_files(blobs, workspace), [["w", "0", "before"], ["w", "2", "after"]])
+
+
+def spooled_rows(segment: Path) -> list[list[str]]:
+    """The CSV rows in a spool segment's frames."""
+    raw, rows, i = segment.read_bytes(), [], 0
+    while i + FRAME.size <= len(raw):
+        length = FRAME.unpack_from(raw, i)[0]
+        rows += rows_of(raw[i + FRAME.size : i + FRAME.size + length].decode())
+        i += FRAME.size + length
+    return rows
+
+
+def test_a_spool_file_deleted_by_something_else_loses_its_rows_and_no_others(
+    configure, proxy, proxy_url, blobs, workspace, spool_dir, monkeypatch, caplog
+) -> None:
+    # A cleaner of old temporary files, or an operator, deletes spool files while storage is down: a finished
+    # segment, and the one the writer has open. Before, the uploader retried the missing file forever and every
+    # later row of that file stayed in the spool; flush() never returned True again.
+    configure(**{config.STORAGE: proxy_url})
+    monkeypatch.setattr(spool_module, "SEGMENT_BYTES", 100)  # a few frames per segment
+    monkeypatch.setattr(engine, "REOPEN_CHECK_SECONDS", 0.05)
+    proxy.refusing = True
+    dc = ModelDataCollector("best_model", designation="predictions", feature_names=HEADER)
+    for i in range(12):
+        dc.collect(["w", i, "before"])
+        assert collector.engine.current().spool_now()  # one frame each
+    segments = sorted(spool_dir.glob("*/*/*.seg"))
+    assert len(segments) >= 3
+    deleted = [segments[0], segments[-1]]
+    lost = [row for seg in deleted for row in spooled_rows(seg)]
+    lost_bytes = sum(seg.stat().st_size for seg in deleted)
+    for seg in deleted:
+        seg.unlink()
+    # The writer notices that its open segment is gone, and starts a new one for the next rows.
+    wait_for(lambda: len(list(spool_dir.glob("*/*/*.seg"))) == len(segments) - 1, 5, "a new segment")
+    dc.collect(["w", 12, "after"])
+
+    proxy.refusing = False
+    assert collector.flush(30)
+    expected = [["w", str(i), "before"] for i in range(12)] + [["w", "12", "after"]]
+    assert_exactly_once(read_files(blobs, workspace), [row for row in expected if row not in lost])
+    stats = collector.stats()
+    assert stats["spool_bytes_lost"] == lost_bytes
+    assert stats["spool_bytes"] == 0
+    assert "was deleted before its rows were delivered" in caplog.text
+
+
+def test_a_block_whose_spool_file_was_deleted_unconfirmed_is_neither_sent_again_nor_waited_for(
+    configure, proxy, proxy_url, blobs, workspace, spool_dir, monkeypatch
+) -> None:
+    # The block lands, its answer is lost, storage goes away, a row more is spooled after it, then their segment is
+    # deleted: the block can neither be checked nor sent again. It is given up (here it had landed: its rows are
+    # there once), the row after it is lost and counted with it, and the next rows go out.
+    configure(**{config.STORAGE: proxy_url})
+    monkeypatch.setattr(engine, "REOPEN_CHECK_SECONDS", 0.05)
+    proxy.add("reset_after_then_refuse")
+    dc = ModelDataCollector("best_model", designation="predictions", feature_names=HEADER)
+    dc.collect(["w", 0, "landed"])
+    wait_for(lambda: proxy.count("reset_after_then_refuse") == 1, message="the lost answer")
+    dc.collect(["w", 0, "spooled after it"])
+    assert collector.engine.current().spool_now()
+    (segment,) = spool_dir.glob("*/*/*.seg")
+    assert '"pending": {' in next(spool_dir.glob("*/*/state.json")).read_text()
+    size = segment.stat().st_size
+    segment.unlink()
+    wait_for(lambda: len(list(spool_dir.glob("*/*/*.seg"))) == 1, 5, "the writer's new segment")
+
+    proxy.clear()
+    dc.collect(["w", 1, "after"])
+    assert collector.flush(30)
+    assert_exactly_once(read_files(blobs, workspace), [["w", "0", "landed"], ["w", "1", "after"]])
+    stats = collector.stats()
+    assert (stats["spool_bytes_lost"], stats["spool_bytes"]) == (size, 0)
+
+
+def test_a_cleaner_of_old_temporary_files_leaves_a_live_spool_alone(
+    configure, proxy, proxy_url, blobs, workspace, spool_dir, tmp_path
+) -> None:
+    # The default spool is under /tmp, which systemd-tmpfiles ages out: there a process that has run for weeks has
+    # files last modified at its start (lock, owner.json, destination.json). The real cleaner, told to remove all
+    # that was not modified in the last second, must leave the spool of a live process whole.
+    tmpfiles = shutil.which("systemd-tmpfiles")
+    if tmpfiles is None:
+        pytest.fail("this test needs systemd-tmpfiles (apt-get install systemd)")
+    configure(**{config.STORAGE: proxy_url})
+    proxy.refusing = True
+    dc = ModelDataCollector("best_model", designation="predictions", feature_names=HEADER)
+    dc.collect(["w", 0, "old"])
+    assert collector.engine.current().spool_now()
+    files = sorted(path for path in spool_dir.rglob("*") if path.is_file())
+    assert {path.name for path in files} >= {"lock", "owner.json", "destination.json"}
+    for path in [*files, *(path for path in spool_dir.rglob("*") if path.is_dir()), spool_dir]:
+        os.utime(path, (0, 0))  # 1970: older than any age
+    rules = tmp_path / "tributary.conf"
+    rules.write_text(f"e {spool_dir.parent} - - - m:1s\n")
+    cleaned = subprocess.run([tmpfiles, "--clean", str(rules)], capture_output=True, text=True)
+    assert cleaned.returncode == 0, cleaned.stderr
+
+    assert [path for path in files if not path.exists()] == []
+    proxy.refusing = False
+    dc.collect(["w", 1, "new"])
+    assert collector.flush(30)
+    assert_exactly_once(read_files(blobs, workspace), [["w", "0", "old"], ["w", "1", "new"]])
 
 
 def test_without_a_spool_it_drops_and_counts_and_tries_again_only_after_a_while(

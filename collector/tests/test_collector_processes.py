@@ -94,15 +94,25 @@ def test_processes_with_rows_of_different_widths_never_share_a_header(
 MANY_SHAPES = textwrap.dedent(
     """
     import json, os, resource, sys
-    limit, widths = int(sys.argv[1]), int(sys.argv[2])
+    limit, widths, hog = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3:] == ["hog"]
     resource.setrlimit(resource.RLIMIT_NOFILE, (limit, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
     import collector
-    from collector import ModelDataCollector
+    from collector import ModelDataCollector, engine
 
     dc = ModelDataCollector("best_model", designation="predictions")
     for round in range(2):  # the second round writes to every destination again, after it was let go
+        held = []
+        if hog and round == 1:  # the script takes every descriptor left (its own files, the server's sockets)
+            try:
+                while True:
+                    held.append(open(os.devnull))
+            except OSError:
+                pass
         for width in range(1, widths + 1):
             dc.collect([round, *range(1, width)])  # a 1-D prediction of `width` values: one row, a shape of its own
+        engine.current().spool_now()
+        for f in held:
+            f.close()
         collector.flush(60)
     open(os.devnull).close()  # the scoring script can still open files
     print(json.dumps({**collector.stats(), "open_fds": len(os.listdir("/proc/self/fd"))}))
@@ -121,6 +131,22 @@ def test_a_process_with_more_shapes_than_open_files_keeps_every_row(base_env, bl
     assert stats["rows_dropped_total"] == 0, stats["last_error"]
     assert stats["rows_delivered"] == 2 * widths
     assert stats["open_fds"] < limit
+    files = read_files(blobs, workspace)
+    assert len(files) == widths
+    for name, text in files.items():
+        header, *rows = rows_of(text)
+        assert sorted(rows) == [[str(r), *map(str, range(1, len(header)))] for r in range(2)], name
+
+
+def test_a_process_at_its_open_file_limit_spools_its_rows_in_the_files_it_has(base_env, blobs, workspace) -> None:
+    """The script holds every descriptor the process may have: the spool writer closes its least recently written
+    segments to open the ones it needs, rather than drop the rows."""
+    limit, widths = 64, 40
+    done = run_child(MANY_SHAPES, base_env, str(limit), str(widths), "hog", timeout=120)
+    assert done.returncode == 0, done.stderr
+    stats = json.loads(done.stdout.strip().splitlines()[-1])
+    assert stats["rows_dropped_total"] == 0, stats["last_error"]
+    assert stats["rows_delivered"] == 2 * widths
     files = read_files(blobs, workspace)
     assert len(files) == widths
     for name, text in files.items():

@@ -351,7 +351,8 @@ def stats() -> dict[str, Any]:
 
     rows_collected (accepted by collect()), rows_spooled, rows_delivered, rows_dropped (by reason, see
     collector.tabular.REASONS) and rows_dropped_total, queue_rows (in memory), spool_bytes (on disk, not yet
-    delivered), blocks_appended, bytes_delivered, upload_failures, parts_rolled, spools_adopted, last_error
+    delivered), blocks_appended, bytes_delivered, upload_failures, parts_rolled, spools_adopted, spool_bytes_lost
+    (spooled rows that cannot be delivered: a spool file deleted by something else, or damaged), last_error
     (text, never a secret) and last_error_at (epoch seconds), plus mode ('off', 'upload' or 'debug').
     """
     eng = engine._engine
@@ -368,6 +369,7 @@ def stats() -> dict[str, Any]:
             "upload_failures": c.upload_failures,
             "parts_rolled": c.parts_rolled,
             "spools_adopted": c.spools_adopted,
+            "spool_bytes_lost": c.spool_bytes_lost,
             "last_error": c.last_error,
             "last_error_at": c.last_error_at,
         }

@@ -46,6 +46,8 @@ MAX_BACKOFF = 5.0
 START_RETRY_SECONDS = 5.0
 # Undelivered bytes that make the uploader go again at once rather than after the flush interval.
 BIG_BACKLOG = 4 * 1024 * 1024
+# How often the spool writer checks that the segments it writes are still on disk (see Spool.reopen_deleted).
+REOPEN_CHECK_SECONDS = 1.0
 
 
 DELIVERY_COUNTS = (
@@ -55,6 +57,7 @@ DELIVERY_COUNTS = (
     "upload_failures",
     "parts_rolled",
     "spools_adopted",
+    "spool_bytes_lost",
 )
 
 
@@ -75,6 +78,7 @@ class Counters:
         self.upload_failures = 0
         self.parts_rolled = 0
         self.spools_adopted = 0
+        self.spool_bytes_lost = 0
         self.dropped: dict[str, int] = dict.fromkeys(tabular.REASONS, 0)
         self.last_error = ""
         self.last_error_at: float | None = None
@@ -214,6 +218,7 @@ class Engine:
             try:
                 if self.role != AGENT:
                     self._spool = Spool.create(self.settings.spool_dir, shared=self.role == WRITER)
+                    self._spool.on_lost = _lost
             except OSError as exc:
                 self._start_error = f"cannot create the spool in {self.settings.spool_dir}: {exc}"
                 self._start_again_at = time.monotonic() + START_RETRY_SECONDS
@@ -229,12 +234,20 @@ class Engine:
 
     def _writer_loop(self) -> None:
         queue = self._queue
+        checked_at = time.monotonic()
         while True:
             if not self._stopping:
                 self._writer_wake.wait(IDLE_POLL)
                 self._writer_wake.clear()
             elif not queue:
                 return
+            if time.monotonic() - checked_at >= REOPEN_CHECK_SECONDS:
+                checked_at = time.monotonic()
+                assert self._spool is not None
+                try:
+                    self._spool.reopen_deleted()
+                except OSError as exc:  # its folder deleted too: the writes fail, and their rows are counted
+                    log.debug("collector: cannot start a new spool segment: %s", exc)
             # What is queued now, and only that: rows collected meanwhile wait for the next wake. A writer that went
             # on while the queue was not empty would trail the request threads item by item, and each hand-over
             # of the GIL (a round of futex calls and context switches) costs more CPU than encoding an item.
@@ -374,7 +387,7 @@ class Engine:
                     outcomes.add(outcome)
                 uploader.end_round()
                 for spool in self._spools():
-                    if not spool.own and not spool.live and not spool.has_work():
+                    if not spool.own and (spool.gone or (not spool.live and not spool.has_work())):
                         self._retire(spool)
             except Exception as exc:  # bad connection string, disk trouble...: keep the thread alive
                 COUNTERS.error(f"{type(exc).__name__}: {exc}")
@@ -415,6 +428,7 @@ class Engine:
     def _adopt_orphans(self) -> None:
         known = {s.path for s in self._spools()}
         for spool in Spool.scan(self.settings.spool_dir, known, agent=self.role == AGENT):
+            spool.on_lost = _lost
             if spool.shared:
                 spool.lease_id = self._agent_lease()
             with self._spools_lock:
@@ -561,6 +575,11 @@ def _delivered(rows: int, nbytes: int) -> None:
         COUNTERS.rows_delivered += rows
         COUNTERS.bytes_delivered += nbytes
         COUNTERS.blocks_appended += 1
+
+
+def _lost(nbytes: int) -> None:
+    with COUNTERS.lock:
+        COUNTERS.spool_bytes_lost += nbytes
 
 
 def _rolled(name: str) -> None:

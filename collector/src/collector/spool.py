@@ -27,11 +27,19 @@ uploader can find out whether that block is in the blob (see `collector.upload`)
 atomically (write, then rename), so a kill leaves the old or the new state, never a mix. A frame cut short by a
 crash (only possible on power loss: frames go out in one write) fails its length or crc check and ends the segment.
 Nothing is fsynced: a process kill loses nothing, a power cut may lose or repeat the last moments.
+
+A segment deleted by something else (an operator, a cleaner of old temporary files) loses its undelivered rows, and
+only those: the uploader logs it, counts the bytes (`spool_bytes_lost` in collector.stats()) and goes on with the
+next segment, and a writer whose open segment was deleted notices within a second (`reopen_deleted`) and starts a new
+one. Every owner holds a shared flock() on the spool folder itself for its whole life: systemd-tmpfiles, which ages
+out files under /tmp (the default spool's home) that were not modified for days, such as `lock` and `owner.json`,
+leaves a locked folder alone.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -110,6 +118,7 @@ class Destination:
         self.part: int | None = None
         self._fd: int | None = None  # writer's open segment
         self._wseg = 0
+        self._gone: set[int] = set()  # segments found deleted (by something else), logged once each
 
     # -- writer side -------------------------------------------------------------------------------------------
 
@@ -119,9 +128,8 @@ class Destination:
             if self._fd is None or self.sizes.get(self._wseg, 0) >= SEGMENT_BYTES:
                 self._open_segment()
             fd, seg = self._fd, self._wseg
-            evicted = self.spool.written(self)
-        if evicted is not None:
-            os.close(evicted)
+            assert fd is not None  # _open_segment() opened it or raised
+            self.spool.written(self)
         view = memoryview(payload)
         written = 0
         try:
@@ -140,12 +148,14 @@ class Destination:
         """Open the segment to write to (under the spool's lock): the last one again if it has room, else a new one.
         The last segment is never deleted while its owner lives (the uploader moves past a segment only once a
         later one exists), so appending to it again is safe; if it is gone all the same, a new one starts."""
-        if self._fd is None and self.sizes.get(self._wseg, SEGMENT_BYTES) < SEGMENT_BYTES:
-            with contextlib.suppress(FileNotFoundError):
-                self._fd = os.open(self._segment_path(self._wseg), os.O_WRONLY | os.O_APPEND)
-                return
+        if self._fd is None:
+            self.spool.make_room(self)
+            if self.sizes.get(self._wseg, SEGMENT_BYTES) < SEGMENT_BYTES:
+                with contextlib.suppress(FileNotFoundError):
+                    self._fd = self.spool.open_file(self._segment_path(self._wseg), os.O_WRONLY | os.O_APPEND)
+                    return
         seg = max(self.sizes) + 1 if self.sizes else self.acked[0]
-        fd = os.open(self._segment_path(seg), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        fd = self.spool.open_file(self._segment_path(seg), os.O_WRONLY | os.O_CREAT | os.O_APPEND)
         if self._fd is not None:
             os.close(self._fd)
         self._fd, self._wseg = fd, seg
@@ -235,9 +245,20 @@ class Destination:
                 if stop[0] == seg:
                     size = min(size, stop[1])
                     later = []
+            if seg not in self.sizes and later and seg not in self._gone:
+                # Read from disk (a watched or adopted spool): a later segment exists, so this one was written, and
+                # only something else deletes a segment that is not delivered yet.
+                self._lost(seg, off, 0)
             if off < size:
                 window = min(size - off, max_bytes + FRAME.size * 256)
-                raw = self._pread(seg, off, window)
+                try:
+                    raw = self._pread(seg, off, window)
+                except FileNotFoundError:
+                    self._lost(seg, off, size)
+                    if not later:
+                        return None  # the writer starts a new segment (Spool.reopen_deleted); then we go on there
+                    self._advance(min(later))
+                    continue
                 data, rows, used, damaged = self._unframe(raw, max_bytes)
                 if not used and not damaged and len(raw) >= FRAME.size:
                     # The first frame is longer than the window (the room left in a block was small): read it
@@ -256,6 +277,7 @@ class Destination:
                 with self.spool.lock:
                     self.sizes[seg] = off
                 self.spool.release_bytes(size - off)
+                self.spool.on_lost(size - off)
                 if not damaged and not later:
                     return None
             if not later:
@@ -303,13 +325,44 @@ class Destination:
         for seg in done_segments:
             self._drop_segment(seg)
 
+    def drop_lost_pending(self) -> None:
+        """Forget the pending block if its segment was deleted: it can be neither checked nor sent again. Whether
+        or not its first attempt landed, its rows are not sent twice."""
+        p = self.pending
+        if p is None or os.path.exists(self._segment_path(p.start[0])):
+            return
+        seg, off = p.start
+        with self.spool.lock:
+            size = self.sizes.get(seg, p.end[1])
+        self._lost(seg, off, max(size, p.end[1]))  # the block and all after it in the segment
+        self.acked, self.pending = (seg, off), None  # where the segment now ends: next_block moves past it
+        self._save_state()
+
+    def _lost(self, seg: int, off: int, size: int) -> None:
+        """Segment `seg` is gone from disk: what was spooled in it from `off` (up to `size`) cannot be delivered."""
+        with self.spool.lock:
+            if seg in self.sizes:
+                self.sizes[seg] = off
+        nbytes = max(0, size - off)
+        self.spool.release_bytes(nbytes)
+        self.spool.on_lost(nbytes)
+        if seg not in self._gone:
+            self._gone.add(seg)
+            log.error(
+                "collector: spool segment %s of %s was deleted before its rows were delivered (from offset %d on); "
+                "they are lost, the rows after them are delivered. Nothing but the collector may delete spool files.",
+                seg,
+                self.path,
+                off,
+            )
+
     def _advance(self, seg: int) -> None:
+        self.acked = (seg, 0)
+        self._save_state()  # first: a segment missing at `acked` means one deleted by something else
         with self.spool.lock:  # the writer thread may be adding a segment
             done_segments = [s for s in self.sizes if s < seg]
         for old in done_segments:
             self._drop_segment(old)
-        self.acked = (seg, 0)
-        self._save_state()
 
     def _drop_segment(self, seg: int) -> None:
         with self.spool.lock:
@@ -374,6 +427,21 @@ def _try_lock(fd: int) -> bool:
     return True
 
 
+def _hold_folder(root: Path) -> int:
+    """A descriptor of the spool folder with a shared flock() on it, kept open while the spool lives, or -1:
+    systemd-tmpfiles skips a folder it cannot lock, so it does not age out the files of a long-lived process."""
+    try:
+        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return -1
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:  # a cleaner holds it this moment; its own checks keep files modified lately
+        os.close(fd)
+        return -1
+    return fd
+
+
 def frame(chunk: bytes, rows: int) -> bytes:
     return FRAME.pack(len(chunk), rows, zlib.crc32(chunk)) + chunk
 
@@ -416,6 +484,10 @@ class Spool:
         self._by_target: dict[tuple[str, str, bytes], Destination] = {}  # the writer's lookup, without hashing
         # Destinations with a segment open for writing, least recently written first (see WRITERS_OPEN).
         self.writing: OrderedDict[Destination, None] = OrderedDict()
+        # Told the bytes of spooled rows that cannot be delivered (a segment deleted or damaged); the engine counts.
+        self.on_lost: Callable[[int], None] = lambda nbytes: None
+        self.gone = False  # its folder was deleted from under it (by something else)
+        self._root_fd = -1  # the spool folder, flock()ed shared (own spools; see the module docstring)
 
     @classmethod
     def create(cls, root: Path, shared: bool = False) -> Spool:
@@ -428,7 +500,9 @@ class Spool:
         lease_id = str(uuid.uuid4())
         (hidden / "owner.json").write_text(json.dumps({"lease_id": lease_id, "pid": os.getpid(), "shared": shared}))
         os.rename(hidden, root / name)
-        return cls(root / name, lease_id, lock_fd, own=True, shared=shared)
+        spool = cls(root / name, lease_id, lock_fd, own=True, shared=shared)
+        spool._root_fd = _hold_folder(root)
+        return spool
 
     @classmethod
     def scan(cls, root: Path, skip: set[Path], *, agent: bool = False) -> Iterator[Spool]:
@@ -484,7 +558,16 @@ class Spool:
                 self.live = False
             else:
                 os.close(fd)
-        for dest_path in self.path.iterdir():
+        try:
+            entries = list(self.path.iterdir())
+        except FileNotFoundError:
+            if not self.gone:
+                self.gone = True
+                log.error(
+                    "collector: the spool %s was deleted before its rows were delivered; they are lost", self.path
+                )
+            return
+        for dest_path in entries:
             if dest_path.name not in self.destinations and (dest_path / "destination.json").exists():
                 self._load_destination(dest_path)
         for dest in list(self.destinations.values()):
@@ -544,14 +627,47 @@ class Spool:
                 dest.close_writer()
                 del self._by_target[target]
 
-    def written(self, dest: Destination) -> int | None:
-        """`dest` was just written to (under the lock): it is the most recent; returns the descriptor of the least
-        recent for the caller to close when more than WRITERS_OPEN are open."""
+    def reopen_deleted(self) -> None:
+        """Start a new segment for each one open for writing that was deleted meanwhile (writer thread only): the
+        next rows go to a file that the uploader can read, and the uploader, seeing a later segment, moves past the
+        deleted one (so flush() returns)."""
+        for dest in list(self.writing):
+            fd = dest._fd
+            if fd is not None and os.fstat(fd).st_nlink == 0:
+                with self.lock:
+                    dest._open_segment()
+
+    def written(self, dest: Destination) -> None:
+        """`dest` was just written to (under the lock): it is now the most recently written."""
         self.writing[dest] = None
         self.writing.move_to_end(dest)
-        if len(self.writing) <= WRITERS_OPEN:
-            return None
-        return next(iter(self.writing)).let_go()
+
+    def make_room(self, dest: Destination) -> None:
+        """Before `dest` opens a segment (under the lock): close the least recently written while WRITERS_OPEN
+        others are open."""
+        while len(self.writing) >= WRITERS_OPEN and self._close_least_recent(dest):
+            pass
+
+    def open_file(self, path: Path, flags: int) -> int:
+        """os.open() for the writer (under the lock). At the process's open-file limit (the script's own files and
+        the server's sockets count too), it closes the least recently written segments, one at a time, and tries
+        again: rows that would have been dropped go to disk, and the others reopen theirs when they next get rows."""
+        while True:
+            try:
+                return os.open(path, flags, 0o600)
+            except OSError as exc:
+                if exc.errno not in (errno.EMFILE, errno.ENFILE) or not self._close_least_recent(None):
+                    raise
+
+    def _close_least_recent(self, keep: Destination | None) -> bool:
+        """Close the segment written least recently, other than `keep`'s; False if there is none."""
+        for dest in self.writing:
+            if dest is not keep:
+                fd = dest.let_go()
+                if fd is not None:
+                    os.close(fd)
+                return True
+        return False
 
     def add_bytes(self, n: int) -> None:
         with self.lock:
@@ -570,6 +686,9 @@ class Spool:
         if self._lock_fd >= 0:
             os.close(self._lock_fd)
             self._lock_fd = -1
+        if self._root_fd >= 0:
+            os.close(self._root_fd)
+            self._root_fd = -1
 
     def remove(self) -> None:
         """Delete this (fully delivered) folder, then let go of its lock."""

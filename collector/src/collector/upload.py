@@ -209,6 +209,7 @@ class Uploader:
         first = dests[0]
         container = self._container(first.container)
         for dest in dests:
+            dest.drop_lost_pending()
             if dest.pending is not None and dest.part != dest.pending.part:
                 dest.part = dest.pending.part  # settle the pending block in its own part first
         latest: dict[str, int] = {}
