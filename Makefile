@@ -27,7 +27,7 @@ node_modules/.installed: package.json package-lock.json
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	DEBUG=true $(BIN)/mypy deployments portal
+	DEBUG=true $(BIN)/mypy deployments portal collector/src/collector scoring tributary_sdk
 
 format: install
 	$(BIN)/ruff format .
