@@ -293,6 +293,31 @@ def test_a_block_whose_spool_file_was_deleted_unconfirmed_is_neither_sent_again_
     assert (stats["spool_bytes_lost"], stats["spool_bytes"]) == (size, 0)
 
 
+def test_a_spool_folder_deleted_whole_loses_its_rows_and_collection_goes_on_in_a_new_one(
+    configure, proxy, proxy_url, blobs, workspace, spool_dir, monkeypatch, caplog
+) -> None:
+    # An operator empties the spool folder while storage is down. Before, every later row of the process was
+    # dropped (its files could not be opened again) until it restarted.
+    configure(**{config.STORAGE: proxy_url})
+    monkeypatch.setattr(engine, "REOPEN_CHECK_SECONDS", 0.05)
+    proxy.refusing = True
+    dc = ModelDataCollector("best_model", designation="predictions", feature_names=HEADER)
+    dc.collect(["w", 0, "before"])
+    assert collector.engine.current().spool_now()
+    (folder,) = [path for path in spool_dir.iterdir() if path.is_dir()]
+    lost_bytes = sum(segment.stat().st_size for segment in folder.glob("*/*.seg"))
+    shutil.rmtree(folder)
+    wait_for(lambda: [path for path in spool_dir.iterdir() if path.is_dir()], 5, "a new spool folder")
+
+    dc.collect(["w", 1, "after"])
+    proxy.refusing = False
+    assert collector.flush(30)
+    assert_exactly_once(read_files(blobs, workspace), [["w", "1", "after"]])
+    stats = collector.stats()
+    assert (stats["spool_bytes_lost"], stats["spool_bytes"], stats["rows_dropped_total"]) == (lost_bytes, 0, 0)
+    assert "was deleted before its rows were delivered" in caplog.text
+
+
 def test_a_cleaner_of_old_temporary_files_leaves_a_live_spool_alone(
     configure, proxy, proxy_url, blobs, workspace, spool_dir, tmp_path
 ) -> None:

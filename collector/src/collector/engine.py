@@ -245,9 +245,11 @@ class Engine:
                 checked_at = time.monotonic()
                 assert self._spool is not None
                 try:
+                    if self._spool.deleted():
+                        self._replace_deleted_spool()
                     self._spool.reopen_deleted()
-                except OSError as exc:  # its folder deleted too: the writes fail, and their rows are counted
-                    log.debug("collector: cannot start a new spool segment: %s", exc)
+                except OSError as exc:  # a full disk, say: the writes fail, their rows are counted; the next check
+                    log.debug("collector: cannot start a new spool file: %s", exc)  # tries again
             # What is queued now, and only that: rows collected meanwhile wait for the next wake. A writer that went
             # on while the queue was not empty would trail the request threads item by item, and each hand-over
             # of the GIL (a round of futex calls and context switches) costs more CPU than encoding an item.
@@ -258,6 +260,33 @@ class Engine:
                     # Between slices, let a request thread that waits for the GIL run: it is held up for one slice
                     # (BATCH_SECONDS) at most, not for the interpreter's switch interval (5 ms).
                     time.sleep(0)
+
+    def _replace_deleted_spool(self) -> None:
+        """This process's spool folder was deleted whole, by something else (writer thread): go on in a new one,
+        under the same lease id (the blobs' leases stay ours), so that the rows collected from now on are delivered.
+        The undelivered rows of the old one are lost, and counted here, once."""
+        old = self._spool
+        assert old is not None
+        new = Spool.create(self.settings.spool_dir, shared=old.shared, lease_id=old.lease_id)
+        new.on_lost = _lost
+        old.on_lost = lambda nbytes: None
+        with old.lock:
+            lost, old.bytes = old.bytes, 0
+            old.gone, old.own = True, False
+        _lost(lost)
+        log.error(
+            "collector: the spool %s was deleted before its rows were delivered (%d bytes); they are lost, "
+            "collection goes on in %s. Nothing but the collector may delete spool files.",
+            old.path,
+            lost,
+            new.path,
+        )
+        with self._spools_lock:
+            self._spool = new
+            if _alive(self._uploader):
+                self._adopted.append(old)  # the uploader, which may be reading it this moment, retires it
+                return
+        old.close()
 
     def _write_batch(self, queue: deque[tuple[Any, ...]], limit: int) -> int:
         """Encode up to `limit` queued calls, for up to BATCH_SECONDS, and append them to the spool, one write per
@@ -412,6 +441,8 @@ class Engine:
         (the agent's writers share its lease; a spool left by a process that delivered its own keeps that one's)."""
         groups: dict[tuple[str, str, str, bytes], list[Destination]] = {}
         for spool in self._spools():
+            if spool.gone:
+                continue  # nothing of it is left to deliver
             for dest in list(spool.destinations.values()):
                 if dest.has_work():
                     key = (spool.lease_id, dest.container, dest.folder, dest.header)
@@ -469,13 +500,13 @@ class Engine:
         targets = [(d, d.end()) for s in self._spools() for d in list(s.destinations.values())]
         if self.role == WRITER:
             # The agent delivers: it records its progress in each destination's state.json.
-            while any(d.delivered_upto() < end for d, end in targets):
+            while any(not d.spool.gone and d.delivered_upto() < end for d, end in targets):
                 if time.monotonic() >= deadline:
                     return False
                 time.sleep(0.02)
             return True
         self._uploader_wake.set()
-        while any(d.pending is not None or d.acked < end for d, end in targets):
+        while any(not d.spool.gone and (d.pending is not None or d.acked < end) for d, end in targets):
             if time.monotonic() >= deadline or not _alive(self._uploader):
                 return False
             time.sleep(0.005)

@@ -31,7 +31,7 @@ Nothing is fsynced: a process kill loses nothing, a power cut may lose or repeat
 A segment deleted by something else (an operator, a cleaner of old temporary files) loses its undelivered rows, and
 only those: the uploader logs it, counts the bytes (`spool_bytes_lost` in collector.stats()) and goes on with the
 next segment, and a writer whose open segment was deleted notices within a second (`reopen_deleted`) and starts a new
-one. Every owner holds a shared flock() on the spool folder itself for its whole life: systemd-tmpfiles, which ages
+one; an owner whose whole folder was deleted (`deleted`) goes on in a new folder under the same lease id. Every owner holds a shared flock() on the spool folder itself for its whole life: systemd-tmpfiles, which ages
 out files under /tmp (the default spool's home) that were not modified for days, such as `lock` and `owner.json`,
 leaves a locked folder alone.
 """
@@ -490,14 +490,14 @@ class Spool:
         self._root_fd = -1  # the spool folder, flock()ed shared (own spools; see the module docstring)
 
     @classmethod
-    def create(cls, root: Path, shared: bool = False) -> Spool:
+    def create(cls, root: Path, shared: bool = False, lease_id: str | None = None) -> Spool:
         root.mkdir(parents=True, exist_ok=True)
         name = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
         hidden = root / f".{name}"
         hidden.mkdir(mode=0o700)
         lock_fd = os.open(hidden / "lock", os.O_RDWR | os.O_CREAT, 0o600)
         fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        lease_id = str(uuid.uuid4())
+        lease_id = lease_id or str(uuid.uuid4())
         (hidden / "owner.json").write_text(json.dumps({"lease_id": lease_id, "pid": os.getpid(), "shared": shared}))
         os.rename(hidden, root / name)
         spool = cls(root / name, lease_id, lock_fd, own=True, shared=shared)
@@ -626,6 +626,10 @@ class Spool:
             if not current(dest):
                 dest.close_writer()
                 del self._by_target[target]
+
+    def deleted(self) -> bool:
+        """True if this process's own folder was deleted whole (by something else): its lock file went with it."""
+        return self.own and self._lock_fd >= 0 and os.fstat(self._lock_fd).st_nlink == 0
 
     def reopen_deleted(self) -> None:
         """Start a new segment for each one open for writing that was deleted meanwhile (writer thread only): the
