@@ -8,7 +8,8 @@ forward requests unchanged. Faults are rules matched against each request, in or
 - `reset_after`: forward, let Azurite commit, then close the connection without an answer;
 - `stall_after`: forward, let Azurite commit, then answer only after `stall` seconds (a client timeout);
 - `reset_after_then_refuse`: as `reset_after`, then refuse everything (storage gone right after a commit);
-- `refuse`: every request is reset before forwarding (storage down).
+- `refuse`: every request is reset before forwarding (storage down);
+- `run_first`: call the rule's `before()`, then forward (another request landing just ahead of this one).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ class Rule:
     every: int = 1  # break one matching request in `every`
     seen: int = 0
     hits: int = 0
+    before: Callable[[], None] | None = None  # for `run_first`
 
 
 @dataclass
@@ -98,10 +100,10 @@ class FaultProxy:
         with self.lock:
             return sum(1 for _, _, w in self.log if w == what)
 
-    def _decide(self, method: str, path: str, headers: dict[str, str]) -> str:
+    def _decide(self, method: str, path: str, headers: dict[str, str]) -> tuple[str, Rule | None]:
         with self.lock:
             if self.refusing:
-                return "refuse"
+                return "refuse", None
             for rule in self.rules:
                 if rule.times == 0 or not rule.match(method, path, headers):
                     continue
@@ -111,16 +113,18 @@ class FaultProxy:
                 if rule.times > 0:
                     rule.times -= 1
                 rule.hits += 1
-                return rule.action
-        return "pass"
+                return rule.action, rule
+        return "pass", None
 
     def _serve(self, h: BaseHTTPRequestHandler) -> None:
         headers = {k.lower(): v for k, v in h.headers.items()}
         length = int(headers.get("content-length", "0") or 0)
         body = h.rfile.read(length) if length else b""
-        action = self._decide(h.command, h.path, headers)
+        action, rule = self._decide(h.command, h.path, headers)
         with self.lock:
             self.log.append((h.command, h.path, action))
+        if action == "run_first" and rule is not None and rule.before is not None:
+            rule.before()
         if action in ("refuse", "reset_before"):
             _reset(h)
             return

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -21,7 +23,7 @@ from conftest import read_files, rows_of, wait_for
 import collector
 from collector import ModelDataCollector, config, engine, tabular, upload
 from collector import spool as spool_module
-from collector.spool import FRAME, Pending, Spool, frame
+from collector.spool import FRAME, Pending, Spool, frame, frames
 
 HEADER = ["writer", "seq", "payload"]
 
@@ -291,6 +293,58 @@ def test_a_block_whose_spool_file_was_deleted_unconfirmed_is_neither_sent_again_
     assert_exactly_once(read_files(blobs, workspace), [["w", "0", "landed"], ["w", "1", "after"]])
     stats = collector.stats()
     assert (stats["spool_bytes_lost"], stats["spool_bytes"]) == (size, 0)
+
+
+def test_shutdown_does_not_wait_for_rows_in_a_spool_file_deleted_by_something_else(
+    configure, proxy, proxy_url, blobs, workspace, spool_dir, monkeypatch
+) -> None:
+    # No new segment comes after the deleted one (the writer has stopped): the uploader cannot move past it, and
+    # shutdown must still see that nothing is left to deliver, at once rather than at its deadline.
+    configure(**{config.STORAGE: proxy_url})
+    monkeypatch.setattr(engine, "REOPEN_CHECK_SECONDS", 3600)
+    proxy.refusing = True
+    dc = ModelDataCollector("best_model", designation="predictions", feature_names=HEADER)
+    dc.collect(["w", 0, "lost"])
+    assert collector.engine.current().spool_now()
+    (segment,) = spool_dir.glob("*/*/*.seg")
+    size = segment.stat().st_size
+    segment.unlink()
+    proxy.refusing = False
+    started = time.monotonic()
+    assert collector.shutdown(20)
+    assert time.monotonic() - started < 10
+    assert collector.stats()["spool_bytes_lost"] == size
+
+
+def test_a_spool_whose_lock_file_was_deleted_is_locked_again_and_its_rows_delivered(
+    configure, proxy, proxy_url, blobs, workspace, spool_dir, monkeypatch
+) -> None:
+    # A cleaner that goes by modification time alone removes the files written once, at the start (lock,
+    # owner.json), and leaves the segments: the rows in them are delivered, and the folder can be adopted again.
+    configure(**{config.STORAGE: proxy_url})
+    monkeypatch.setattr(engine, "REOPEN_CHECK_SECONDS", 0.05)
+    proxy.refusing = True
+    dc = ModelDataCollector("best_model", designation="predictions", feature_names=HEADER)
+    dc.collect(["w", 0, "spooled"])
+    assert collector.engine.current().spool_now()
+    (folder,) = [path for path in spool_dir.iterdir() if path.is_dir()]
+    owner = json.loads((folder / "owner.json").read_text())
+    (folder / "lock").unlink()
+    (folder / "owner.json").unlink()
+    wait_for(lambda: (folder / "owner.json").exists(), 5, "the spool's files made again")
+    assert json.loads((folder / "owner.json").read_text()) == owner
+    lock = os.open(folder / "lock", os.O_RDWR)
+    try:  # held by the collector: no other process takes this live spool for a dead one's
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    finally:
+        os.close(lock)
+
+    proxy.refusing = False
+    dc.collect(["w", 1, "after"])
+    assert collector.flush(30)
+    assert_exactly_once(read_files(blobs, workspace), [["w", "0", "spooled"], ["w", "1", "after"]])
+    assert collector.stats()["spool_bytes_lost"] == 0
 
 
 def test_a_spool_folder_deleted_whole_loses_its_rows_and_collection_goes_on_in_a_new_one(
@@ -614,6 +668,46 @@ def test_a_lost_lease_is_taken_again_and_the_refused_block_sent_once(configure, 
     expected = [["w", "0", "x"], ["other", "0", "y"], ["w", "1", "x"]]
     assert_exactly_once(read_files(blobs, workspace), expected)
     assert stats["rows_delivered"] == 2
+
+
+def test_a_block_sent_again_lower_after_a_lost_block_before_it_is_not_written_twice(
+    base_env, proxy, proxy_url, blobs, workspace, spool_dir
+) -> None:
+    # The agent sends a's and b's rows in one append, at L; its outcome is unknown. Then a's segment is deleted:
+    # a's rows are given up, and b's are sent again at L, where a's were. If the first request, still in flight,
+    # lands just ahead of that, the second is refused, and b's rows are in the blob after a's, where they were first
+    # sent: the check must look there too, or they are appended a second time.
+    folder = day_folder(workspace, "inputs")
+    header = (",".join(HEADER) + "\n").encode()
+    first, second = Spool.create(spool_dir / "a", shared=True), Spool.create(spool_dir / "b", shared=True)
+    second.lease_id = first.lease_id  # as the agent gives its writers' spools its own lease
+    rows = {name: [[name, str(i), "x" * 20] for i in range(5)] for name in ("a", "b")}
+    dests = []
+    for spool, name in ((first, "a"), (second, "b")):
+        dest = spool.destination("modeldata", folder, header)
+        dest.write(frames([("".join(",".join(r) + "\n" for r in rows[name]).encode(), 5)]))
+        dests.append(dest)
+    uploader = upload.Uploader(proxy_url, max_blocks=50_000, on_delivered=lambda rows, nbytes: None)
+    proxy.add("reset_before")
+    assert uploader.deliver(dests, first.lease_id) == upload.FAILED
+    a, b = (dest.pending for dest in dests)
+    assert a is not None
+    assert b is not None
+    assert b.pos == a.pos + a.length
+    original = b"".join(dest.read_range(p.start, p.end)[0] for dest, p in zip(dests, (a, b), strict=True))
+    next(spool_dir.glob("a/*/*/*.seg")).unlink()
+
+    blob = blobs.get_blob_client("modeldata", f"{folder}/data.csv")
+
+    def first_request_lands() -> None:
+        blob.append_block(original, appendpos_condition=a.pos, lease=first.lease_id)
+
+    proxy.add("run_first", before=first_request_lands)
+    assert uploader.deliver(dests, first.lease_id) == upload.DONE, uploader.last_error
+    uploader.close()
+    assert proxy.count("run_first") == 1
+    assert_exactly_once(read_files(blobs, folder), rows["a"] + rows["b"])
+    assert not any(dest.has_work() for dest in dests)
 
 
 def test_a_frame_larger_than_the_room_left_in_a_block_waits_for_the_next_block(

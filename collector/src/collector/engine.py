@@ -30,7 +30,7 @@ from typing import Any
 
 from collector import tabular
 from collector.config import Settings
-from collector.spool import FRAME, Destination, Spool, frames
+from collector.spool import FRAME, Destination, Position, Spool, frames
 
 log = logging.getLogger("collector")
 
@@ -247,6 +247,8 @@ class Engine:
                 try:
                     if self._spool.deleted():
                         self._replace_deleted_spool()
+                    else:
+                        self._spool.mend()
                     self._spool.reopen_deleted()
                 except OSError as exc:  # a full disk, say: the writes fail, their rows are counted; the next check
                     log.debug("collector: cannot start a new spool file: %s", exc)  # tries again
@@ -272,7 +274,6 @@ class Engine:
         old.on_lost = lambda nbytes: None
         with old.lock:
             lost, old.bytes = old.bytes, 0
-            old.gone, old.own = True, False
         _lost(lost)
         log.error(
             "collector: the spool %s was deleted before its rows were delivered (%d bytes); they are lost, "
@@ -281,8 +282,9 @@ class Engine:
             lost,
             new.path,
         )
-        with self._spools_lock:
+        with self._spools_lock:  # with the flags: the uploader retires it only once it is in _adopted
             self._spool = new
+            old.gone, old.own = True, False
             if _alive(self._uploader):
                 self._adopted.append(old)  # the uploader, which may be reading it this moment, retires it
                 return
@@ -500,13 +502,14 @@ class Engine:
         targets = [(d, d.end()) for s in self._spools() for d in list(s.destinations.values())]
         if self.role == WRITER:
             # The agent delivers: it records its progress in each destination's state.json.
-            while any(not d.spool.gone and d.delivered_upto() < end for d, end in targets):
+            while any(d.delivered_upto() < end and not _lost_at(d, end) for d, end in targets):
                 if time.monotonic() >= deadline:
                     return False
                 time.sleep(0.02)
             return True
         self._uploader_wake.set()
-        while any(not d.spool.gone and (d.pending is not None or d.acked < end) for d, end in targets):
+        # min(): rows in a segment deleted by something else are lost (`_lost` cut it short), not waited for.
+        while any(not d.spool.gone and (d.pending is not None or d.acked < min(end, d.end())) for d, end in targets):
             if time.monotonic() >= deadline or not _alive(self._uploader):
                 return False
             time.sleep(0.005)
@@ -606,6 +609,12 @@ def _delivered(rows: int, nbytes: int) -> None:
         COUNTERS.rows_delivered += rows
         COUNTERS.bytes_delivered += nbytes
         COUNTERS.blocks_appended += 1
+
+
+def _lost_at(dest: Destination, end: Position) -> bool:
+    """For a writer whose rows the agent delivers: True if the rows up to `end` are lost, not waiting (its spool was
+    deleted whole, or the segment of `end`: the agent deletes a segment only once it has recorded delivery past it)."""
+    return dest.spool.gone or not dest.segment_exists(end[0])
 
 
 def _lost(nbytes: int) -> None:

@@ -83,6 +83,9 @@ class Pending:
     end: Position
     length: int
     rows: int
+    # Another position where the block may have landed: where it was first sent, when it is sent again at a lower
+    # one (a lost block sent before it in the same append was given up, see Destination.drop_lost_pending).
+    first_pos: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -92,12 +95,14 @@ class Pending:
             "end": list(self.end),
             "length": self.length,
             "rows": self.rows,
+            "first_pos": self.first_pos,
         }
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Pending:
         start, end = d["start"], d["end"]
-        return cls(d["part"], d["pos"], (start[0], start[1]), (end[0], end[1]), d["length"], d["rows"])
+        first_pos = d.get("first_pos")
+        return cls(d["part"], d["pos"], (start[0], start[1]), (end[0], end[1]), d["length"], d["rows"], first_pos)
 
 
 class Destination:
@@ -329,18 +334,20 @@ class Destination:
         """Forget the pending block if its segment was deleted: it can be neither checked nor sent again. Whether
         or not its first attempt landed, its rows are not sent twice."""
         p = self.pending
-        if p is None or os.path.exists(self._segment_path(p.start[0])):
+        if p is None:
             return
         seg, off = p.start
-        with self.spool.lock:
-            size = self.sizes.get(seg, p.end[1])
-        self._lost(seg, off, max(size, p.end[1]))  # the block and all after it in the segment
+        if self.segment_exists(seg):
+            return
+        self._lost(seg, off, p.end[1])  # the block and all after it in the segment
         self.acked, self.pending = (seg, off), None  # where the segment now ends: next_block moves past it
         self._save_state()
 
     def _lost(self, seg: int, off: int, size: int) -> None:
-        """Segment `seg` is gone from disk: what was spooled in it from `off` (up to `size`) cannot be delivered."""
+        """Segment `seg` is gone from disk: what was spooled in it from `off` on (`size` bytes, or more if the writer
+        has added to it meanwhile) cannot be delivered."""
         with self.spool.lock:
+            size = max(size, self.sizes.get(seg, size))
             if seg in self.sizes:
                 self.sizes[seg] = off
         nbytes = max(0, size - off)
@@ -378,6 +385,16 @@ class Destination:
             return os.pread(fd, n, off)
         finally:
             os.close(fd)
+
+    def segment_exists(self, seg: int) -> bool:
+        """False only if the segment file is known not to be there (an error reading the folder is not a no)."""
+        try:
+            os.stat(self._segment_path(seg))
+        except FileNotFoundError:
+            return False
+        except OSError:
+            return True
+        return True
 
     def _segment_path(self, seg: int) -> Path:
         return self.path / f"{seg:08d}.seg"
@@ -425,6 +442,13 @@ def _try_lock(fd: int) -> bool:
     except OSError:
         return False
     return True
+
+
+def _write_owner(folder: Path, lease_id: str, shared: bool) -> None:
+    """owner.json, replaced whole: a scan never reads half of it."""
+    tmp = folder / "owner.json.tmp"
+    tmp.write_text(json.dumps({"lease_id": lease_id, "pid": os.getpid(), "shared": shared}))
+    os.replace(tmp, folder / "owner.json")
 
 
 def _hold_folder(root: Path) -> int:
@@ -498,7 +522,7 @@ class Spool:
         lock_fd = os.open(hidden / "lock", os.O_RDWR | os.O_CREAT, 0o600)
         fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         lease_id = lease_id or str(uuid.uuid4())
-        (hidden / "owner.json").write_text(json.dumps({"lease_id": lease_id, "pid": os.getpid(), "shared": shared}))
+        _write_owner(hidden, lease_id, shared)
         os.rename(hidden, root / name)
         spool = cls(root / name, lease_id, lock_fd, own=True, shared=shared)
         spool._root_fd = _hold_folder(root)
@@ -628,8 +652,36 @@ class Spool:
                 del self._by_target[target]
 
     def deleted(self) -> bool:
-        """True if this process's own folder was deleted whole (by something else): its lock file went with it."""
-        return self.own and self._lock_fd >= 0 and os.fstat(self._lock_fd).st_nlink == 0
+        """True if this process's own folder was deleted whole (by something else)."""
+        if not self.own:
+            return False
+        try:
+            os.stat(self.path)
+        except FileNotFoundError:
+            return True
+        except OSError:
+            return False  # not known to be gone
+        return False
+
+    def mend(self) -> None:
+        """Make again what something else deleted in this process's own folder, the folder left (a cleaner that
+        goes by modification time takes the files written once, at the start): the lock, so that no other process
+        takes this live spool for a dead one's and the next one can adopt it once this one dies, and owner.json.
+        Also hold the spool folder's shared lock if that failed at the start (see _hold_folder)."""
+        if self._root_fd < 0:
+            self._root_fd = _hold_folder(self.path.parent)
+        if self._lock_fd >= 0 and os.fstat(self._lock_fd).st_nlink == 0:
+            fd = os.open(self.path / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+            if not _try_lock(fd):
+                os.close(fd)  # not ours to make again
+                return
+            os.close(self._lock_fd)
+            self._lock_fd = fd
+            log.warning("collector: the lock file of the spool %s was deleted; made again", self.path)
+        try:
+            os.stat(self.path / "owner.json")
+        except FileNotFoundError:
+            _write_owner(self.path, self.lease_id, self.shared)
 
     def reopen_deleted(self) -> None:
         """Start a new segment for each one open for writing that was deleted meanwhile (writer thread only): the

@@ -19,6 +19,8 @@ are never split or interleaved. The protocol for one file:
    if it is at least L + n long and bytes [L, L+n) equal our block, the block is in and is acked; otherwise it is
    not, and the *same* block is sent again at the new length. Sending exactly the same bytes again matters: if
    the first request were still in flight and landed at L, the retry (also at L) is refused and the check finds it.
+   (An append carries the blocks of several spools; if one of them is given up because its spool file was deleted,
+   the others are sent again lower than they first were, and the check looks for them at both positions.)
 6. The SDK's own retries are turned off (they would append a second copy); this module retries, with backoff.
 
 A round usually finds the lease still held from the last one: an uploader that sees no other writer on a file
@@ -411,8 +413,11 @@ class Uploader:
             data, rows = dest.read_range(p.start, p.end)
             parts.append((dest, data, rows))
             if p.pos != pos:
-                # Only when storage is already past the old block's position, so that it can no longer land.
-                dest.set_pending(Pending(p.part, pos, p.start, p.end, p.length, p.rows))
+                # Storage is past the old position, so that the first request can no longer land there; or (a lost
+                # block before it given up) short of it, where the first request, still in flight, may yet land:
+                # then it is looked for there too.
+                first_pos = max((x for x in (p.pos, p.first_pos) if x is not None and x > pos), default=None)
+                dest.set_pending(Pending(p.part, pos, p.start, p.end, p.length, p.rows, first_pos))
             pos += p.length
         return parts
 
@@ -420,12 +425,16 @@ class Uploader:
         """For each pending block: ack it if the blob has it, keep it (to send again) if not."""
         for dest in group:
             p = dest.pending
-            if p is None or length < p.pos + p.length:
+            if p is None:
+                continue
+            positions = [pos for pos in (p.pos, p.first_pos) if pos is not None and length >= pos + p.length]
+            if not positions:
                 continue
             data, rows = dest.read_range(p.start, p.end)
-            there = blob.download_blob(offset=p.pos, length=p.length, lease=lease_id).readall()
-            if there == data:
-                self._acked(dest, rows, len(data))
+            for pos in positions:
+                if blob.download_blob(offset=pos, length=p.length, lease=lease_id).readall() == data:
+                    self._acked(dest, rows, len(data))
+                    break
 
     def _append_header(self, blob: BlobClient, header: bytes, lease_id: str) -> tuple[int, int]:
         try:
