@@ -347,6 +347,36 @@ def test_a_spool_whose_lock_file_was_deleted_is_locked_again_and_its_rows_delive
     assert collector.stats()["spool_bytes_lost"] == 0
 
 
+def test_a_spool_folder_emptied_is_made_again_and_collection_goes_on_in_it(
+    configure, proxy, proxy_url, blobs, workspace, spool_dir, monkeypatch
+) -> None:
+    # `rm -rf <spool>/<owner>/*`: the folder stays, all in it goes. Its rows are lost; its lock, owner.json and
+    # destination folders are made again, and the next rows are delivered.
+    configure(**{config.STORAGE: proxy_url})
+    monkeypatch.setattr(engine, "REOPEN_CHECK_SECONDS", 0.05)
+    proxy.refusing = True
+    dc = ModelDataCollector("best_model", designation="predictions", feature_names=HEADER)
+    dc.collect(["w", 0, "lost"])
+    assert collector.engine.current().spool_now()
+    (folder,) = [path for path in spool_dir.iterdir() if path.is_dir()]
+    (destination,) = [path for path in folder.iterdir() if path.is_dir()]
+    lost_bytes = sum(segment.stat().st_size for segment in destination.glob("*.seg"))
+    for path in folder.iterdir():
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    wait_for(lambda: (destination / "destination.json").exists(), 5, "the destination's folder made again")
+    assert {path.name for path in folder.iterdir()} >= {"lock", "owner.json", destination.name}
+
+    dc.collect(["w", 1, "after"])
+    proxy.refusing = False
+    assert collector.flush(30)
+    assert_exactly_once(read_files(blobs, workspace), [["w", "1", "after"]])
+    stats = collector.stats()
+    assert (stats["spool_bytes_lost"], stats["spool_bytes"], stats["rows_dropped_total"]) == (lost_bytes, 0, 0)
+
+
 def test_a_spool_folder_deleted_whole_loses_its_rows_and_collection_goes_on_in_a_new_one(
     configure, proxy, proxy_url, blobs, workspace, spool_dir, monkeypatch, caplog
 ) -> None:
@@ -670,43 +700,45 @@ def test_a_lost_lease_is_taken_again_and_the_refused_block_sent_once(configure, 
     assert stats["rows_delivered"] == 2
 
 
-def test_a_block_sent_again_lower_after_a_lost_block_before_it_is_not_written_twice(
+def test_a_block_sent_again_lower_after_lost_blocks_before_it_is_not_written_twice(
     base_env, proxy, proxy_url, blobs, workspace, spool_dir
 ) -> None:
-    # The agent sends a's and b's rows in one append, at L; its outcome is unknown. Then a's segment is deleted:
-    # a's rows are given up, and b's are sent again at L, where a's were. If the first request, still in flight,
-    # lands just ahead of that, the second is refused, and b's rows are in the blob after a's, where they were first
-    # sent: the check must look there too, or they are appended a second time.
+    # The agent sends a's, b's and c's rows in one append at L; its outcome is unknown. a's segment is deleted: a's
+    # rows are given up, and b's and c's are sent again from L on; unknown again. b's segment is deleted: c's rows
+    # are sent again at L. If the second request, still in flight, lands just ahead of the third, the third is
+    # refused, and c's rows are in the blob where the second put them: the check must look at every position they
+    # were sent to, or they are appended a second time.
     folder = day_folder(workspace, "inputs")
     header = (",".join(HEADER) + "\n").encode()
-    first, second = Spool.create(spool_dir / "a", shared=True), Spool.create(spool_dir / "b", shared=True)
-    second.lease_id = first.lease_id  # as the agent gives its writers' spools its own lease
-    rows = {name: [[name, str(i), "x" * 20] for i in range(5)] for name in ("a", "b")}
+    spools = {name: Spool.create(spool_dir / name, shared=True) for name in "abc"}
+    lease_id = spools["a"].lease_id  # the agent gives its writers' spools its own lease
+    rows = {name: [[name, str(i), name * (10 + 10 * n)] for i in range(5)] for n, name in enumerate("abc")}
     dests = []
-    for spool, name in ((first, "a"), (second, "b")):
+    for name, spool in spools.items():
         dest = spool.destination("modeldata", folder, header)
         dest.write(frames([("".join(",".join(r) + "\n" for r in rows[name]).encode(), 5)]))
         dests.append(dest)
     uploader = upload.Uploader(proxy_url, max_blocks=50_000, on_delivered=lambda rows, nbytes: None)
-    proxy.add("reset_before")
-    assert uploader.deliver(dests, first.lease_id) == upload.FAILED
-    a, b = (dest.pending for dest in dests)
-    assert a is not None
-    assert b is not None
-    assert b.pos == a.pos + a.length
-    original = b"".join(dest.read_range(p.start, p.end)[0] for dest, p in zip(dests, (a, b), strict=True))
+    proxy.add("reset_before", times=2)
+    assert uploader.deliver(dests, lease_id) == upload.FAILED
     next(spool_dir.glob("a/*/*/*.seg")).unlink()
+    assert uploader.deliver(dests, lease_id) == upload.FAILED
+    _, b, c = (dest.pending for dest in dests)
+    assert b is not None
+    assert c is not None
+    second = b"".join(dest.read_range(p.start, p.end)[0] for dest, p in zip(dests[1:], (b, c), strict=True))
+    next(spool_dir.glob("b/*/*/*.seg")).unlink()
 
     blob = blobs.get_blob_client("modeldata", f"{folder}/data.csv")
 
-    def first_request_lands() -> None:
-        blob.append_block(original, appendpos_condition=a.pos, lease=first.lease_id)
+    def second_request_lands() -> None:
+        blob.append_block(second, appendpos_condition=b.pos, lease=lease_id)
 
-    proxy.add("run_first", before=first_request_lands)
-    assert uploader.deliver(dests, first.lease_id) == upload.DONE, uploader.last_error
+    proxy.add("run_first", before=second_request_lands)
+    assert uploader.deliver(dests, lease_id) == upload.DONE, uploader.last_error
     uploader.close()
     assert proxy.count("run_first") == 1
-    assert_exactly_once(read_files(blobs, folder), rows["a"] + rows["b"])
+    assert_exactly_once(read_files(blobs, folder), rows["b"] + rows["c"])
     assert not any(dest.has_work() for dest in dests)
 
 

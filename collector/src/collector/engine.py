@@ -241,17 +241,9 @@ class Engine:
                 self._writer_wake.clear()
             elif not queue:
                 return
-            if time.monotonic() - checked_at >= REOPEN_CHECK_SECONDS:
+            if not self._stopping and time.monotonic() - checked_at >= REOPEN_CHECK_SECONDS:
                 checked_at = time.monotonic()
-                assert self._spool is not None
-                try:
-                    if self._spool.deleted():
-                        self._replace_deleted_spool()
-                    else:
-                        self._spool.mend()
-                    self._spool.reopen_deleted()
-                except OSError as exc:  # a full disk, say: the writes fail, their rows are counted; the next check
-                    log.debug("collector: cannot start a new spool file: %s", exc)  # tries again
+                self._check_spool()
             # What is queued now, and only that: rows collected meanwhile wait for the next wake. A writer that went
             # on while the queue was not empty would trail the request threads item by item, and each hand-over
             # of the GIL (a round of futex calls and context switches) costs more CPU than encoding an item.
@@ -262,6 +254,23 @@ class Engine:
                     # Between slices, let a request thread that waits for the GIL run: it is held up for one slice
                     # (BATCH_SECONDS) at most, not for the interpreter's switch interval (5 ms).
                     time.sleep(0)
+
+    def _check_spool(self) -> None:
+        """Go on past spool files deleted by something else (writer thread, once a second; not while stopping,
+        when shutdown() removes the spool itself). An error (a full disk, say) fails the writes, their rows are
+        counted, and the next check tries again."""
+        assert self._spool is not None
+        try:
+            if self._spool.deleted():
+                self._replace_deleted_spool()
+            else:
+                self._spool.mend()
+        except OSError as exc:
+            log.debug("collector: cannot make the spool's files again: %s", exc)
+        try:
+            self._spool.reopen_deleted()
+        except OSError as exc:
+            log.debug("collector: cannot start a new spool file: %s", exc)
 
     def _replace_deleted_spool(self) -> None:
         """This process's spool folder was deleted whole, by something else (writer thread): go on in a new one,
@@ -319,7 +328,6 @@ class Engine:
             except OSError as exc:
                 COUNTERS.drop(tabular.INTERNAL, rows_here, f"cannot write the spool: {exc}")
                 continue
-            spool.add_bytes(len(payload))
             spooled += rows_here
         with COUNTERS.lock:
             COUNTERS.rows_spooled += spooled
@@ -612,9 +620,11 @@ def _delivered(rows: int, nbytes: int) -> None:
 
 
 def _lost_at(dest: Destination, end: Position) -> bool:
-    """For a writer whose rows the agent delivers: True if the rows up to `end` are lost, not waiting (its spool was
-    deleted whole, or the segment of `end`: the agent deletes a segment only once it has recorded delivery past it)."""
-    return dest.spool.gone or not dest.segment_exists(end[0])
+    """For a writer whose rows the agent delivers: True if the rows up to `end` that are not delivered are lost,
+    not waiting: its spool was deleted whole, or every segment from the agent's position to `end` (the agent
+    deletes a segment only once it has recorded delivery past it)."""
+    start = dest.delivered_upto()[0]
+    return dest.spool.gone or not any(dest.segment_exists(seg) for seg in range(start, end[0] + 1))
 
 
 def _lost(nbytes: int) -> None:

@@ -83,9 +83,9 @@ class Pending:
     end: Position
     length: int
     rows: int
-    # Another position where the block may have landed: where it was first sent, when it is sent again at a lower
+    # Other positions where the block may have landed: where it was sent before, when it is sent again at a lower
     # one (a lost block sent before it in the same append was given up, see Destination.drop_lost_pending).
-    first_pos: int | None = None
+    earlier: tuple[int, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -95,14 +95,14 @@ class Pending:
             "end": list(self.end),
             "length": self.length,
             "rows": self.rows,
-            "first_pos": self.first_pos,
+            "earlier": list(self.earlier),
         }
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Pending:
         start, end = d["start"], d["end"]
-        first_pos = d.get("first_pos")
-        return cls(d["part"], d["pos"], (start[0], start[1]), (end[0], end[1]), d["length"], d["rows"], first_pos)
+        earlier = tuple(int(pos) for pos in d.get("earlier", ()))
+        return cls(d["part"], d["pos"], (start[0], start[1]), (end[0], end[1]), d["length"], d["rows"], earlier)
 
 
 class Destination:
@@ -145,9 +145,10 @@ class Destination:
             with contextlib.suppress(OSError):
                 os.ftruncate(fd, self.sizes[seg])
             raise
-        # Only now may the uploader read these bytes.
+        # Only now may the uploader read these bytes. (Both counts at once: one found lost counts them both.)
         with self.spool.lock:
             self.sizes[seg] += len(payload)
+            self.spool.bytes += len(payload)
 
     def _open_segment(self) -> None:
         """Open the segment to write to (under the spool's lock): the last one again if it has room, else a new one.
@@ -385,6 +386,15 @@ class Destination:
             return os.pread(fd, n, off)
         finally:
             os.close(fd)
+
+    def make_folder(self, state: bool = True) -> None:
+        """Its folder, with state.json (unless `state` is False) and, last, destination.json: a folder with
+        destination.json is complete (the delivery agent loads it from then on)."""
+        self.path.mkdir(exist_ok=True)
+        if state:
+            self._save_state()
+        meta = {"container": self.container, "folder": self.folder, "header": self.header.decode("utf-8")}
+        (self.path / "destination.json").write_text(json.dumps(meta))
 
     def segment_exists(self, seg: int) -> bool:
         """False only if the segment file is known not to be there (an error reading the folder is not a no)."""
@@ -631,13 +641,8 @@ class Spool:
         key = destination_id(container, folder, header)
         dest = self.destinations.get(key)
         if dest is None:
-            path = self.path / key
-            path.mkdir(exist_ok=True)
-            dest = Destination(self, path, container, folder, header)
-            dest._save_state()
-            # Last: a folder with destination.json is complete (the delivery agent loads it from then on).
-            meta = {"container": container, "folder": folder, "header": header.decode("utf-8")}
-            (path / "destination.json").write_text(json.dumps(meta))
+            dest = Destination(self, self.path / key, container, folder, header)
+            dest.make_folder()
             with self.lock:
                 self.destinations[key] = dest
         return dest
@@ -665,23 +670,34 @@ class Spool:
 
     def mend(self) -> None:
         """Make again what something else deleted in this process's own folder, the folder left (a cleaner that
-        goes by modification time takes the files written once, at the start): the lock, so that no other process
-        takes this live spool for a dead one's and the next one can adopt it once this one dies, and owner.json.
-        Also hold the spool folder's shared lock if that failed at the start (see _hold_folder)."""
+        goes by modification time takes the files written once, at the start; `rm -rf` of its contents): the
+        lock, so that no other process takes this live spool for a dead one's and the next one can adopt it once
+        this one dies; owner.json; and the destinations' folders, so that the writer can go on in them (the rows
+        in their deleted segments are lost: the uploader counts them). Also hold the spool folder's shared lock if
+        that failed at the start (see _hold_folder)."""
         if self._root_fd < 0:
             self._root_fd = _hold_folder(self.path.parent)
         if self._lock_fd >= 0 and os.fstat(self._lock_fd).st_nlink == 0:
-            fd = os.open(self.path / "lock", os.O_RDWR | os.O_CREAT, 0o600)
-            if not _try_lock(fd):
-                os.close(fd)  # not ours to make again
-                return
+            # Locked before it is in place: a scan never finds it unlocked and takes this live spool for dead.
+            tmp = self.path / f".lock-{secrets.token_hex(4)}"
+            fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                os.rename(tmp, self.path / "lock")
+            except OSError:
+                os.close(fd)
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
             os.close(self._lock_fd)
             self._lock_fd = fd
             log.warning("collector: the lock file of the spool %s was deleted; made again", self.path)
-        try:
-            os.stat(self.path / "owner.json")
-        except FileNotFoundError:
+        if not (self.path / "owner.json").exists():
             _write_owner(self.path, self.lease_id, self.shared)
+        for dest in list(self.destinations.values()):
+            if not (dest.path / "destination.json").exists():
+                # Not state.json: the uploader thread writes it; its next write makes it again.
+                dest.make_folder(state=False)
 
     def reopen_deleted(self) -> None:
         """Start a new segment for each one open for writing that was deleted meanwhile (writer thread only): the
@@ -724,10 +740,6 @@ class Spool:
                     os.close(fd)
                 return True
         return False
-
-    def add_bytes(self, n: int) -> None:
-        with self.lock:
-            self.bytes += n
 
     def release_bytes(self, n: int) -> None:
         with self.lock:

@@ -416,8 +416,8 @@ class Uploader:
                 # Storage is past the old position, so that the first request can no longer land there; or (a lost
                 # block before it given up) short of it, where the first request, still in flight, may yet land:
                 # then it is looked for there too.
-                first_pos = max((x for x in (p.pos, p.first_pos) if x is not None and x > pos), default=None)
-                dest.set_pending(Pending(p.part, pos, p.start, p.end, p.length, p.rows, first_pos))
+                earlier = tuple(sorted({x for x in (p.pos, *p.earlier) if x > pos}))
+                dest.set_pending(Pending(p.part, pos, p.start, p.end, p.length, p.rows, earlier))
             pos += p.length
         return parts
 
@@ -427,7 +427,7 @@ class Uploader:
             p = dest.pending
             if p is None:
                 continue
-            positions = [pos for pos in (p.pos, p.first_pos) if pos is not None and length >= pos + p.length]
+            positions = [pos for pos in (p.pos, *p.earlier) if length >= pos + p.length]
             if not positions:
                 continue
             data, rows = dest.read_range(p.start, p.end)
