@@ -295,18 +295,37 @@ def test_a_block_whose_spool_file_was_deleted_unconfirmed_is_neither_sent_again_
     assert (stats["spool_bytes_lost"], stats["spool_bytes"]) == (size, 0)
 
 
+def one_row_spooled_while_storage_is_down(
+    configure, proxy, proxy_url, spool_dir: Path, row: list[object]
+) -> tuple[ModelDataCollector, Path]:
+    """Storage down and a collector's first row on disk: the collector, and this process's spool folder."""
+    configure(**{config.STORAGE: proxy_url})
+    proxy.refusing = True
+    dc = ModelDataCollector("best_model", designation="predictions", feature_names=HEADER)
+    dc.collect(row)
+    assert collector.engine.current().spool_now()
+    (folder,) = [path for path in spool_dir.iterdir() if path.is_dir()]
+    return dc, folder
+
+
+def only_the_next_row_is_delivered(dc, proxy, blobs, workspace: str, lost_bytes: int) -> None:
+    """With storage back, a row collected after the loss is delivered alone; the loss is counted, nothing dropped."""
+    dc.collect(["w", 1, "after"])
+    proxy.refusing = False
+    assert collector.flush(30)
+    assert_exactly_once(read_files(blobs, workspace), [["w", "1", "after"]])
+    stats = collector.stats()
+    assert (stats["spool_bytes_lost"], stats["spool_bytes"], stats["rows_dropped_total"]) == (lost_bytes, 0, 0)
+
+
 def test_shutdown_does_not_wait_for_rows_in_a_spool_file_deleted_by_something_else(
     configure, proxy, proxy_url, blobs, workspace, spool_dir, monkeypatch
 ) -> None:
     # No new segment comes after the deleted one (the writer has stopped): the uploader cannot move past it, and
     # shutdown must still see that nothing is left to deliver, at once rather than at its deadline.
-    configure(**{config.STORAGE: proxy_url})
     monkeypatch.setattr(engine, "REOPEN_CHECK_SECONDS", 3600)
-    proxy.refusing = True
-    dc = ModelDataCollector("best_model", designation="predictions", feature_names=HEADER)
-    dc.collect(["w", 0, "lost"])
-    assert collector.engine.current().spool_now()
-    (segment,) = spool_dir.glob("*/*/*.seg")
+    _, folder = one_row_spooled_while_storage_is_down(configure, proxy, proxy_url, spool_dir, ["w", 0, "lost"])
+    (segment,) = folder.glob("*/*.seg")
     size = segment.stat().st_size
     segment.unlink()
     proxy.refusing = False
@@ -321,13 +340,8 @@ def test_a_spool_whose_lock_file_was_deleted_is_locked_again_and_its_rows_delive
 ) -> None:
     # A cleaner that goes by modification time alone removes the files written once, at the start (lock,
     # owner.json), and leaves the segments: the rows in them are delivered, and the folder can be adopted again.
-    configure(**{config.STORAGE: proxy_url})
     monkeypatch.setattr(engine, "REOPEN_CHECK_SECONDS", 0.05)
-    proxy.refusing = True
-    dc = ModelDataCollector("best_model", designation="predictions", feature_names=HEADER)
-    dc.collect(["w", 0, "spooled"])
-    assert collector.engine.current().spool_now()
-    (folder,) = [path for path in spool_dir.iterdir() if path.is_dir()]
+    dc, folder = one_row_spooled_while_storage_is_down(configure, proxy, proxy_url, spool_dir, ["w", 0, "spooled"])
     owner = json.loads((folder / "owner.json").read_text())
     (folder / "lock").unlink()
     (folder / "owner.json").unlink()
@@ -352,13 +366,8 @@ def test_a_spool_folder_emptied_is_made_again_and_collection_goes_on_in_it(
 ) -> None:
     # `rm -rf <spool>/<owner>/*`: the folder stays, all in it goes. Its rows are lost; its lock, owner.json and
     # destination folders are made again, and the next rows are delivered.
-    configure(**{config.STORAGE: proxy_url})
     monkeypatch.setattr(engine, "REOPEN_CHECK_SECONDS", 0.05)
-    proxy.refusing = True
-    dc = ModelDataCollector("best_model", designation="predictions", feature_names=HEADER)
-    dc.collect(["w", 0, "lost"])
-    assert collector.engine.current().spool_now()
-    (folder,) = [path for path in spool_dir.iterdir() if path.is_dir()]
+    dc, folder = one_row_spooled_while_storage_is_down(configure, proxy, proxy_url, spool_dir, ["w", 0, "lost"])
     (destination,) = [path for path in folder.iterdir() if path.is_dir()]
     lost_bytes = sum(segment.stat().st_size for segment in destination.glob("*.seg"))
     for path in folder.iterdir():
@@ -369,36 +378,21 @@ def test_a_spool_folder_emptied_is_made_again_and_collection_goes_on_in_it(
     wait_for(lambda: (destination / "destination.json").exists(), 5, "the destination's folder made again")
     assert {path.name for path in folder.iterdir()} >= {"lock", "owner.json", destination.name}
 
-    dc.collect(["w", 1, "after"])
-    proxy.refusing = False
-    assert collector.flush(30)
-    assert_exactly_once(read_files(blobs, workspace), [["w", "1", "after"]])
-    stats = collector.stats()
-    assert (stats["spool_bytes_lost"], stats["spool_bytes"], stats["rows_dropped_total"]) == (lost_bytes, 0, 0)
+    only_the_next_row_is_delivered(dc, proxy, blobs, workspace, lost_bytes)
 
 
 def test_a_spool_folder_deleted_whole_loses_its_rows_and_collection_goes_on_in_a_new_one(
     configure, proxy, proxy_url, blobs, workspace, spool_dir, monkeypatch, caplog
 ) -> None:
-    # An operator empties the spool folder while storage is down. Before, every later row of the process was
-    # dropped (its files could not be opened again) until it restarted.
-    configure(**{config.STORAGE: proxy_url})
+    # An operator deletes the process's spool folder while storage is down: its rows are lost, the next ones are
+    # spooled in a new folder and delivered.
     monkeypatch.setattr(engine, "REOPEN_CHECK_SECONDS", 0.05)
-    proxy.refusing = True
-    dc = ModelDataCollector("best_model", designation="predictions", feature_names=HEADER)
-    dc.collect(["w", 0, "before"])
-    assert collector.engine.current().spool_now()
-    (folder,) = [path for path in spool_dir.iterdir() if path.is_dir()]
+    dc, folder = one_row_spooled_while_storage_is_down(configure, proxy, proxy_url, spool_dir, ["w", 0, "before"])
     lost_bytes = sum(segment.stat().st_size for segment in folder.glob("*/*.seg"))
     shutil.rmtree(folder)
     wait_for(lambda: [path for path in spool_dir.iterdir() if path.is_dir()], 5, "a new spool folder")
 
-    dc.collect(["w", 1, "after"])
-    proxy.refusing = False
-    assert collector.flush(30)
-    assert_exactly_once(read_files(blobs, workspace), [["w", "1", "after"]])
-    stats = collector.stats()
-    assert (stats["spool_bytes_lost"], stats["spool_bytes"], stats["rows_dropped_total"]) == (lost_bytes, 0, 0)
+    only_the_next_row_is_delivered(dc, proxy, blobs, workspace, lost_bytes)
     assert "was deleted before its rows were delivered" in caplog.text
 
 
@@ -411,11 +405,7 @@ def test_a_cleaner_of_old_temporary_files_leaves_a_live_spool_alone(
     tmpfiles = shutil.which("systemd-tmpfiles")
     if tmpfiles is None:
         pytest.fail("this test needs systemd-tmpfiles (apt-get install systemd)")
-    configure(**{config.STORAGE: proxy_url})
-    proxy.refusing = True
-    dc = ModelDataCollector("best_model", designation="predictions", feature_names=HEADER)
-    dc.collect(["w", 0, "old"])
-    assert collector.engine.current().spool_now()
+    dc, _ = one_row_spooled_while_storage_is_down(configure, proxy, proxy_url, spool_dir, ["w", 0, "old"])
     files = sorted(path for path in spool_dir.rglob("*") if path.is_file())
     assert {path.name for path in files} >= {"lock", "owner.json", "destination.json"}
     for path in [*files, *(path for path in spool_dir.rglob("*") if path.is_dir()), spool_dir]:
