@@ -24,6 +24,7 @@ from faultproxy import FaultProxy
 
 import collector
 from collector import config, engine
+from collector.spool import FRAME
 from devstack import AZURITE_ACCOUNT_KEY, start_azurite
 
 REPO = Path(__file__).resolve().parents[2]
@@ -120,6 +121,16 @@ def readline_within(stream: IO[str], seconds: float = 30.0) -> str:
     if not line:
         raise AssertionError(f"no line from the child within {seconds}s")
     return line[0]
+
+
+def spooled_rows(segment: Path) -> list[list[str]]:
+    """The CSV rows in a spool segment's frames."""
+    raw, rows, i = segment.read_bytes(), [], 0
+    while i + FRAME.size <= len(raw):
+        length = FRAME.unpack_from(raw, i)[0]
+        rows += rows_of(raw[i + FRAME.size : i + FRAME.size + length].decode())
+        i += FRAME.size + length
+    return rows
 
 
 def read_files(blobs: BlobServiceClient, prefix: str) -> dict[str, str]:

@@ -12,12 +12,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import child_env, read_files, readline_within, rows_of, wait_for
+from conftest import child_env, read_files, readline_within, rows_of, spooled_rows, wait_for
 from test_collector_delivery import HEADER, assert_exactly_once
 from test_collector_processes import expect_line, expected_rows, finish, spawn
 
 import collector
 from collector import ModelDataCollector, config, engine
+from collector import spool as spool_module
 
 
 def agent_env(env: dict[str, str]) -> dict[str, str]:
@@ -170,6 +171,29 @@ def test_the_agent_goes_past_a_spool_file_deleted_by_something_else(
     assert collector.flush(30)
     assert_exactly_once(read_files(blobs, workspace), [["w", "1", "after"]])
     assert "was deleted before its rows were delivered" in stop_agent(agent)
+
+
+def test_a_writers_flush_waits_for_the_rows_before_a_deleted_spool_file_and_not_for_its_own(
+    configure, blobs, workspace, spool_dir, start_agent, monkeypatch
+):
+    env = configure(**{config.DELIVERY: "agent"})
+    monkeypatch.setattr(spool_module, "SEGMENT_BYTES", 40)  # a few rows per segment
+    monkeypatch.setattr(engine, "REOPEN_CHECK_SECONDS", 3600)  # no new segment after the deleted one
+    dc = ModelDataCollector("best_model", designation="predictions", feature_names=HEADER)
+    expected = [["w", str(i), "x"] for i in range(12)]
+    for row in expected:
+        dc.collect(row)
+        assert engine.current().spool_now()
+    segments = sorted(spool_dir.glob("*/*/*.seg"))
+    assert len(segments) >= 3
+    lost = spooled_rows(segments[-1])
+    segments[-1].unlink()
+
+    assert not collector.flush(0.5)  # no agent yet: the rows in the files before it are still to deliver
+    agent = start_agent(env, spool_dir.parent / "agent.json")
+    assert collector.flush(30)
+    assert_exactly_once(read_files(blobs, workspace), [row for row in expected if row not in lost])
+    stop_agent(agent)
 
 
 def test_a_writers_spool_folder_deleted_while_the_agent_watches_it_stops_no_other_delivery(

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from azure.core.exceptions import ResourceExistsError
 from azure.storage.blob import BlobLeaseClient
-from conftest import read_files, rows_of, wait_for
+from conftest import read_files, rows_of, spooled_rows, wait_for
 
 import collector
 from collector import ModelDataCollector, config, engine, tabular, upload
@@ -220,16 +220,6 @@ def test_a_failed_spool_write_drops_only_its_rows_and_leaves_the_spool_whole(
     assert stats["rows_delivered"] == 2
     assert "No space left" not in stats["last_error"]  # a spool problem, not an upload error
     assert_exactly_once(read_files(blobs, workspace), [["w", "0", "before"], ["w", "2", "after"]])
-
-
-def spooled_rows(segment: Path) -> list[list[str]]:
-    """The CSV rows in a spool segment's frames."""
-    raw, rows, i = segment.read_bytes(), [], 0
-    while i + FRAME.size <= len(raw):
-        length = FRAME.unpack_from(raw, i)[0]
-        rows += rows_of(raw[i + FRAME.size : i + FRAME.size + length].decode())
-        i += FRAME.size + length
-    return rows
 
 
 def test_a_spool_file_deleted_by_something_else_loses_its_rows_and_no_others(

@@ -510,7 +510,7 @@ class Engine:
         targets = [(d, d.end()) for s in self._spools() for d in list(s.destinations.values())]
         if self.role == WRITER:
             # The agent delivers: it records its progress in each destination's state.json.
-            while any(d.delivered_upto() < end and not _lost_at(d, end) for d, end in targets):
+            while not all(_agent_is_past(d, end) for d, end in targets):
                 if time.monotonic() >= deadline:
                     return False
                 time.sleep(0.02)
@@ -619,12 +619,17 @@ def _delivered(rows: int, nbytes: int) -> None:
         COUNTERS.blocks_appended += 1
 
 
-def _lost_at(dest: Destination, end: Position) -> bool:
-    """For a writer whose rows the agent delivers: True if the rows up to `end` that are not delivered are lost,
-    not waiting: its spool was deleted whole, or every segment from the agent's position to `end` (the agent
+def _agent_is_past(dest: Destination, end: Position) -> bool:
+    """For a writer whose rows the agent delivers: True once the agent has delivered the rows up to `end`, or all
+    of them that are still on disk (spool files deleted by something else are lost, not waited for; the agent
     deletes a segment only once it has recorded delivery past it)."""
-    start = dest.delivered_upto()[0]
-    return dest.spool.gone or not any(dest.segment_exists(seg) for seg in range(start, end[0] + 1))
+    if dest.spool.gone:
+        return True
+    delivered = dest.delivered_upto()
+    for seg in range(end[0], delivered[0] - 1, -1):  # the last segment up to `end` that is on disk
+        if dest.segment_exists(seg):
+            return delivered >= (end if seg == end[0] else (seg, dest.size_of(seg)))
+    return True
 
 
 def _lost(nbytes: int) -> None:

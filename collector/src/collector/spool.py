@@ -396,6 +396,10 @@ class Destination:
         meta = {"container": self.container, "folder": self.folder, "header": self.header.decode("utf-8")}
         (self.path / "destination.json").write_text(json.dumps(meta))
 
+    def size_of(self, seg: int) -> int:
+        with self.spool.lock:
+            return self.sizes.get(seg, 0)
+
     def segment_exists(self, seg: int) -> bool:
         """False only if the segment file is known not to be there (an error reading the folder is not a no)."""
         try:
