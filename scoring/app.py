@@ -206,7 +206,7 @@ class ScoringApp:
                 result = loaded.call(body, headers)
             except scripts.BadInput as exc:
                 return _error(400, str(exc)), len(raw)
-            except Exception as exc:
+            except BaseException as exc:  # sys.exit() too: it must not end the worker and its other requests
                 message = str(exc) or type(exc).__name__
                 log.error("run() raised %s: %s (request %s)", type(exc).__name__, message, request_id, exc_info=exc)
                 status, hdrs, out, msg = _error(500, message, error=type(exc).__name__)

@@ -38,9 +38,7 @@ class EntryScript:
     path: Path
     init: Callable[[], Any]
     run: Callable[..., Any]
-    # The name of run()'s input parameter, and whether it also wants the request headers.
-    input_name: str
-    wants_headers: bool
+    wants_headers: bool  # run() declares a request_headers parameter
     # With @input_schema: run()'s parameters, (name, default or inspect.Parameter.empty); None otherwise.
     schema_params: list[tuple[str, Any]] | None
 
@@ -91,18 +89,23 @@ def load(path: str | Path) -> EntryScript:
 
 
 def _analyse(path: Path, init: Callable[[], Any], run: Callable[..., Any]) -> EntryScript:
+    P = inspect.Parameter
     params = list(inspect.signature(run).parameters.values())
-    allowed = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-    if any(p.kind not in allowed for p in params):
-        raise ScriptError("run() cannot take positional-only parameters, *args or **kwargs")
-    wants_headers = any(p.name == "request_headers" for p in params)
-    params = [p for p in params if p.name != "request_headers"]
-    if not params:
+    # The body goes in positionally, as the legacy runtime passed it: to run()'s first parameter, or to *args (a
+    # decorator without functools.wraps leaves run(*args, **kwargs)).
+    wants_headers = any(
+        p.name == "request_headers" and p.kind in (P.POSITIONAL_OR_KEYWORD, P.KEYWORD_ONLY) for p in params
+    )
+    named = [p for p in params if p.name != "request_headers" and p.kind not in (P.VAR_POSITIONAL, P.VAR_KEYWORD)]
+    positional = [p for p in named if p.kind in (P.POSITIONAL_ONLY, P.POSITIONAL_OR_KEYWORD)]
+    if not positional and not any(p.kind == P.VAR_POSITIONAL for p in params):
         raise ScriptError("run() must take a parameter for the input data")
     schema_params = None
     if _schema_decorated(run):
-        schema_params = [(p.name, p.default) for p in params]
-    return EntryScript(path, init, run, params[0].name, wants_headers, schema_params)
+        if any(p.kind == P.POSITIONAL_ONLY for p in named):
+            raise ScriptError("an @input_schema run() cannot take positional-only parameters: they are passed by name")
+        schema_params = [(p.name, p.default) for p in named]
+    return EntryScript(path, init, run, wants_headers, schema_params)
 
 
 def _schema_decorated(run: Callable[..., Any]) -> bool:

@@ -58,6 +58,17 @@ def _fatal(reason: str) -> None:
     os._exit(WORKER_BOOT_ERROR)
 
 
+def drain_seconds(graceful_timeout: float) -> int:
+    """How long a stopping worker waits for its requests in flight: the graceful timeout less a quarter of it (at
+    least 2 s), so that its flush (worker_exit) runs before the master's deadline, when it kills what is left."""
+    return max(1, int(graceful_timeout - max(2.0, graceful_timeout / 4)))
+
+
+def _post_fork(server: Any, worker: Any) -> None:
+    # The worker's own copy of the settings: the master keeps the whole graceful timeout as its deadline.
+    worker.cfg.set("graceful_timeout", drain_seconds(server.cfg.graceful_timeout))
+
+
 def _worker_exit(server: Any, worker: Any) -> None:
     """In a worker, after its last request: flush what the script collected, then the telemetry."""
     delivered = collector.shutdown()
@@ -185,6 +196,7 @@ class ScoringServer(BaseApplication):
             "proc_name": "tributary-score",
             # Several runtimes run side by side on one machine: no shared control socket in $HOME.
             "control_socket_disable": True,
+            "post_fork": _post_fork,
             "worker_exit": _worker_exit,
             "child_exit": _child_exit,
             "when_ready": _when_ready,

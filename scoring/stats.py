@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 PUBLISH_INTERVAL = 1.0
+# Figures of collector.stats() that say how things are now, not how many so far.
+COLLECTOR_LEVELS = ("queue_rows", "spool_bytes")
 
 # Latency histogram buckets: upper bounds in seconds, from 50 microseconds to 2 minutes, 10% apart.
 BOUNDS: list[float] = []
@@ -189,7 +191,9 @@ class Board:
             return
         retired = self.retired()
         retired["requests"] = add_snapshots(retired["requests"], data["requests"])
-        retired["collector"] = add_collector(retired["collector"], data.get("collector") or {})
+        # Counters only: a level (rows queued, bytes spooled) was the exited worker's, not one that goes on adding up.
+        collector = {k: v for k, v in (data.get("collector") or {}).items() if k not in COLLECTOR_LEVELS}
+        retired["collector"] = add_collector(retired["collector"], collector)
         retired["workers"] += 1
         with contextlib.suppress(OSError):
             _write_json(self.folder / "retired.json", retired)

@@ -328,6 +328,39 @@ def test_it_answers_500_with_the_message_when_run_raises(azurite, blob_container
     assert (counts["score_requests"], counts["score_ok"], counts["score_errors"]) == (2, 1, 1)
 
 
+DECORATED_EXITING_SCRIPT = """
+    import sys
+
+    def timed(fn):  # no functools.wraps: run() looks like run(*args, **kwargs)
+        def wrapper(*args, **kwargs):
+            return fn(*args, **kwargs)
+        return wrapper
+
+    def init():
+        pass
+
+    @timed
+    def run(raw_data):
+        if raw_data == "exit":
+            sys.exit("bad input")  # a legacy habit: it must not take the worker down
+        return {"got": raw_data}
+"""
+
+
+def test_it_serves_a_run_wrapped_without_wraps_and_survives_its_sys_exit(tmp_path, runtimes) -> None:
+    runtime = start_runtime(write_script(tmp_path, DECORATED_EXITING_SCRIPT), tmp_path)
+    runtimes.append(runtime)
+    runtime.wait_ready()
+    assert runtime.score("hello") == (200, {"got": "hello"})
+    worker_pids = set(children(runtime.process.pid))
+
+    status, _, body = runtime.request("POST", "/score", "exit")
+
+    assert (status, json.loads(body)) == (500, {"message": "bad input", "error": "SystemExit"})
+    assert runtime.score("again") == (200, {"got": "again"})
+    assert set(children(runtime.process.pid)) == worker_pids  # the same workers: none ended or restarted
+
+
 MODEL_PATH_SCRIPT = """
     import json
     import os
@@ -636,6 +669,11 @@ def test_it_keeps_counting_across_a_worker_restart(tmp_path, runtimes) -> None:
         message="the worker's published figures",
     )
     wait_until(lambda: json.loads(board[0].read_text())["requests"]["counts"]["score_requests"] == 5)
+    # It dies with rows still queued: a level that went with it, not a count to add to the new worker's.
+    os.kill(worker["pid"], signal.SIGSTOP)
+    figures = json.loads(board[0].read_text())
+    figures["collector"].update(queue_rows=500, spool_bytes=4096, rows_collected=7)
+    board[0].write_text(json.dumps(figures))
 
     os.kill(worker["pid"], signal.SIGKILL)  # the master starts another one
 
@@ -648,6 +686,8 @@ def test_it_keeps_counting_across_a_worker_restart(tmp_path, runtimes) -> None:
     status = wait_until(restarted, timeout=20, message="a new worker")
     assert status["workers_exited"] == 1
     assert status["requests"]["score_requests"] == 5
+    collected = status["collector"]
+    assert (collected["rows_collected"], collected["queue_rows"], collected["spool_bytes"]) == (7, 0, 0)
     assert runtime.score("y") == (200, {"data": "y", "agent": None, "trace": None})
 
 

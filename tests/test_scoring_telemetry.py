@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import io
 import json
 import subprocess
 import sys
 import threading
+import time
 import wsgiref.util
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -131,6 +134,7 @@ class _Receiver(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["Content-Length"]))
         self.server.received.append((self.path, body))  # type: ignore[attr-defined]
+        time.sleep(self.server.answer_after)  # type: ignore[attr-defined]  # a collector far away
         self.send_response(200)
         self.send_header("Content-Type", "application/x-protobuf")
         self.send_header("Content-Length", "0")
@@ -144,11 +148,25 @@ class _Receiver(BaseHTTPRequestHandler):
 def otlp_receiver() -> Iterator[ThreadingHTTPServer]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
     server.received = []  # type: ignore[attr-defined]
+    server.answer_after = 0.0  # type: ignore[attr-defined]
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield server
     server.shutdown()
     server.server_close()
+
+
+def score_spans(receiver: ThreadingHTTPServer) -> list[tuple[str, Any]]:
+    """(service name, span) of each POST /score span the OTLP receiver got."""
+    found = []
+    for path, body in list(receiver.received):  # type: ignore[attr-defined]
+        assert path == "/v1/traces"
+        request = ExportTraceServiceRequest.FromString(body)
+        for resource_spans in request.resource_spans:
+            service = {a.key: a.value.string_value for a in resource_spans.resource.attributes}["service.name"]
+            for scope in resource_spans.scope_spans:
+                found.extend((service, span) for span in scope.spans if span.name == "POST /score")
+    return found
 
 
 def test_it_exports_spans_over_otlp(tmp_path: Path, otlp_receiver: ThreadingHTTPServer) -> None:
@@ -168,24 +186,66 @@ def test_it_exports_spans_over_otlp(tmp_path: Path, otlp_receiver: ThreadingHTTP
         assert runtime.score({"x": 4}) == (200, {"y": 40})
         assert runtime.status()["telemetry"] == "otlp"
 
-        def spans() -> list[Any]:
-            found = []
-            for path, body in list(otlp_receiver.received):  # type: ignore[attr-defined]
-                assert path == "/v1/traces"
-                request = ExportTraceServiceRequest.FromString(body)
-                for resource_spans in request.resource_spans:
-                    service = {a.key: a.value.string_value for a in resource_spans.resource.attributes}["service.name"]
-                    for scope in resource_spans.scope_spans:
-                        found.extend((service, span) for span in scope.spans if span.name == "POST /score")
-            return found
-
-        ((service, span),) = wait_until(spans, timeout=20, message="a span at the OTLP receiver")
+        ((service, span),) = wait_until(
+            lambda: score_spans(otlp_receiver), timeout=20, message="a span at the OTLP receiver"
+        )
     finally:
         runtime.stop()
     attributes = {a.key: a.value for a in span.attributes}
     assert service == "otlp-svc"
     assert attributes["http.response.status_code"].int_value == 200
     assert attributes["http.request.body.size"].int_value == len(b'{"x": 4}')
+
+
+SLEEPING_SCRIPT = """
+    import pathlib
+    import time
+
+    def init():
+        pass
+
+    def run(raw_data):
+        seconds, started = raw_data.split()
+        pathlib.Path(started).touch()
+        time.sleep(float(seconds))
+        return "slept"
+"""
+
+
+def test_a_stopping_worker_flushes_its_spans_though_a_request_outlasts_the_grace_period(
+    tmp_path: Path, otlp_receiver: ThreadingHTTPServer
+) -> None:
+    # The master kills what is left at its deadline: the worker must stop waiting for its requests before that,
+    # with time left to export its buffered spans (here to a collector that takes a second to answer) and to flush
+    # the collector's rows.
+    otlp_receiver.answer_after = 1.0  # type: ignore[attr-defined]
+    endpoint = f"http://127.0.0.1:{otlp_receiver.server_address[1]}"
+    runtime = start_runtime(
+        write_script(tmp_path, SLEEPING_SCRIPT),
+        tmp_path,
+        env={
+            "AML_APP_INSIGHTS_ENABLED": "true",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
+            "OTEL_BSP_SCHEDULE_DELAY": "600000",  # exported at shutdown only
+            config.GRACEFUL_TIMEOUT: "4",
+        },
+    )
+    try:
+        runtime.wait_ready()
+        assert runtime.score(f"0 {tmp_path / 'first'}") == (200, "slept")
+        started = tmp_path / "second"
+
+        def outlasting_request() -> None:
+            with contextlib.suppress(OSError, http.client.HTTPException):  # cut off when the worker is killed
+                runtime.request("POST", "/score", f"60 {started}")
+
+        threading.Thread(target=outlasting_request, daemon=True).start()
+        wait_until(started.exists, message="the second request in run()")
+        assert score_spans(otlp_receiver) == []
+    finally:
+        runtime.stop()
+    assert len(score_spans(otlp_receiver)) == 1  # the first request's
+    assert "SIGKILL" not in runtime.log()  # the worker finished its flush
 
 
 def test_it_configures_the_azure_monitor_exporter(monkeypatch) -> None:
