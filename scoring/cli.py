@@ -27,6 +27,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--model-dir", help=f"the model directory [{config.MODEL_DIR}]")
     p.add_argument("--host", help=f"address to listen on [{config.HOST}, default 127.0.0.1]")
     p.add_argument("--port", type=int, help=f"port to listen on [{config.PORT}, default 5001]")
+    p.add_argument("--probe-port", type=int, help=f"port for GET / and /ready only [{config.PROBE_PORT}, default none]")
     p.add_argument("--workers", type=int, help=f"worker processes [{config.WORKERS}, default 1]")
     p.add_argument("--threads", type=int, help=f"threads per worker [{config.THREADS}, default 4]")
     p.add_argument(
@@ -46,6 +47,7 @@ def settings_from(args: argparse.Namespace) -> config.Settings:
         "model_dir": args.model_dir,
         "host": args.host,
         "port": args.port,
+        "probe_port": args.probe_port,
         "workers": args.workers,
         "threads": args.threads,
         "app_insights": args.app_insights,
@@ -94,10 +96,11 @@ def main(argv: list[str] | None = None) -> int:
     elif dc.uploading:
         collection = f"on, to container {dc.container!r}, spooling in {dc.spool_dir}"
     log.info(
-        "serving %s on http://%s:%s with %d worker(s) x %d thread(s); model dir %s; collection %s; telemetry %s",
+        "serving %s on http://%s:%s%s with %d worker(s) x %d thread(s); model dir %s; collection %s; telemetry %s",
         script,
         settings.host,
         settings.port,
+        f" (probes also on port {settings.probe_port})" if settings.probe_port else "",
         settings.workers,
         settings.threads,
         model_dir or "(not set)",

@@ -12,6 +12,7 @@ sets both. Command-line options of `python -m scoring` win over these variables.
 | `AZUREML_MODEL_DIR` | the model directory, as the legacy runtime set it (`--model-dir`); see scoring/README.md | unset |
 | `SCORING_HOST` | address to listen on (`--host`); the Docker image sets `0.0.0.0` | `127.0.0.1` |
 | `SCORING_PORT` | port to listen on (`--port`) | `5001` |
+| `SCORING_PROBE_PORT` | a second port where each worker answers `GET /` and `GET /ready` from a thread of its own, however busy its request threads are (`--probe-port`); the Kubernetes driver points its probes there | unset: none |
 | `WORKER_COUNT` | worker processes, each with its own `init()` (`--workers`; azmlinfsrv's name) | `1` |
 | `SCORING_THREADS` | threads per worker: probes and status are answered while `run()` works | `4` |
 | `SCORING_RUN_CONCURRENCY` | `run()` calls at once in one worker; `1` serialises them as the legacy runtime did | `1` |
@@ -38,6 +39,7 @@ ENTRY_SCRIPT = "AZUREML_ENTRY_SCRIPT"
 MODEL_DIR = "AZUREML_MODEL_DIR"
 HOST = "SCORING_HOST"
 PORT = "SCORING_PORT"
+PROBE_PORT = "SCORING_PROBE_PORT"
 WORKERS = "WORKER_COUNT"
 THREADS = "SCORING_THREADS"
 RUN_CONCURRENCY = "SCORING_RUN_CONCURRENCY"
@@ -55,6 +57,7 @@ ALL = (
     MODEL_DIR,
     HOST,
     PORT,
+    PROBE_PORT,
     WORKERS,
     THREADS,
     RUN_CONCURRENCY,
@@ -82,6 +85,7 @@ class Settings:
     model_dir: str = ""
     host: str = "127.0.0.1"
     port: int = 5001
+    probe_port: int = 0  # 0: none
     workers: int = 1
     threads: int = 4
     run_concurrency: int = 1
@@ -126,6 +130,7 @@ def from_environ(env: Mapping[str, str] | None = None) -> Settings:
         model_dir=env.get(MODEL_DIR, "").strip(),
         host=env.get(HOST, "").strip() or d.host,
         port=_int(env, PORT, d.port, 1, 65535),
+        probe_port=_int(env, PROBE_PORT, d.probe_port, 0, 65535),
         workers=_int(env, WORKERS, d.workers, 1, 64),
         threads=threads,
         run_concurrency=_int(env, RUN_CONCURRENCY, d.run_concurrency, 1, 256),

@@ -25,6 +25,8 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -218,13 +220,62 @@ class ScoringServer(BaseApplication):
         status.start_publishing()
         app, application, telemetry = scoring_app.build(self.settings, status, on_fatal=_fatal)
         _worker.update(app=app, status=status, telemetry=telemetry)
+        if self.settings.probe_port:
+            serve_probes(app, self.settings.host, self.settings.probe_port)
         return application
+
+
+class _ProbeServer(ThreadingHTTPServer):
+    allow_reuse_port = True  # every worker listens: the kernel spreads the probes over them, as it does requests
+    daemon_threads = True
+
+    def __init__(self, app: scoring_app.ScoringApp, host: str, port: int) -> None:
+        self.app = app
+        self.address_family = _family(host)
+        super().__init__((host, port), _ProbeHandler)
+
+
+class _ProbeHandler(BaseHTTPRequestHandler):
+    server: _ProbeServer
+
+    def do_GET(self) -> None:
+        self._answer(body=True)
+
+    def do_HEAD(self) -> None:
+        self._answer(body=False)
+
+    def _answer(self, body: bool) -> None:
+        path = self.path.split("?", 1)[0]
+        if path in ("/", "/ready"):
+            status, headers, out, _ = self.server.app.handle({"PATH_INFO": path, "REQUEST_METHOD": "GET"})
+        else:
+            status, headers, out = 404, [("Content-Type", "text/plain")], b"only GET / and GET /ready here"
+        self.send_response(status)
+        for name, value in headers:
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(out)))
+        self.end_headers()
+        if body:
+            self.wfile.write(out)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # probes every few seconds would drown the log
+
+
+def serve_probes(app: scoring_app.ScoringApp, host: str, port: int) -> None:
+    """In a worker: answer GET / and GET /ready on `port` from threads of its own. On the main port a probe waits
+    for a request thread, and all of them can be waiting for their turn at run() (see scoring/README.md)."""
+    server = _ProbeServer(app, host, port)
+    threading.Thread(target=server.serve_forever, name="scoring-probes", daemon=True).start()
+
+
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
 def port_in_use(host: str, port: int) -> bool:
     """Whether something listens on host:port already (with SO_REUSEPORT, a second runtime could share it)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family) as probe:
+    with socket.socket(_family(host)) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
@@ -235,9 +286,13 @@ def port_in_use(host: str, port: int) -> bool:
 
 def serve(settings: Settings) -> None:
     """Run the server until it is stopped (exits the process with gunicorn's status)."""
-    if port_in_use(settings.host, settings.port):
-        log.error("FAILED: port %s on %s is in use", settings.port, settings.host)
+    if settings.probe_port == settings.port:
+        log.error("FAILED: the probe port must differ from the port (%s)", settings.port)
         sys.exit(2)
+    for port in (settings.port, settings.probe_port):
+        if port and port_in_use(settings.host, port):
+            log.error("FAILED: port %s on %s is in use", port, settings.host)
+            sys.exit(2)
     server = ScoringServer(settings)
     try:
         server.run()

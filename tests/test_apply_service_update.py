@@ -69,6 +69,10 @@ def test_it_creates_the_deployment_and_ends_healthy(
     assert env["AML_APP_INSIGHTS_ENABLED"] == "false"
     # Rows spooled during a storage outage survive a container restart: the spool is a volume of the pod.
     assert env["AML_MODEL_DC_SPOOL_DIR"] == "/var/lib/tributary/spool"
+    container = deployment.spec.template.spec.containers[0]
+    # The probes go to the runtime's probe port, answered however busy its request threads are.
+    assert env["SCORING_PROBE_PORT"] == "5002"
+    assert (container.liveness_probe.http_get.port, container.readiness_probe.http_get.port) == (5002, 5002)
     assert deployment.spec.template.spec.volumes[0].empty_dir is not None
     # The connection string is referenced from the workspace's Secret, never written into the Deployment.
     assert env["AML_MODEL_DC_STORAGE"].secret_key_ref.name == "tributary-storage"

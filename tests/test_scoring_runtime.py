@@ -691,6 +691,47 @@ def test_it_keeps_counting_across_a_worker_restart(tmp_path, runtimes) -> None:
     assert runtime.score("y") == (200, {"data": "y", "agent": None, "trace": None})
 
 
+SLEEPING_SCRIPT = """
+    import pathlib
+    import time
+
+    def init():
+        pass
+
+    def run(raw_data):
+        seconds, started = raw_data.split()
+        pathlib.Path(started).touch()
+        time.sleep(float(seconds))
+        return "slept"
+"""
+
+
+def test_probes_on_the_probe_port_are_answered_while_every_request_thread_waits_for_run(tmp_path, runtimes) -> None:
+    # Two threads: one request in run() for seconds, one waiting for its turn. On the main port a probe would wait
+    # behind them; on the probe port each worker answers from a thread of its own.
+    probe_port = free_port()
+    runtime = start_runtime(
+        write_script(tmp_path, SLEEPING_SCRIPT), tmp_path, args=("--threads", "2", "--probe-port", str(probe_port))
+    )
+    runtimes.append(runtime)
+    runtime.wait_ready()
+    started = tmp_path / "started"
+    busy = ThreadPoolExecutor(3)
+    requests = [busy.submit(runtime.request, "POST", "/score", f"3 {started}") for _ in range(3)]
+    wait_until(started.exists, message="a request in run()")
+
+    for path, answer in (("/", b"Healthy"), ("/ready", b"Ready")):
+        connection = http.client.HTTPConnection("127.0.0.1", probe_port, timeout=1)
+        try:
+            connection.request("GET", path)
+            response = connection.getresponse()
+            assert (response.status, response.read()) == (200, answer)
+        finally:
+            connection.close()
+    assert [request.result(timeout=30)[0] for request in requests] == [200, 200, 200]
+    busy.shutdown()
+
+
 def test_it_refuses_a_port_that_is_taken(tmp_path, runtimes) -> None:
     first = start_runtime(write_script(tmp_path, HEADERS_SCRIPT), tmp_path)
     runtimes.append(first)

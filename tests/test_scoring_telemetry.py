@@ -26,7 +26,7 @@ from scoring import app as scoring_app
 from scoring import config
 from scoring.stats import WorkerStatus
 from tests.conftest import REPO, wait_until
-from tests.test_scoring_runtime import RAISING_SCRIPT, start_runtime, write_script
+from tests.test_scoring_runtime import RAISING_SCRIPT, SLEEPING_SCRIPT, start_runtime, write_script
 
 WSGI = Callable[[dict[str, Any], Any], Any]
 
@@ -195,21 +195,6 @@ def test_it_exports_spans_over_otlp(tmp_path: Path, otlp_receiver: ThreadingHTTP
     assert service == "otlp-svc"
     assert attributes["http.response.status_code"].int_value == 200
     assert attributes["http.request.body.size"].int_value == len(b'{"x": 4}')
-
-
-SLEEPING_SCRIPT = """
-    import pathlib
-    import time
-
-    def init():
-        pass
-
-    def run(raw_data):
-        seconds, started = raw_data.split()
-        pathlib.Path(started).touch()
-        time.sleep(float(seconds))
-        return "slept"
-"""
 
 
 def test_a_stopping_worker_flushes_its_spans_though_a_request_outlasts_the_grace_period(

@@ -26,6 +26,8 @@ UPDATE_ANNOTATION = "tributary.dev/update-id"
 SERVICE_LABEL = "tributary.dev/service"
 SECRET_KEY = "connection-string"
 CONTAINER_PORT = 5001  # the legacy scoring containers' port, the scoring image's default
+# The probes' own port (SCORING_PROBE_PORT, the scoring image's default): answered however busy the requests are.
+PROBE_PORT = 5002
 MODEL_DIR = "/var/azureml-app/azureml-models"
 # An emptyDir: rows spooled during a storage outage survive a container restart within the pod.
 SPOOL_DIR = "/var/lib/tributary/spool"
@@ -148,6 +150,7 @@ def container_env(spec: DesiredSpec) -> list[dict[str, Any]]:
     plain[runtime.APP_INSIGHTS_ENABLED] = "true" if spec.enable_app_insights else "false"
     plain[runtime.MODEL_DIR] = MODEL_DIR
     plain[runtime.PORT] = str(CONTAINER_PORT)
+    plain[runtime.PROBE_PORT] = str(PROBE_PORT)
     env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in sorted(plain.items())]
     if spec.collect_model_data and spec.storage_secret:
         env.append(
@@ -166,11 +169,11 @@ def deployment_manifest(spec: DesiredSpec) -> dict[str, Any]:
     container = {
         "name": "scoring",
         "image": spec.image,
-        "ports": [{"name": "http", "containerPort": CONTAINER_PORT}],
+        "ports": [{"name": "http", "containerPort": CONTAINER_PORT}, {"name": "probes", "containerPort": PROBE_PORT}],
         "env": container_env(spec),
         "volumeMounts": [{"name": "spool", "mountPath": SPOOL_DIR}],
-        "readinessProbe": {"httpGet": {"path": "/ready", "port": CONTAINER_PORT}, "periodSeconds": 5},
-        "livenessProbe": {"httpGet": {"path": "/", "port": CONTAINER_PORT}, "periodSeconds": 10},
+        "readinessProbe": {"httpGet": {"path": "/ready", "port": PROBE_PORT}, "periodSeconds": 5},
+        "livenessProbe": {"httpGet": {"path": "/", "port": PROBE_PORT}, "periodSeconds": 10},
     }
     return {
         "apiVersion": "apps/v1",
