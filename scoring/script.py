@@ -97,15 +97,16 @@ def _analyse(path: Path, init: Callable[[], Any], run: Callable[..., Any]) -> En
         p.name == "request_headers" and p.kind in (P.POSITIONAL_OR_KEYWORD, P.KEYWORD_ONLY) for p in params
     )
     named = [p for p in params if p.name != "request_headers" and p.kind not in (P.VAR_POSITIONAL, P.VAR_KEYWORD)]
+    if _schema_decorated(run):  # its parameters are passed by name
+        if any(p.kind == P.POSITIONAL_ONLY for p in named):
+            raise ScriptError("an @input_schema run() cannot take positional-only parameters: they are passed by name")
+        if not named:
+            raise ScriptError("run() must take a parameter for the input data")
+        return EntryScript(path, init, run, wants_headers, [(p.name, p.default) for p in named])
     positional = [p for p in named if p.kind in (P.POSITIONAL_ONLY, P.POSITIONAL_OR_KEYWORD)]
     if not positional and not any(p.kind == P.VAR_POSITIONAL for p in params):
         raise ScriptError("run() must take a parameter for the input data")
-    schema_params = None
-    if _schema_decorated(run):
-        if any(p.kind == P.POSITIONAL_ONLY for p in named):
-            raise ScriptError("an @input_schema run() cannot take positional-only parameters: they are passed by name")
-        schema_params = [(p.name, p.default) for p in named]
-    return EntryScript(path, init, run, wants_headers, schema_params)
+    return EntryScript(path, init, run, wants_headers, None)
 
 
 def _schema_decorated(run: Callable[..., Any]) -> bool:

@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -63,16 +64,21 @@ def _fatal(reason: str) -> None:
 def drain_seconds(graceful_timeout: float) -> int:
     """How long a stopping worker waits for its requests in flight: the graceful timeout less a quarter of it (at
     least 2 s), so that its flush (worker_exit) runs before the master's deadline, when it kills what is left."""
-    return max(1, int(graceful_timeout - max(2.0, graceful_timeout / 4)))
+    return max(0, int(graceful_timeout - max(2.0, graceful_timeout / 4)))
 
 
 def _post_fork(server: Any, worker: Any) -> None:
     # The worker's own copy of the settings: the master keeps the whole graceful timeout as its deadline.
     worker.cfg.set("graceful_timeout", drain_seconds(server.cfg.graceful_timeout))
+    _worker["gunicorn"] = worker
 
 
 def _worker_exit(server: Any, worker: Any) -> None:
     """In a worker, after its last request: flush what the script collected, then the telemetry."""
+    probes = _worker.get("probes")
+    if probes is not None:
+        probes.shutdown()
+        probes.server_close()
     delivered = collector.shutdown()
     if not delivered:
         log.warning("the collector could not deliver every row before exiting; the rest stays in its spool")
@@ -221,7 +227,9 @@ class ScoringServer(BaseApplication):
         app, application, telemetry = scoring_app.build(self.settings, status, on_fatal=_fatal)
         _worker.update(app=app, status=status, telemetry=telemetry)
         if self.settings.probe_port:
-            serve_probes(app, self.settings.host, self.settings.probe_port)
+            worker = _worker.get("gunicorn")
+            serving = (lambda: bool(worker.alive)) if worker is not None else (lambda: True)
+            _worker["probes"] = serve_probes(app, self.settings.host, self.settings.probe_port, serving)
         return application
 
 
@@ -229,14 +237,16 @@ class _ProbeServer(ThreadingHTTPServer):
     allow_reuse_port = True  # every worker listens: the kernel spreads the probes over them, as it does requests
     daemon_threads = True
 
-    def __init__(self, app: scoring_app.ScoringApp, host: str, port: int) -> None:
+    def __init__(self, app: scoring_app.ScoringApp, host: str, port: int, serving: Callable[[], bool]) -> None:
         self.app = app
+        self.serving = serving  # False once the worker stops taking requests (SIGTERM)
         self.address_family = _family(host)
         super().__init__((host, port), _ProbeHandler)
 
 
 class _ProbeHandler(BaseHTTPRequestHandler):
     server: _ProbeServer
+    timeout = 5  # a client that sends nothing does not hold a thread for ever
 
     def do_GET(self) -> None:
         self._answer(body=True)
@@ -246,7 +256,10 @@ class _ProbeHandler(BaseHTTPRequestHandler):
 
     def _answer(self, body: bool) -> None:
         path = self.path.split("?", 1)[0]
-        if path in ("/", "/ready"):
+        if path == "/ready" and not self.server.serving():
+            # Draining: the main port takes no more requests, so neither should the load balancer send any.
+            status, headers, out = 503, [("Content-Type", "application/json")], b'{"message": "the worker is stopping"}'
+        elif path in ("/", "/ready"):
             status, headers, out, _ = self.server.app.handle({"PATH_INFO": path, "REQUEST_METHOD": "GET"})
         else:
             status, headers, out = 404, [("Content-Type", "text/plain")], b"only GET / and GET /ready here"
@@ -262,11 +275,14 @@ class _ProbeHandler(BaseHTTPRequestHandler):
         pass  # probes every few seconds would drown the log
 
 
-def serve_probes(app: scoring_app.ScoringApp, host: str, port: int) -> None:
+def serve_probes(
+    app: scoring_app.ScoringApp, host: str, port: int, serving: Callable[[], bool] = lambda: True
+) -> _ProbeServer:
     """In a worker: answer GET / and GET /ready on `port` from threads of its own. On the main port a probe waits
     for a request thread, and all of them can be waiting for their turn at run() (see scoring/README.md)."""
-    server = _ProbeServer(app, host, port)
+    server = _ProbeServer(app, host, port, serving)
     threading.Thread(target=server.serve_forever, name="scoring-probes", daemon=True).start()
+    return server
 
 
 def _family(host: str) -> socket.AddressFamily:

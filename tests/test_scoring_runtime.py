@@ -720,16 +720,25 @@ def test_probes_on_the_probe_port_are_answered_while_every_request_thread_waits_
     requests = [busy.submit(runtime.request, "POST", "/score", f"3 {started}") for _ in range(3)]
     wait_until(started.exists, message="a request in run()")
 
-    for path, answer in (("/", b"Healthy"), ("/ready", b"Ready")):
-        connection = http.client.HTTPConnection("127.0.0.1", probe_port, timeout=1)
-        try:
-            connection.request("GET", path)
-            response = connection.getresponse()
-            assert (response.status, response.read()) == (200, answer)
-        finally:
-            connection.close()
+    assert probe(probe_port, "/") == (200, b"Healthy")
+    assert probe(probe_port, "/ready") == (200, b"Ready")
+    runtime.process.send_signal(signal.SIGTERM)  # the worker finishes its requests, and takes no more
+    wait_until(lambda: (probe(probe_port, "/ready") or (0,))[0] == 503, message="not ready while it stops")
     assert [request.result(timeout=30)[0] for request in requests] == [200, 200, 200]
     busy.shutdown()
+
+
+def probe(port: int, path: str) -> tuple[int, bytes] | None:
+    """GET `path`, answered within a second: (status, body), or None if nothing answers."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        return response.status, response.read()
+    except OSError:
+        return None
+    finally:
+        connection.close()
 
 
 def test_it_refuses_a_port_that_is_taken(tmp_path, runtimes) -> None:
