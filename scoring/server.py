@@ -227,9 +227,8 @@ class ScoringServer(BaseApplication):
         app, application, telemetry = scoring_app.build(self.settings, status, on_fatal=_fatal)
         _worker.update(app=app, status=status, telemetry=telemetry)
         if self.settings.probe_port:
-            worker = _worker.get("gunicorn")
-            serving = (lambda: bool(worker.alive)) if worker is not None else (lambda: True)
-            _worker["probes"] = serve_probes(app, self.settings.host, self.settings.probe_port, serving)
+            worker = _worker["gunicorn"]  # set by _post_fork, which runs before load()
+            _worker["probes"] = serve_probes(app, self.settings.host, self.settings.probe_port, lambda: worker.alive)
         return application
 
 
@@ -275,9 +274,7 @@ class _ProbeHandler(BaseHTTPRequestHandler):
         pass  # probes every few seconds would drown the log
 
 
-def serve_probes(
-    app: scoring_app.ScoringApp, host: str, port: int, serving: Callable[[], bool] = lambda: True
-) -> _ProbeServer:
+def serve_probes(app: scoring_app.ScoringApp, host: str, port: int, serving: Callable[[], bool]) -> _ProbeServer:
     """In a worker: answer GET / and GET /ready on `port` from threads of its own. On the main port a probe waits
     for a request thread, and all of them can be waiting for their turn at run() (see scoring/README.md)."""
     server = _ProbeServer(app, host, port, serving)

@@ -169,17 +169,17 @@ def score_spans(receiver: ThreadingHTTPServer) -> list[tuple[str, Any]]:
     return found
 
 
+def otlp_env(receiver: ThreadingHTTPServer, **extra: str) -> dict[str, str]:
+    """Telemetry on, exported over OTLP to `receiver`."""
+    endpoint = f"http://127.0.0.1:{receiver.server_address[1]}"
+    return {"AML_APP_INSIGHTS_ENABLED": "true", "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, **extra}
+
+
 def test_it_exports_spans_over_otlp(tmp_path: Path, otlp_receiver: ThreadingHTTPServer) -> None:
-    endpoint = f"http://127.0.0.1:{otlp_receiver.server_address[1]}"
     runtime = start_runtime(
         write_script(tmp_path, RAISING_SCRIPT),
         tmp_path,
-        env={
-            "AML_APP_INSIGHTS_ENABLED": "true",
-            "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
-            "OTEL_BSP_SCHEDULE_DELAY": "50",
-            "SERVICE_NAME": "otlp-svc",
-        },
+        env=otlp_env(otlp_receiver, OTEL_BSP_SCHEDULE_DELAY="50", SERVICE_NAME="otlp-svc"),
     )
     try:
         runtime.wait_ready()
@@ -204,16 +204,9 @@ def test_a_stopping_worker_flushes_its_spans_though_a_request_outlasts_the_grace
     # with time left to export its buffered spans (here to a collector that takes a second to answer) and to flush
     # the collector's rows.
     otlp_receiver.answer_after = 1.0  # type: ignore[attr-defined]
-    endpoint = f"http://127.0.0.1:{otlp_receiver.server_address[1]}"
+    env = otlp_env(otlp_receiver, OTEL_BSP_SCHEDULE_DELAY="600000")  # exported at shutdown only
     runtime = start_runtime(
-        write_script(tmp_path, SLEEPING_SCRIPT),
-        tmp_path,
-        env={
-            "AML_APP_INSIGHTS_ENABLED": "true",
-            "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
-            "OTEL_BSP_SCHEDULE_DELAY": "600000",  # exported at shutdown only
-            config.GRACEFUL_TIMEOUT: "4",
-        },
+        write_script(tmp_path, SLEEPING_SCRIPT), tmp_path, env={**env, config.GRACEFUL_TIMEOUT: "4"}
     )
     try:
         runtime.wait_ready()

@@ -30,10 +30,11 @@ Nothing is fsynced: a process kill loses nothing, a power cut may lose or repeat
 
 A segment deleted by something else (an operator, a cleaner of old temporary files) loses its undelivered rows, and
 only those: the uploader logs it, counts the bytes (`spool_bytes_lost` in collector.stats()) and goes on with the
-next segment, and a writer whose open segment was deleted notices within a second (`reopen_deleted`) and starts a new
-one; an owner whose whole folder was deleted (`deleted`) goes on in a new folder under the same lease id. Every owner holds a shared flock() on the spool folder itself for its whole life: systemd-tmpfiles, which ages
-out files under /tmp (the default spool's home) that were not modified for days, such as `lock` and `owner.json`,
-leaves a locked folder alone.
+next segment. Once a second the writer checks its own files: it starts a new segment for an open one that was deleted
+(`reopen_deleted`), makes again a deleted lock, owner.json or destination folder (`mend`), and goes on in a new folder
+under the same lease id if its whole folder was deleted (`deleted`). Every owner holds a shared flock() on the spool
+folder itself for its whole life: systemd-tmpfiles, which ages out files under /tmp (the default spool's home) that
+were not modified for days, such as `lock` and `owner.json`, leaves a locked folder alone.
 """
 
 from __future__ import annotations
@@ -280,10 +281,7 @@ class Destination:
                 log.error(
                     "collector: spool segment %s of %s is damaged at offset %d; skipping its rest", seg, self.path, off
                 )
-                with self.spool.lock:
-                    self.sizes[seg] = off
-                self.spool.release_bytes(size - off)
-                self.spool.on_lost(size - off)
+                self._cut_short(seg, off, size)
                 if not damaged and not later:
                     return None
             if not later:
@@ -344,9 +342,9 @@ class Destination:
         self.acked, self.pending = (seg, off), None  # where the segment now ends: next_block moves past it
         self._save_state()
 
-    def _lost(self, seg: int, off: int, size: int) -> None:
-        """Segment `seg` is gone from disk: what was spooled in it from `off` on (`size` bytes, or more if the writer
-        has added to it meanwhile) cannot be delivered."""
+    def _cut_short(self, seg: int, off: int, size: int) -> None:
+        """What was spooled in segment `seg` from `off` on (`size` bytes, or more if the writer has added to it
+        meanwhile) cannot be delivered: end the segment at `off`, and count the rest as lost."""
         with self.spool.lock:
             size = max(size, self.sizes.get(seg, size))
             if seg in self.sizes:
@@ -354,6 +352,10 @@ class Destination:
         nbytes = max(0, size - off)
         self.spool.release_bytes(nbytes)
         self.spool.on_lost(nbytes)
+
+    def _lost(self, seg: int, off: int, size: int) -> None:
+        """Segment `seg` is gone from disk (deleted by something else): its rows from `off` on are lost."""
+        self._cut_short(seg, off, size)
         if seg not in self._gone:
             self._gone.add(seg)
             log.error(
@@ -401,14 +403,7 @@ class Destination:
             return self.sizes.get(seg, 0)
 
     def segment_exists(self, seg: int) -> bool:
-        """False only if the segment file is known not to be there (an error reading the folder is not a no)."""
-        try:
-            os.stat(self._segment_path(seg))
-        except FileNotFoundError:
-            return False
-        except OSError:
-            return True
-        return True
+        return not _known_missing(self._segment_path(seg))
 
     def _segment_path(self, seg: int) -> Path:
         return self.path / f"{seg:08d}.seg"
@@ -456,6 +451,17 @@ def _try_lock(fd: int) -> bool:
     except OSError:
         return False
     return True
+
+
+def _known_missing(path: Path) -> bool:
+    """True only if `path` is known not to exist: an error reading its folder (a stale mount, say) is not a no."""
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    return False
 
 
 def _write_owner(folder: Path, lease_id: str, shared: bool) -> None:
@@ -662,15 +668,7 @@ class Spool:
 
     def deleted(self) -> bool:
         """True if this process's own folder was deleted whole (by something else)."""
-        if not self.own:
-            return False
-        try:
-            os.stat(self.path)
-        except FileNotFoundError:
-            return True
-        except OSError:
-            return False  # not known to be gone
-        return False
+        return self.own and _known_missing(self.path)
 
     def mend(self) -> None:
         """Make again what something else deleted in this process's own folder, the folder left (a cleaner that
@@ -696,10 +694,10 @@ class Spool:
             os.close(self._lock_fd)
             self._lock_fd = fd
             log.warning("collector: the lock file of the spool %s was deleted; made again", self.path)
-        if not (self.path / "owner.json").exists():
+        if _known_missing(self.path / "owner.json"):
             _write_owner(self.path, self.lease_id, self.shared)
         for dest in list(self.destinations.values()):
-            if not (dest.path / "destination.json").exists():
+            if _known_missing(dest.path / "destination.json"):
                 # Not state.json: the uploader thread writes it; its next write makes it again.
                 dest.make_folder(state=False)
 
