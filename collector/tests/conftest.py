@@ -24,7 +24,7 @@ from faultproxy import FaultProxy
 
 import collector
 from collector import config, engine
-from collector.spool import FRAME
+from collector.spool import Destination
 from devstack import AZURITE_ACCOUNT_KEY, start_azurite
 
 REPO = Path(__file__).resolve().parents[2]
@@ -124,13 +124,10 @@ def readline_within(stream: IO[str], seconds: float = 30.0) -> str:
 
 
 def spooled_rows(segment: Path) -> list[list[str]]:
-    """The CSV rows in a spool segment's frames."""
-    raw, rows, i = segment.read_bytes(), [], 0
-    while i + FRAME.size <= len(raw):
-        length = FRAME.unpack_from(raw, i)[0]
-        rows += rows_of(raw[i + FRAME.size : i + FRAME.size + length].decode())
-        i += FRAME.size + length
-    return rows
+    """The CSV rows in a spool segment's frames, as the uploader reads them (packed records written as CSV)."""
+    csv, _, _, damaged = Destination._unframe(segment.read_bytes())
+    assert not damaged, f"{segment} has a damaged frame"
+    return rows_of(csv.decode())
 
 
 def read_files(blobs: BlobServiceClient, prefix: str) -> dict[str, str]:

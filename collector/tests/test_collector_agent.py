@@ -11,6 +11,8 @@ import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 from conftest import child_env, read_files, readline_within, rows_of, spooled_rows, wait_for
 from test_collector_delivery import HEADER, assert_exactly_once
@@ -151,6 +153,95 @@ def test_a_new_agent_settles_the_block_a_killed_agent_left_unconfirmed(
     assert len(appends) == 2  # the header, and the one block: not appended again
     writer.kill()
     stop_agent(second)
+
+
+def frame_kinds(segment: Path) -> list[str]:
+    """Each frame of a spool segment: "packed" or "csv"."""
+    raw, kinds, i = segment.read_bytes(), [], 0
+    while i + spool_module.FRAME.size <= len(raw):
+        length, rows, _ = spool_module.FRAME.unpack_from(raw, i)
+        kinds.append("packed" if rows & spool_module.PACKED else "csv")
+        i += spool_module.FRAME.size + length
+    return kinds
+
+
+def test_the_agent_writes_the_csv_of_numeric_arrays_that_writers_spool_packed(
+    configure, proxy, proxy_url, blobs, workspace, spool_dir, start_agent
+):
+    # The writer (this process) spools numpy arrays as packed records and a list as CSV; the agent writes the
+    # same CSV a process that delivers its own rows writes, once each, while storage fails now and then.
+    env = configure(**{config.DELIVERY: "agent"})
+    dc = ModelDataCollector("best_model", designation="predictions", feature_names=HEADER)
+    inputs = ModelDataCollector("best_model", designation="inputs", feature_names=HEADER)
+    arrays = [
+        np.array([[1, 0.1, -2.5e-300]]),
+        np.arange(12, dtype=np.int64).reshape(4, 3) - 6,
+        np.array([[np.nan, np.inf, 1 / 3]]),
+        np.array([True, False, True]),
+        pd.DataFrame({"a": [2**62, -1], "b": [0, 7], "c": [3, 4]}, dtype=np.int64),
+    ]
+    expected = []
+    for data in arrays:
+        dc.collect(data)
+        values = data.to_numpy() if isinstance(data, pd.DataFrame) else data.reshape(-1, 3)
+        expected += [[repr(v) for v in row] for row in values.tolist()]
+    dc.collect(["w", 1, "a list, as CSV"])
+    expected.append(["w", "1", "a list, as CSV"])
+    correlations = inputs.collect(np.array([[5.0, 6.0, 7.0]]))
+    assert engine.current().spool_now()
+
+    (segment,) = spool_dir.glob(f"*/{_destination_of(spool_dir, 'predictions')}/*.seg")
+    assert frame_kinds(segment) == ["packed", "csv"]
+    assert spooled_rows(segment) == expected  # as the agent reads them
+    (inputs_segment,) = spool_dir.glob(f"*/{_destination_of(spool_dir, 'inputs')}/*.seg")
+    assert frame_kinds(inputs_segment) == ["packed"]
+
+    proxy.add("reset_before", every=3, times=-1)
+    proxy.add("reset_after", every=4, times=-1)
+    agent = start_agent({**env, config.STORAGE: proxy_url}, spool_dir.parent / "agent.json")
+    assert collector.flush(60)
+    files = read_files(blobs, workspace)
+    predictions = {name: text for name, text in files.items() if "/predictions/" in name}
+    assert_exactly_once(predictions, expected)
+    (inputs_text,) = [text for name, text in files.items() if "/inputs/" in name]
+    (row,) = rows_of(inputs_text)[1:]
+    assert row[:3] == ["5.0", "6.0", "7.0"]
+    assert row[3] == correlations["$aml_dc_correlation_id"]
+    assert proxy.count("reset_before") + proxy.count("reset_after") >= 1
+    stop_agent(agent)
+
+
+def test_a_writer_writes_the_csv_itself_while_the_agent_is_behind(configure, spool_dir, monkeypatch):
+    # No agent: what is spooled is all undelivered. Past the limit, the writer takes the CSV back from the agent.
+    configure(**{config.DELIVERY: "agent"})
+    monkeypatch.setattr(engine, "MEASURE_SECONDS", 0)
+    dc = ModelDataCollector("best_model", designation="predictions", feature_names=HEADER)
+    dc.collect(np.array([[1.0, 2.0, 3.0]]))
+    assert engine.current().spool_now()
+    monkeypatch.setattr(engine, "PACK_BACKLOG_BYTES", engine.current().spool_bytes())
+    dc.collect(np.array([[4.0, 5.0, 6.0]]))
+    assert engine.current().spool_now()
+
+    (segment,) = spool_dir.glob("*/*/*.seg")
+    assert frame_kinds(segment) == ["packed", "csv"]
+    assert spooled_rows(segment) == [["1.0", "2.0", "3.0"], ["4.0", "5.0", "6.0"]]
+
+
+def test_a_process_that_delivers_its_own_rows_spools_csv(configure, spool_dir):
+    configure()
+    dc = ModelDataCollector("best_model", designation="predictions", feature_names=HEADER)
+    dc.collect(np.array([[1.0, 2.0, 3.0]]))
+    assert engine.current().spool_now()
+    (segment,) = spool_dir.glob("*/*/*.seg")
+    assert frame_kinds(segment) == ["csv"]
+
+
+def _destination_of(spool_dir: Path, designation: str) -> str:
+    """The spool folder name of the destination of `designation`'s rows."""
+    for meta in spool_dir.glob("*/*/destination.json"):
+        if f"/{designation}/" in json.loads(meta.read_text())["folder"]:
+            return meta.parent.name
+    raise AssertionError(f"no destination for {designation}")
 
 
 def test_the_agent_goes_past_a_spool_file_deleted_by_something_else(

@@ -696,7 +696,7 @@ def test_a_block_sent_again_lower_after_lost_blocks_before_it_is_not_written_twi
     dests = []
     for name, spool in spools.items():
         dest = spool.destination("modeldata", folder, header)
-        dest.write(frames([("".join(",".join(r) + "\n" for r in rows[name]).encode(), 5)]))
+        dest.write(frames([("".join(",".join(r) + "\n" for r in rows[name]).encode(), 5, 0)]))
         dests.append(dest)
     uploader = upload.Uploader(proxy_url, max_blocks=50_000, on_delivered=lambda rows, nbytes: None)
     proxy.add("reset_before", times=2)
@@ -739,7 +739,7 @@ def test_a_frame_larger_than_the_room_left_in_a_block_waits_for_the_next_block(
         for f in range(frame_count):
             rows = [[name, str(f * 1000 + i), "y" * 95] for i in range(1000)]
             expected += rows
-            dest.write(frames([("".join(",".join(r) + "\n" for r in rows).encode(), len(rows))]))
+            dest.write(frames([("".join(",".join(r) + "\n" for r in rows).encode(), len(rows), 0)]))
     delivered = []
     uploader = upload.Uploader(
         base_env[config.STORAGE], max_blocks=50_000, on_delivered=lambda rows, nbytes: delivered.append(rows)

@@ -11,7 +11,7 @@ import pytest
 from conftest import rows_of
 
 import collector
-from collector import CollectError, ModelDataCollector, config
+from collector import CollectError, ModelDataCollector, config, tabular
 
 INPUT_EXTRAS = [
     "$aml_dc_correlation_id",
@@ -295,3 +295,60 @@ def test_off_is_a_cheap_no_op(configure) -> None:
     stats = collector.stats()
     assert stats["mode"] == "off"
     assert stats["rows_collected"] == 0
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        np.random.default_rng(7).random((300, 7)),
+        np.asfortranarray(np.random.default_rng(8).random((50, 4))),
+        np.array([0.1, -0.0, np.nan, np.inf, -np.inf, 5e-324, 1.7976931348623157e308]),
+        np.array([[2**63 - 1, -(2**63)]], dtype=np.int64),
+        np.array([[2**64 - 1, 0]], dtype=np.uint64),
+        np.array([[-128, 127]], dtype=np.int8),
+        np.array([[True, False]]),
+        np.array([[1.5, 2.5]], dtype=">f8"),
+        pd.DataFrame({"a": [1.5, 2.5], "b": [3.0, 4.0]}),
+    ],
+    ids=["random", "fortran-order", "special-floats", "int64", "uint64", "int8", "bool", "big-endian", "frame"],
+)
+@pytest.mark.parametrize("suffix", ["", ',id-1,"quoted, with comma",é'])
+def test_packed_records_become_the_csv_the_writer_would_write(data, suffix) -> None:
+    # What the delivery agent writes for a writer's packed records is what encode() writes in the writer, in
+    # chunks whose CSV never passes the size they were cut for (a frame's CSV must fit in one block).
+    kind, snap, _ = tabular.capture(data)
+    encoded, columns = tabular.encode(kind, snap, suffix=suffix, max_row_bytes=65536, chunk_bytes=4096)
+    packed = tabular.pack(kind, snap, suffix=suffix, max_row_bytes=65536, chunk_bytes=4096)
+    assert packed is not None
+    assert tabular.unpack(b"".join(record for record, _, _ in packed.chunks)) == b"".join(c for c, _ in encoded.chunks)
+    for record, rows, most in packed.chunks:
+        csv = tabular.unpack(record)
+        assert csv.count(b"\n") == rows
+        assert len(csv) <= most <= 4096
+    assert (packed.rows, packed.ncols, packed.data_columns) == (encoded.rows, encoded.ncols, columns)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        [1.0, 2.0],
+        np.array([[1.0, "a"]], dtype=object),
+        np.array([1.5, 2.5], dtype=np.float32),
+        np.zeros((0, 3)),
+        np.array(["2026-11-24"], dtype="datetime64[D]"),
+    ],
+    ids=["list", "object-array", "float32", "empty", "dates"],
+)
+def test_only_numbers_that_read_back_as_the_same_text_are_packed(data) -> None:
+    kind, snap, _ = tabular.capture(data)
+    assert tabular.pack(kind, snap, suffix="", max_row_bytes=65536) is None
+
+
+def test_bytes_that_are_not_packed_records_are_refused() -> None:
+    kind, snap, _ = tabular.capture(np.array([[1.0, 2.0]]))
+    packed = tabular.pack(kind, snap, suffix="", max_row_bytes=65536)
+    assert packed is not None
+    record = packed.chunks[0][0]
+    for bad in (record[:-1], record + b"x", b"<c16" + record[4:], b"abc"):
+        with pytest.raises(ValueError, match="not a packed record"):
+            tabular.unpack(bad)

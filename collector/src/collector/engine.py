@@ -30,7 +30,7 @@ from typing import Any
 
 from collector import tabular
 from collector.config import Settings
-from collector.spool import FRAME, Destination, Position, Spool, frames
+from collector.spool import FRAME, Chunk, Destination, Position, Spool, frames
 
 log = logging.getLogger("collector")
 
@@ -46,6 +46,9 @@ MAX_BACKOFF = 5.0
 START_RETRY_SECONDS = 5.0
 # Undelivered bytes that make the uploader go again at once rather than after the flush interval.
 BIG_BACKLOG = 4 * 1024 * 1024
+# A writer whose rows the delivery agent delivers leaves the agent the CSV of numeric arrays (it spools them as packed
+# records) while the agent has less than this to deliver of its spool.
+PACK_BACKLOG_BYTES = 8 * 1024 * 1024
 # How often the spool writer checks that the segments it writes are still on disk (see Spool.reopen_deleted).
 REOPEN_CHECK_SECONDS = 1.0
 
@@ -303,13 +306,17 @@ class Engine:
         """Encode up to `limit` queued calls, for up to BATCH_SECONDS, and append them to the spool, one write per
         file; returns how many calls it took."""
         started = time.perf_counter()
-        batch: dict[Destination, list[tuple[bytes, int]]] = {}
-        room = self.settings.spool_max_bytes - self.spool_bytes()
+        batch: dict[Destination, list[Chunk]] = {}
+        backlog = self.spool_bytes()
+        room = self.settings.spool_max_bytes - backlog
+        # Leave the CSV of numeric arrays to the delivery agent while it keeps up; when it falls behind (a saturated
+        # machine, where the agent's nice 10 gets it little CPU), write it here again, as the process role does.
+        pack = self.role == WRITER and backlog < PACK_BACKLOG_BYTES
         items = rows = 0
         while items < limit and queue:
             item = queue.popleft()
             try:
-                room -= self._encode(item, batch, room)
+                room -= self._encode(item, batch, room, pack)
             except Exception as exc:  # never let the writer die
                 COUNTERS.drop(tabular.INTERNAL, item[-1], f"{type(exc).__name__}: {exc}")
                 log.debug("collector: writer error\n%s", traceback.format_exc())
@@ -322,7 +329,7 @@ class Engine:
         spooled = 0
         for dest, chunks in batch.items():
             payload = frames(chunks)
-            rows_here = sum(n for _, n in chunks)
+            rows_here = sum(n for _, n, _ in chunks)
             try:
                 dest.write(payload)
             except OSError as exc:
@@ -340,32 +347,40 @@ class Engine:
         self._processed += items
         return items
 
-    def _encode(self, item: tuple[Any, ...], batch: dict[Destination, list[tuple[bytes, int]]], room: int) -> int:
-        """Add one call's CSV chunks to `batch`, under their destination; returns the spool bytes they will take."""
+    def _encode(self, item: tuple[Any, ...], batch: dict[Destination, list[Chunk]], room: int, pack: bool) -> int:
+        """Add one call's chunks to `batch`, under their destination (packed records if `pack` and the call is a
+        numeric array, else CSV); returns the spool bytes they will take."""
         sink, ts, suffix_values, kind, snap, tail, _rows = item
         suffix = ""
         if suffix_values is not None:
             suffix = "," + ",".join(map(tabular.quote, suffix_values))
-        enc, data_columns = tabular.encode(kind, snap, suffix=suffix, max_row_bytes=self.settings.max_row_bytes)
-        if enc.first_error is not None:
-            for reason, n in enc.dropped.items():
-                COUNTERS.drop(reason, n, enc.first_error[1], sink.label)
-        if not enc.chunks:
+        max_row_bytes = self.settings.max_row_bytes
+        packed = tabular.pack(kind, snap, suffix=suffix, max_row_bytes=max_row_bytes) if pack else None
+        if packed is not None:
+            chunks_of_call, ncols, data_columns, rows = packed.chunks, packed.ncols, packed.data_columns, packed.rows
+        else:
+            enc, data_columns = tabular.encode(kind, snap, suffix=suffix, max_row_bytes=max_row_bytes)
+            if enc.first_error is not None:
+                for reason, n in enc.dropped.items():
+                    COUNTERS.drop(reason, n, enc.first_error[1], sink.label)
+            chunks_of_call = [(chunk, n, 0) for chunk, n in enc.chunks]
+            ncols, rows = enc.ncols, enc.rows
+        if not chunks_of_call:
             return 0
         spool = self._spool
         assert spool is not None
-        header = header_of(sink, enc.ncols, data_columns, tail)
+        header = header_of(sink, ncols, data_columns, tail)
         dest = spool.destination(sink.container, f"{sink.folder}/{self._date_path(ts)}", header)
         chunks = batch.get(dest)
         # What it adds to the spool: its rows, and a frame header if it starts the destination's frame (exact
-        # unless the batch's rows for one destination pass FRAME_BYTES, when frames() starts another frame).
-        size = sum(len(chunk) for chunk, _ in enc.chunks) + (0 if chunks else FRAME.size)
+        # unless frames() starts another frame: past FRAME_BYTES of CSV, or between CSV rows and packed records).
+        size = sum(len(chunk) for chunk, _, _ in chunks_of_call) + (0 if chunks else FRAME.size)
         if size > room:
-            COUNTERS.drop(tabular.SPOOL_FULL, enc.rows, where=sink.label)
+            COUNTERS.drop(tabular.SPOOL_FULL, rows, where=sink.label)
             return 0
         if chunks is None:
             batch[dest] = chunks = []
-        chunks.extend(enc.chunks)
+        chunks.extend(chunks_of_call)
         return size
 
     def _date_path(self, ts: float) -> str:

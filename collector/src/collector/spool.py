@@ -8,7 +8,8 @@ Layout under the spool folder (AML_MODEL_DC_SPOOL_DIR), which several processes 
                              whether a delivery agent delivers them (AML_MODEL_DC_DELIVERY=agent)
       <destination>/         one per target file (container, folder, header): a hash of the three
         destination.json     {"container", "folder", "header"}
-        00000001.seg ...     frames, appended in order: >III (payload bytes, rows, crc32) then whole CSV rows
+        00000001.seg ...     frames, appended in order: >III (payload bytes, rows, crc32) then whole CSV rows, or
+                             packed records (collector.tabular.pack) when the row count has its top bit set
         state.json           {"acked": [segment, offset], "pending": {...} | null, "file": "data", "part": n}
 
 A process creates its owner folder under a hidden name, locks it, then renames it into place, so a scan never
@@ -59,9 +60,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from collector import tabular
+
 log = logging.getLogger("collector")
 
 FRAME = struct.Struct(">III")
+# Set in a frame's row count: its payload is packed records (collector.tabular.pack), which the reader writes as CSV.
+PACKED = 1 << 31
 # The spool writer puts the rows of many collect() calls in one frame, up to this size (a block is at most 4 MiB).
 FRAME_BYTES = 1024 * 1024
 SEGMENT_BYTES = 8 * 1024 * 1024
@@ -290,7 +295,8 @@ class Destination:
 
     @staticmethod
     def _unframe(raw: bytes, max_bytes: int | None = None) -> tuple[bytes, int, int, bool]:
-        """(payloads joined, rows, bytes of whole frames used, damaged) of the frames at the start of raw."""
+        """(CSV of the frames joined, rows, bytes of whole frames used, damaged) of the frames at the start of raw;
+        at most max_bytes of CSV unless the first frame alone has more."""
         parts: list[bytes] = []
         rows = total = i = 0
         while i + FRAME.size <= len(raw):
@@ -300,10 +306,17 @@ class Destination:
                 break
             if zlib.crc32(body) != crc:
                 return b"".join(parts), rows, i, True
-            if max_bytes is not None and parts and total + length > max_bytes:
+            if n & PACKED:
+                try:
+                    body = tabular.unpack(body)
+                except ValueError as exc:
+                    log.error("collector: a spool frame's packed records cannot be read: %s", exc)
+                    return b"".join(parts), rows, i, True
+                n &= ~PACKED
+            if max_bytes is not None and parts and total + len(body) > max_bytes:
                 break
             parts.append(body)
-            total += length
+            total += len(body)
             rows += n
             i += FRAME.size + length
         return b"".join(parts), rows, i, False
@@ -486,24 +499,34 @@ def _hold_folder(root: Path) -> int:
     return fd
 
 
-def frame(chunk: bytes, rows: int) -> bytes:
-    return FRAME.pack(len(chunk), rows, zlib.crc32(chunk)) + chunk
+def frame(chunk: bytes, rows: int, packed: bool = False) -> bytes:
+    return FRAME.pack(len(chunk), rows | PACKED if packed else rows, zlib.crc32(chunk)) + chunk
 
 
-def frames(chunks: list[tuple[bytes, int]], max_bytes: int = FRAME_BYTES) -> bytes:
-    """CSV chunks of whole rows, (bytes, rows) each, in as few frames as fit in `max_bytes` (or one chunk)."""
+# (payload, rows, CSV bytes at most): a CSV chunk of whole rows has 0 as its last field, a packed record
+# (collector.tabular.pack) the most bytes its CSV can take.
+Chunk = tuple[bytes, int, int]
+
+
+def frames(chunks: list[Chunk], max_bytes: int = FRAME_BYTES) -> bytes:
+    """Chunks in as few frames as fit in `max_bytes` of CSV (or one chunk); a frame holds CSV rows or packed
+    records, not both, and its CSV fits in a block whatever its kind."""
     out = []
     part: list[bytes] = []
     size = rows = 0
-    for chunk, n in chunks:
-        if part and size + len(chunk) > max_bytes:
-            out.append(frame(b"".join(part), rows))
+    packed = False
+    for chunk, n, csv_bytes in chunks:
+        is_packed = csv_bytes > 0
+        csv_bytes = csv_bytes or len(chunk)
+        if part and (size + csv_bytes > max_bytes or is_packed != packed):
+            out.append(frame(b"".join(part), rows, packed))
             part, size, rows = [], 0, 0
         part.append(chunk)
-        size += len(chunk)
+        packed = is_packed
+        size += csv_bytes
         rows += n
     if part:
-        out.append(frame(b"".join(part), rows))
+        out.append(frame(b"".join(part), rows, packed))
     return b"".join(out)
 
 

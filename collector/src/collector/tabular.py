@@ -4,6 +4,11 @@ Two halves, for two threads. `capture()` runs on the caller's thread and does th
 value by type and takes a snapshot the caller can no longer change (a numpy copy, tuples of the rows). `encode()`
 runs on the spool writer's thread: it checks the shape, names the columns and writes the CSV.
 
+A third way, for a spool writer whose rows a delivery agent delivers: `pack()` turns a numeric array into a packed
+record (its bytes and its rows' suffix), which the agent, another process, writes as CSV with `unpack()`. Writing
+numbers as text is most of the writer's work, and in the agent it no longer holds the GIL of a process serving
+requests. `unpack(pack(x))` is byte for byte what `encode(x)` writes.
+
 Shapes, as the legacy package wrote them (DESIGN.md section 2), except the list-of-lists defect:
 - a flat list or tuple, a 1-D array, a pandas Series: ONE row;
 - a list of rows (lists, tuples or 1-D arrays), a 2-D array: one row each;
@@ -14,7 +19,9 @@ Anything else (a dict, None, a 3-D array, an arbitrary object) is not tabular an
 
 from __future__ import annotations
 
+import functools
 import re
+import struct
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -314,3 +321,92 @@ def _emit(out: Encoded, lines: list[str], count: int) -> None:
 
 def header_line(names: Sequence[str]) -> bytes:
     return (",".join(quote(n) for n in names) + "\n").encode("utf-8", "replace")
+
+
+# A packed record: numpy dtype (b"<f8"), rows, columns, suffix bytes; then the suffix (UTF-8), then the values, rows
+# after rows. Only dtypes whose values Python's struct reads as the same Python numbers that tolist() gives.
+PACKED_RECORD = struct.Struct(">4sIII")
+_STRUCT_CODES = {
+    "f8": "d",
+    "i1": "b",
+    "i2": "h",
+    "i4": "i",
+    "i8": "q",
+    "u1": "B",
+    "u2": "H",
+    "u4": "I",
+    "u8": "Q",
+    "b1": "?",
+}
+_BYTE_ORDERS = {"<": "<", ">": ">", "|": "="}
+
+
+class Packed:
+    """A numeric call as packed records: what the delivery agent needs to write it as CSV (see unpack())."""
+
+    __slots__ = ("chunks", "data_columns", "ncols", "rows")
+
+    def __init__(self, chunks: list[tuple[bytes, int, int]], rows: int, ncols: int, data_columns: list[str] | None):
+        self.chunks = chunks  # (packed record, rows, the most bytes its CSV can take)
+        self.rows = rows
+        self.ncols = ncols
+        self.data_columns = data_columns
+
+
+def pack(kind: int, snap: Any, *, suffix: str, max_row_bytes: int, chunk_bytes: int = 1024 * 1024) -> Packed | None:
+    """A numeric array or DataFrame as packed records of at most `chunk_bytes` of CSV each, or None for anything
+    else (encode() writes those). The same rows as encode()'s fast path, which no row can fail: every cell is a
+    number of at most _WIDEST_NUMBER characters."""
+    if kind == ARRAY:
+        data_columns, values = None, snap
+    elif kind == FRAME:
+        data_columns, values = snap
+    else:
+        return None
+    dtype = values.dtype.str
+    if dtype[1:] not in _STRUCT_CODES or values.ndim not in (1, 2) or values.size == 0:
+        return None
+    rows, ncols = (1, values.shape[0]) if values.ndim == 1 else values.shape
+    try:
+        tail = suffix.encode("utf-8")
+    except UnicodeEncodeError:
+        return None  # encode() counts the rows as unencodable
+    if ncols * _WIDEST_NUMBER + len(suffix) * 4 + 1 > max_row_bytes:
+        return None
+    widest = ncols * _WIDEST_NUMBER + len(tail) + 1
+    per_chunk = max(1, chunk_bytes // widest)
+    data = values.tobytes()
+    row_bytes = ncols * values.dtype.itemsize
+    chunks = []
+    for first in range(0, rows, per_chunk):
+        n = min(per_chunk, rows - first)
+        head = PACKED_RECORD.pack(dtype.encode("ascii"), n, ncols, len(tail))
+        values_bytes = data if n == rows else data[first * row_bytes : (first + n) * row_bytes]
+        chunks.append((b"".join((head, tail, values_bytes)), n, n * widest))
+    return Packed(chunks, rows, ncols, data_columns)
+
+
+@functools.lru_cache(maxsize=256)
+def _layout(dtype: bytes, count: int) -> struct.Struct:
+    code = dtype.rstrip(b"\0").decode("ascii")
+    return struct.Struct(f"{_BYTE_ORDERS[code[0]]}{count}{_STRUCT_CODES[code[1:]]}")
+
+
+def unpack(records: bytes) -> bytes:
+    """The CSV of packed records (the delivery agent). Raises ValueError for bytes that are not packed records."""
+    out: list[bytes] = []
+    i = 0
+    try:
+        while i < len(records):
+            dtype, rows, ncols, tail_bytes = PACKED_RECORD.unpack_from(records, i)
+            i += PACKED_RECORD.size
+            end = records[i : i + tail_bytes].decode("utf-8") + "\n"
+            i += tail_bytes
+            layout = _layout(dtype, rows * ncols)
+            values = layout.unpack_from(records, i)
+            i += layout.size
+            lines = [",".join(map(repr, values[r : r + ncols])) for r in range(0, rows * ncols, ncols)]
+            out.append((end.join(lines) + end).encode("utf-8"))
+    except (struct.error, KeyError, IndexError, UnicodeDecodeError) as exc:
+        raise ValueError(f"not a packed record at byte {i}: {exc}") from exc
+    return b"".join(out)
