@@ -188,13 +188,16 @@ def test_the_agent_writes_the_csv_of_numeric_arrays_that_writers_spool_packed(
     dc.collect(["w", 1, "a list, as CSV"])
     expected.append(["w", "1", "a list, as CSV"])
     correlations = inputs.collect(np.array([[5.0, 6.0, 7.0]]))
+    scores = ModelDataCollector("best_model", designation="scores", feature_names=["score"])
+    scores.collect(scores.add_correlations(np.array([[0.25], [0.75]]), correlations))
     assert engine.current().spool_now()
 
     (segment,) = spool_dir.glob(f"*/{_destination_of(spool_dir, 'predictions')}/*.seg")
     assert frame_kinds(segment) == ["packed", "csv"]
     assert spooled_rows(segment) == expected  # as the agent reads them
-    (inputs_segment,) = spool_dir.glob(f"*/{_destination_of(spool_dir, 'inputs')}/*.seg")
-    assert frame_kinds(inputs_segment) == ["packed"]
+    for designation in ("inputs", "scores"):
+        (other,) = spool_dir.glob(f"*/{_destination_of(spool_dir, designation)}/*.seg")
+        assert frame_kinds(other) == ["packed"]
 
     proxy.add("reset_before", every=3, times=-1)
     proxy.add("reset_after", every=4, times=-1)
@@ -207,6 +210,12 @@ def test_the_agent_writes_the_csv_of_numeric_arrays_that_writers_spool_packed(
     (row,) = rows_of(inputs_text)[1:]
     assert row[:3] == ["5.0", "6.0", "7.0"]
     assert row[3] == correlations["$aml_dc_correlation_id"]
+    (scores_text,) = [text for name, text in files.items() if "/scores/" in name]
+    assert rows_of(scores_text) == [
+        ["score", *correlations],
+        ["0.25", *correlations.values()],
+        ["0.75", *correlations.values()],
+    ]
     assert proxy.count("reset_before") + proxy.count("reset_after") >= 1
     stop_agent(agent)
 

@@ -331,6 +331,41 @@ def test_packed_records_become_the_csv_the_writer_would_write(data, suffix) -> N
 @pytest.mark.parametrize(
     "data",
     [
+        np.random.default_rng(9).random((40, 1)),
+        np.array([[1, 2], [3, -(2**63)]], dtype=np.int64),
+        np.array([True, False]),
+        np.array([0.5, 1.5]),
+    ],
+    ids=["floats", "ints", "bools", "one-row"],
+)
+def test_what_add_correlations_made_of_numbers_is_packed_as_the_same_csv(data) -> None:
+    correlations = {"$aml_dc_correlation_id": "id, 1", "$aml_dc_scoring_timestamp": "2026-11-24", "rid": 'r"1'}
+    correlated = ModelDataCollector("m", designation="predictions").add_correlations(data, correlations)
+    kind, snap, _ = tabular.capture(correlated)
+    encoded, _ = tabular.encode(kind, snap, suffix="", max_row_bytes=65536)
+    packed = tabular.pack(kind, snap, suffix="", max_row_bytes=65536, tail_columns=3)
+    assert packed is not None
+    assert tabular.unpack(b"".join(record for record, _, _ in packed.chunks)) == b"".join(c for c, _ in encoded.chunks)
+    assert (packed.rows, packed.ncols) == (encoded.rows, encoded.ncols)
+
+
+def test_object_arrays_are_packed_only_with_one_type_of_number_and_the_same_correlations_in_every_row() -> None:
+    def pack(rows: list[list[object]], tail_columns: int = 1) -> tabular.Packed | None:
+        kind, snap, _ = tabular.capture(np.array(rows, dtype=object))
+        return tabular.pack(kind, snap, suffix="", max_row_bytes=65536, tail_columns=tail_columns)
+
+    assert pack([[1.5, "id"], [2.5, "id"]]) is not None
+    assert pack([[1.5, "id"], [2.5, "other"]]) is None  # not add_correlations()'s
+    assert pack([[1, "id"], [2.5, "id"]]) is None  # 1 and 2.5: no one dtype writes both as they are
+    assert pack([[2**64, "id"]]) is None  # past int64
+    assert pack([[1.5, "id"]], tail_columns=0) is None  # not from add_correlations()
+    assert pack([[1.5, 3]]) is None  # a correlation that is not text
+    assert pack([["a", "id"]]) is None
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
         [1.0, 2.0],
         np.array([[1.0, "a"]], dtype=object),
         np.array([1.5, 2.5], dtype=np.float32),

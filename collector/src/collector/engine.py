@@ -5,7 +5,9 @@
 
 With `AML_MODEL_DC_DELIVERY=agent` a collecting process runs the spool writer only (role "writer") and the
 delivery agent (`collector.agent`, another process: role "agent") runs the uploader for every spool in the
-folder, so the upload's CPU never competes with the requests for the collecting process's GIL.
+folder, so the upload's CPU never competes with the requests for the collecting process's GIL. Such a writer also
+spools numeric arrays as packed records, for the agent to write as CSV (collector.tabular.pack), while the agent
+keeps up.
 
 The threads start on the first `collect()` with collection on. At interpreter exit (atexit), and on SIGTERM when
 the process had no handler of its own, everything in memory is written to the spool and the uploader gets
@@ -355,7 +357,9 @@ class Engine:
         if suffix_values is not None:
             suffix = "," + ",".join(map(tabular.quote, suffix_values))
         max_row_bytes = self.settings.max_row_bytes
-        packed = tabular.pack(kind, snap, suffix=suffix, max_row_bytes=max_row_bytes) if pack else None
+        packed = None
+        if pack:
+            packed = tabular.pack(kind, snap, suffix=suffix, max_row_bytes=max_row_bytes, tail_columns=len(tail))
         if packed is not None:
             chunks_of_call, ncols, data_columns, rows = packed.chunks, packed.ncols, packed.data_columns, packed.rows
         else:

@@ -353,37 +353,86 @@ class Packed:
         self.data_columns = data_columns
 
 
-def pack(kind: int, snap: Any, *, suffix: str, max_row_bytes: int, chunk_bytes: int = 1024 * 1024) -> Packed | None:
+def pack(
+    kind: int,
+    snap: Any,
+    *,
+    suffix: str,
+    max_row_bytes: int,
+    tail_columns: int = 0,
+    chunk_bytes: int = 1024 * 1024,
+) -> Packed | None:
     """A numeric array or DataFrame as packed records of at most `chunk_bytes` of CSV each, or None for anything
-    else (encode() writes those). The same rows as encode()'s fast path, which no row can fail: every cell is a
-    number of at most _WIDEST_NUMBER characters."""
+    else (encode() writes those). The same rows as encode(), and only rows that encode() cannot drop: every cell
+    is a number of at most _WIDEST_NUMBER characters, and the rows fit in `max_row_bytes`.
+
+    `tail_columns`: the last columns that add_correlations() added to an array of numbers (an object array then).
+    When every row has the same values there, they are written as part of the rows' suffix."""
     if kind == ARRAY:
         data_columns, values = None, snap
     elif kind == FRAME:
         data_columns, values = snap
     else:
         return None
-    dtype = values.dtype.str
-    if dtype[1:] not in _STRUCT_CODES or values.ndim not in (1, 2) or values.size == 0:
+    if values.ndim not in (1, 2) or values.size == 0:
         return None
-    rows, ncols = (1, values.shape[0]) if values.ndim == 1 else values.shape
+    if values.ndim == 1:
+        values = values.reshape(1, -1)
+    ncols = values.shape[1]
+    if values.dtype.kind == "O":
+        split = _split_correlated(values, tail_columns)
+        if split is None:
+            return None
+        values, correlated = split
+        suffix = correlated + suffix
+    dtype = values.dtype.str
+    if dtype[1:] not in _STRUCT_CODES:
+        return None
+    rows, numbers = values.shape
     try:
         tail = suffix.encode("utf-8")
     except UnicodeEncodeError:
         return None  # encode() counts the rows as unencodable
-    if ncols * _WIDEST_NUMBER + len(suffix) * 4 + 1 > max_row_bytes:
+    widest = numbers * _WIDEST_NUMBER + len(tail) + 1
+    if widest > max_row_bytes:
         return None
-    widest = ncols * _WIDEST_NUMBER + len(tail) + 1
     per_chunk = max(1, chunk_bytes // widest)
     data = values.tobytes()
-    row_bytes = ncols * values.dtype.itemsize
+    row_bytes = numbers * values.dtype.itemsize
     chunks = []
     for first in range(0, rows, per_chunk):
         n = min(per_chunk, rows - first)
-        head = PACKED_RECORD.pack(dtype.encode("ascii"), n, ncols, len(tail))
+        head = PACKED_RECORD.pack(dtype.encode("ascii"), n, numbers, len(tail))
         values_bytes = data if n == rows else data[first * row_bytes : (first + n) * row_bytes]
         chunks.append((b"".join((head, tail, values_bytes)), n, n * widest))
     return Packed(chunks, rows, ncols, data_columns)
+
+
+# The numpy dtype that holds a column of Python numbers of one type, each written as the same text.
+_DTYPE_OF = {float: "<f8", int: "<i8", bool: "|b1"}
+
+
+def _split_correlated(values: Any, tail_columns: int) -> tuple[Any, str] | None:
+    """An object array of Python numbers of one type whose last `tail_columns` are the same in every row (what
+    add_correlations() makes of an array of numbers): (the numbers as a numeric array, the CSV text of the last
+    columns, starting with a comma). None for any other object array."""
+    np = sys.modules["numpy"]
+    width = values.shape[1] - tail_columns
+    if tail_columns <= 0 or width <= 0:
+        return None
+    tails = values[:, width:].tolist()
+    if tails.count(tails[0]) != len(tails) or not all(type(v) is str for v in tails[0]):
+        return None
+    cells = values[:, :width].ravel().tolist()
+    types = set(map(type, cells))
+    dtype = _DTYPE_OF.get(types.pop()) if len(types) == 1 else None
+    if dtype is None:
+        return None
+    try:
+        numbers = np.array(cells, dtype=dtype).reshape(-1, width)
+    except OverflowError:
+        return None  # an int past int64
+    return numbers, "," + ",".join(map(quote, tails[0]))
 
 
 @functools.lru_cache(maxsize=256)
