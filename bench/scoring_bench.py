@@ -62,7 +62,15 @@ PEER_VENV = REPO / "bench" / "out" / "scoring-peer-venv"
 PEER_PACKAGE = "azureml-inference-server-http==1.5.1"
 SAMPLE = REPO / "examples" / "score.py"
 MODEL_DIR = REPO / "examples" / "sample_model"
-PAYLOAD = (REPO / "examples" / "sample_request.json").read_text().strip()
+PAYLOAD = (REPO / "examples" / "sample_request.json").read_text().strip()  # --rows N replaces it
+
+
+def payload_of(rows: int) -> str:
+    """A request of `rows` rows of the sample's 10 features (3 decimals, a fixed draw): a batch-scoring client."""
+    draw = random.Random(rows)
+    return json.dumps({"data": [[round(draw.random() * 100, 3) for _ in range(10)] for _ in range(rows)]})
+
+
 RESULTS = REPO / "bench" / "RESULTS.md"
 SECTION = "## Scoring runtime"
 
@@ -352,11 +360,12 @@ def cpu_child(azurite_url: str) -> None:
     shutil.rmtree(scratch, ignore_errors=True)
 
 
-def cpu_breakdown(azurite_url: str) -> dict[str, dict[str, float]]:
+def cpu_breakdown(azurite_url: str, rows: int) -> dict[str, dict[str, float]]:
+    rows_argv = ["--rows", str(rows)] if rows else []
     out = {}
     for mode, url in (("off", ""), ("on", azurite_url)):
         result = subprocess.run(
-            [sys.executable, __file__, "--cpu-child", url or "-"],
+            [sys.executable, __file__, "--cpu-child", url or "-", *rows_argv],
             capture_output=True,
             text=True,
             check=True,
@@ -449,8 +458,12 @@ def main() -> int:
     parser.add_argument("--max-requests", type=int, default=200_000, help="per load run")
     parser.add_argument("--quick", action="store_true", help="one short round")
     parser.add_argument("--write", action="store_true", help=f"record the table in {RESULTS.relative_to(REPO)}")
+    parser.add_argument("--rows", type=int, default=0, help="requests of this many rows, not the sample request")
     parser.add_argument("--cpu-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.rows:
+        global PAYLOAD
+        PAYLOAD = payload_of(args.rows)
     if args.cpu_child:
         cpu_child("" if args.cpu_child == "-" else args.cpu_child)
         return 0
@@ -514,7 +527,7 @@ def main() -> int:
             finally:
                 server.stop()
         say("measuring where collection's cost goes (in-process, no HTTP)")
-        cpu = cpu_breakdown(azurite.url)
+        cpu = cpu_breakdown(azurite.url, args.rows)
     finally:
         azurite.stop()
         shutil.rmtree(scratch, ignore_errors=True)
@@ -563,7 +576,7 @@ def report(
         return ticks / os.sysconf("SC_CLK_TCK") * 1e6 / max(1, sum(r["requests"] for r in runs))
 
     off, on, peer = SCENARIOS
-    flags = " --quick" if args.quick else ""
+    flags = (" --quick" if args.quick else "") + (f" --rows {args.rows}" if args.rows else "")
     lines = [
         (
             f"Command: `.venv/bin/python bench/scoring_bench.py{flags}`: {args.workers} worker processes per server; "
@@ -628,7 +641,7 @@ def report(
         ),
         (
             f"- Where collection's cost goes (the app called in-process, {CPU_CALLS} paced calls, no HTTP; CPU "
-            f"microseconds per request of 2 rows in, 2 predictions out): request thread {cpu['off']['MainThread']:.0f} "
+            f"microseconds per request of {args.rows or 2} rows in, as many predictions out): request thread {cpu['off']['MainThread']:.0f} "
             f"with collection off, {cpu['on']['MainThread']:.0f} with it on; the collector's spool writer "
             f"{cpu['on'].get('collector-spool-writer', 0):.0f} and uploader {cpu['on'].get('collector-uploader', 0):.0f}. "
             "In the runtime, the spool writer is a thread of each worker (it shares the worker's GIL) and the uploads "
