@@ -175,10 +175,10 @@ def test_the_agent_writes_the_csv_of_numeric_arrays_that_writers_spool_packed(
     inputs = ModelDataCollector("best_model", designation="inputs", feature_names=HEADER)
     arrays = [
         np.array([[1, 0.1, -2.5e-300]]),
-        np.arange(12, dtype=np.int64).reshape(4, 3) - 6,
-        np.array([[np.nan, np.inf, 1 / 3]]),
-        np.array([True, False, True]),
-        pd.DataFrame({"a": [2**62, -1], "b": [0, 7], "c": [3, 4]}, dtype=np.int64),
+        np.arange(12, dtype=np.float64).reshape(4, 3) - 6,
+        np.array([np.nan, np.inf, 1 / 3]),
+        pd.DataFrame({"a": [2.5, -1.0], "b": [0.0, 7.0], "c": [3.0, 4.0]}),
+        np.array([[2**62, -1, 0]], dtype=np.int64),  # ints: as CSV
     ]
     expected = []
     for data in arrays:

@@ -359,7 +359,10 @@ class Engine:
         max_row_bytes = self.settings.max_row_bytes
         packed = None
         if pack:
-            packed = tabular.pack(kind, snap, suffix=suffix, max_row_bytes=max_row_bytes, tail_columns=len(tail))
+            try:  # pack() takes only calls that encode() writes whole: no drops to count on its path
+                packed = tabular.pack(kind, snap, suffix=suffix, max_row_bytes=max_row_bytes, tail_columns=len(tail))
+            except Exception:  # a shortcut: never lose rows that encode() would write
+                log.debug("collector: cannot pack\n%s", traceback.format_exc())
         if packed is not None:
             chunks_of_call, ncols, data_columns, rows = packed.chunks, packed.ncols, packed.data_columns, packed.rows
         else:

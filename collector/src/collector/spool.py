@@ -262,7 +262,8 @@ class Destination:
                 # only something else deletes a segment that is not delivered yet.
                 self._lost(seg, off, 0)
             if off < size:
-                window = min(size - off, max_bytes + FRAME.size * 256)
+                # Packed float64 takes up to twice its CSV (1.0 is 8 bytes): read enough for a full block.
+                window = min(size - off, 2 * max_bytes + FRAME.size * 256)
                 try:
                     raw = self._pread(seg, off, window)
                 except FileNotFoundError:

@@ -374,8 +374,9 @@ def pack(
         data_columns, values = snap
     else:
         return None
-    if values.ndim not in (1, 2) or values.size == 0:
-        return None
+    np = sys.modules["numpy"]
+    if type(values) is not np.ndarray or values.ndim not in (1, 2) or values.size == 0:
+        return None  # a masked array's bytes hold its fill values where encode() writes None
     if values.ndim == 1:
         values = values.reshape(1, -1)
     ncols = values.shape[1]
@@ -386,7 +387,9 @@ def pack(
         values, correlated = split
         suffix = correlated + suffix
     dtype = values.dtype.str
-    if dtype[1:] not in _STRUCT_CODES:
+    if dtype[1:] not in _STRUCT_CODES or values.dtype.type is not np.float64:
+        # float64 only: its packed bytes take at most twice its CSV (1.0), usually less than half; an int64 of 0 or 1
+        # would take four times, and the spool bound is in spool bytes. (A long double reported as <f8 is not one.)
         return None
     rows, numbers = values.shape
     try:
@@ -408,31 +411,22 @@ def pack(
     return Packed(chunks, rows, ncols, data_columns)
 
 
-# The numpy dtype that holds a column of Python numbers of one type, each written as the same text.
-_DTYPE_OF = {float: "<f8", int: "<i8", bool: "|b1"}
-
-
 def _split_correlated(values: Any, tail_columns: int) -> tuple[Any, str] | None:
-    """An object array of Python numbers of one type whose last `tail_columns` are the same in every row (what
-    add_correlations() makes of an array of numbers): (the numbers as a numeric array, the CSV text of the last
+    """An object array of Python floats whose last `tail_columns` are the same text in every row (what
+    add_correlations() makes of an array of float64): (the floats as a float64 array, the CSV text of the last
     columns, starting with a comma). None for any other object array."""
     np = sys.modules["numpy"]
     width = values.shape[1] - tail_columns
     if tail_columns <= 0 or width <= 0:
         return None
     tails = values[:, width:].tolist()
-    if tails.count(tails[0]) != len(tails) or not all(type(v) is str for v in tails[0]):
+    # Types first: == of a str and, say, pandas.NA raises.
+    if {type(v) for row in tails for v in row} != {str} or tails.count(tails[0]) != len(tails):
         return None
     cells = values[:, :width].ravel().tolist()
-    types = set(map(type, cells))
-    dtype = _DTYPE_OF.get(types.pop()) if len(types) == 1 else None
-    if dtype is None:
+    if set(map(type, cells)) != {float}:
         return None
-    try:
-        numbers = np.array(cells, dtype=dtype).reshape(-1, width)
-    except OverflowError:
-        return None  # an int past int64
-    return numbers, "," + ",".join(map(quote, tails[0]))
+    return np.array(cells, dtype=np.float64).reshape(-1, width), "," + ",".join(map(quote, tails[0]))
 
 
 @functools.lru_cache(maxsize=256)
