@@ -156,11 +156,14 @@ def test_a_new_agent_settles_the_block_a_killed_agent_left_unconfirmed(
 
 
 def frame_kinds(segment: Path) -> list[str]:
-    """Each frame of a spool segment: "packed" or "csv"."""
+    """The kinds of a spool segment's frames in order, "packed" or "csv", a run of one kind once (the writer may
+    wake between two collect() calls and write their rows in two frames)."""
     raw, kinds, i = segment.read_bytes(), [], 0
     while i + spool_module.FRAME.size <= len(raw):
         length, rows, _ = spool_module.FRAME.unpack_from(raw, i)
-        kinds.append("packed" if rows & spool_module.PACKED else "csv")
+        kind = "packed" if rows & spool_module.PACKED else "csv"
+        if not kinds or kinds[-1] != kind:
+            kinds.append(kind)
         i += spool_module.FRAME.size + length
     return kinds
 
