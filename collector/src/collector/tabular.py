@@ -323,22 +323,12 @@ def header_line(names: Sequence[str]) -> bytes:
     return (",".join(quote(n) for n in names) + "\n").encode("utf-8", "replace")
 
 
-# A packed record: numpy dtype (b"<f8"), rows, columns, suffix bytes; then the suffix (UTF-8), then the values, rows
-# after rows. Only dtypes whose values Python's struct reads as the same Python numbers that tolist() gives.
+# A packed record: numpy dtype (b"<f8" or b">f8"), rows, columns, suffix bytes; then the suffix (UTF-8), then the
+# values, rows after rows. Only float64: struct reads them as the very Python floats that tolist() gives, and their
+# packed bytes take at most twice their CSV (1.0), usually less than half; an int64 of 0 or 1 would take four times,
+# and the spool bound is in spool bytes.
 PACKED_RECORD = struct.Struct(">4sIII")
-_STRUCT_CODES = {
-    "f8": "d",
-    "i1": "b",
-    "i2": "h",
-    "i4": "i",
-    "i8": "q",
-    "u1": "B",
-    "u2": "H",
-    "u4": "I",
-    "u8": "Q",
-    "b1": "?",
-}
-_BYTE_ORDERS = {"<": "<", ">": ">", "|": "="}
+_FLOAT64 = (b"<f8\0", b">f8\0")
 
 
 class Packed:
@@ -386,11 +376,9 @@ def pack(
             return None
         values, correlated = split
         suffix = correlated + suffix
-    dtype = values.dtype.str
-    if dtype[1:] not in _STRUCT_CODES or values.dtype.type is not np.float64:
-        # float64 only: its packed bytes take at most twice its CSV (1.0), usually less than half; an int64 of 0 or 1
-        # would take four times, and the spool bound is in spool bytes. (A long double reported as <f8 is not one.)
+    if values.dtype.type is not np.float64:  # (a long double that numpy reports as <f8 is not one)
         return None
+    dtype = values.dtype.str
     rows, numbers = values.shape
     try:
         tail = suffix.encode("utf-8")
@@ -431,8 +419,9 @@ def _split_correlated(values: Any, tail_columns: int) -> tuple[Any, str] | None:
 
 @functools.lru_cache(maxsize=256)
 def _layout(dtype: bytes, count: int) -> struct.Struct:
-    code = dtype.rstrip(b"\0").decode("ascii")
-    return struct.Struct(f"{_BYTE_ORDERS[code[0]]}{count}{_STRUCT_CODES[code[1:]]}")
+    if dtype not in _FLOAT64:
+        raise ValueError(f"a dtype of {dtype!r}")
+    return struct.Struct(f"{dtype[:1].decode()}{count}d")  # the byte order, then `count` float64
 
 
 def unpack(records: bytes) -> bytes:
@@ -450,6 +439,6 @@ def unpack(records: bytes) -> bytes:
             i += layout.size
             lines = [",".join(map(repr, values[r : r + ncols])) for r in range(0, rows * ncols, ncols)]
             out.append((end.join(lines) + end).encode("utf-8"))
-    except (struct.error, KeyError, IndexError, UnicodeDecodeError) as exc:
+    except (struct.error, ValueError) as exc:  # UnicodeDecodeError is a ValueError
         raise ValueError(f"not a packed record at byte {i}: {exc}") from exc
     return b"".join(out)
