@@ -125,9 +125,10 @@ def readline_within(stream: IO[str], seconds: float = 30.0) -> str:
 
 def spooled_rows(segment: Path) -> list[list[str]]:
     """The CSV rows in a spool segment's frames, as the uploader reads them (packed records written as CSV)."""
-    csv, _, _, damaged = Destination._unframe(segment.read_bytes())
-    assert not damaged, f"{segment} has a damaged frame"
-    return rows_of(csv.decode())
+    read = Destination._unframe(segment.read_bytes())
+    assert not read.damaged, f"{segment} has a damaged frame"
+    assert not read.unreadable, f"{segment} has packed records that cannot be read"
+    return rows_of(read.data.decode())
 
 
 def read_files(blobs: BlobServiceClient, prefix: str) -> dict[str, str]:

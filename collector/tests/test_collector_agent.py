@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -274,6 +275,72 @@ def test_the_agent_goes_past_a_spool_file_deleted_by_something_else(
     assert collector.flush(30)
     assert_exactly_once(read_files(blobs, workspace), [["w", "1", "after"]])
     assert "was deleted before its rows were delivered" in stop_agent(agent)
+
+
+def _frame(body: bytes, rows: int, crc: int | None = None) -> bytes:
+    return spool_module.FRAME.pack(len(body), rows, zlib.crc32(body) if crc is None else crc) + body
+
+
+def test_a_frame_of_packed_records_the_agent_cannot_read_loses_its_rows_only_and_is_counted_once(
+    configure, blobs, workspace, spool_dir, start_agent
+):
+    # Whole, its crc right, its records unreadable (as a later version's format would be to this agent): the agent
+    # skips that frame alone, counts its bytes once, and delivers the rows before and after it.
+    env = configure(**{config.DELIVERY: "agent"})
+    dc = ModelDataCollector("best_model", designation="predictions", feature_names=HEADER)
+    dc.collect(np.array([[1.0, 2.0, 3.0]]))
+    assert engine.current().spool_now()
+    (segment,) = spool_dir.glob("*/*/*.seg")
+    unreadable = _frame(b"\xff", 1 | spool_module.PACKED)
+    with segment.open("ab") as f:
+        f.write(unreadable)
+    dc.collect(np.array([[4.0, 5.0, 6.0]]))
+    assert engine.current().spool_now()
+    status = spool_dir.parent / "agent.json"
+    agent = start_agent(env, status)
+
+    assert collector.flush(30)
+    dc.collect(np.array([[7.0, 8.0, 9.0]]))  # and more rounds over the same file
+    expected = [["1.0", "2.0", "3.0"], ["4.0", "5.0", "6.0"], ["7.0", "8.0", "9.0"]]
+    wait_for(lambda: len(rows_of(next(iter(read_files(blobs, workspace).values()), ""))) == 4, 30, "the rows")
+    assert_exactly_once(read_files(blobs, workspace), expected)
+    log = stop_agent(agent)
+    assert log.count("packed records this version cannot read") == 1, log
+    assert status_of(status)["spool_bytes_lost"] == len(unreadable)
+
+
+def test_a_damaged_frame_in_a_live_writers_file_cuts_the_file_short_once(
+    configure, blobs, workspace, spool_dir, start_agent, monkeypatch
+):
+    # A frame whose crc is wrong: nothing after it in the file can be trusted. The agent delivers the rows before
+    # it, counts the rest of the file lost, once, and what the writer adds to that file later, once; then goes on
+    # in the writer's next file.
+    env = configure(**{config.DELIVERY: "agent"})
+    dc = ModelDataCollector("best_model", designation="predictions", feature_names=HEADER)
+    dc.collect(["w", 1, "before"])
+    assert engine.current().spool_now()
+    (segment,) = spool_dir.glob("*/*/*.seg")
+    damaged = _frame(b"w,2,damaged\n", 1, crc=0)
+    with segment.open("ab") as f:
+        f.write(damaged)
+    status = spool_dir.parent / "agent.json"
+    agent = start_agent(env, status)
+    assert collector.flush(30)
+    wait_for(lambda: status_of(status).get("spool_bytes_lost") == len(damaged), 10, "the damage counted")
+
+    size = segment.stat().st_size
+    dc.collect(["w", 3, "after it, in its file"])
+    assert engine.current().spool_now()
+    late = segment.stat().st_size - size
+    wait_for(lambda: status_of(status).get("spool_bytes_lost") == len(damaged) + late, 10, "the late rows counted")
+    monkeypatch.setattr(spool_module, "SEGMENT_BYTES", 1)  # the writer's next rows go to a new file
+    dc.collect(["w", 4, "in the next file"])
+    assert collector.flush(30)
+
+    assert_exactly_once(read_files(blobs, workspace), [["w", "1", "before"], ["w", "4", "in the next file"]])
+    log = stop_agent(agent)
+    assert log.count("is damaged at offset") == 1, log
+    assert status_of(status)["spool_bytes_lost"] == len(damaged) + late
 
 
 def test_a_writers_flush_waits_for_the_rows_before_a_deleted_spool_file_and_not_for_its_own(

@@ -26,7 +26,8 @@ when its owner dies. Processes that deliver their own rows leave shared spools a
 spool range) *before* the request goes out, so that after any failure, in this process or the next one, the
 uploader can find out whether that block is in the blob (see `collector.upload`). state.json is replaced
 atomically (write, then rename), so a kill leaves the old or the new state, never a mix. A frame cut short by a
-crash (only possible on power loss: frames go out in one write) fails its length or crc check and ends the segment.
+crash (only possible on power loss: frames go out in one write) fails its length or crc check and ends the segment;
+a whole frame whose packed records cannot be read is skipped alone. Either way the bytes are counted lost, once.
 Nothing is fsynced: a process kill loses nothing, a power cut may lose or repeat the last moments.
 
 A segment deleted by something else (an operator, a cleaner of old temporary files) loses its undelivered rows, and
@@ -58,7 +59,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from collector import tabular
 
@@ -77,6 +78,18 @@ SEGMENT_BYTES = 8 * 1024 * 1024
 WRITERS_OPEN = 32
 
 Position = tuple[int, int]  # (segment number, byte offset)
+
+
+class Unframed(NamedTuple):
+    """What `Destination._unframe` makes of the frames at the start of some bytes."""
+
+    data: bytes  # the CSV of the frames, joined
+    rows: int
+    used: int  # bytes of whole frames read (unreadable ones included)
+    damaged: bool  # a frame failed its crc check: nothing after it can be trusted
+    # (offset, bytes) of whole frames, crc right, whose packed records cannot be read (a version of the collector
+    # that writes records this one does not know): skipped, their rows lost, the frames after them read.
+    unreadable: list[tuple[int, int]]
 
 
 @dataclass
@@ -130,6 +143,10 @@ class Destination:
         self._fd: int | None = None  # writer's open segment
         self._wseg = 0
         self._gone: set[int] = set()  # segments found deleted (by something else), logged once each
+        # Segments cut short at a damaged frame: segment -> (where, the size it had then). A watched spool's sizes
+        # are read from disk again each round; these keep the cut, and count what its writer adds after it once.
+        self._cuts: dict[int, tuple[int, int]] = {}
+        self._unreadable_to: Position = (0, 0)  # unreadable frames before this are counted and logged
 
     # -- writer side -------------------------------------------------------------------------------------------
 
@@ -206,8 +223,19 @@ class Destination:
     def refresh_sizes(self) -> None:
         """Read the segments' sizes from disk (the delivery agent, for a spool that its owner still writes)."""
         sizes = self._sizes_on_disk(self.acked[0])
+        late = 0
+        for seg, (cut, seen) in list(self._cuts.items()):
+            if seg < self.acked[0]:
+                del self._cuts[seg]
+            elif seg in sizes:
+                if sizes[seg] > seen:
+                    late += sizes[seg] - seen
+                    self._cuts[seg] = (cut, sizes[seg])
+                sizes[seg] = min(cut, sizes[seg])
         with self.spool.lock:
             self.sizes = sizes
+        if late:
+            self.spool.on_lost(late)
 
     def _sizes_on_disk(self, first: int) -> dict[int, int]:
         """The sizes of the segment files numbered `first` and later."""
@@ -237,8 +265,8 @@ class Destination:
     def read_range(self, start: Position, end: Position) -> tuple[bytes, int]:
         """The CSV bytes and row count of the frames in [start, end) (one segment)."""
         seg, off = start
-        data, rows, _, _ = self._unframe(self._pread(seg, off, end[1] - off))
-        return data, rows
+        read = self._unframe(self._pread(seg, off, end[1] - off))
+        return read.data, read.rows
 
     def next_block(self, max_bytes: int, stop: Position | None = None) -> tuple[bytes, int, Position, Position] | None:
         """The next undelivered whole frames before `stop`, at most max_bytes of CSV: (bytes, rows, start, end)."""
@@ -272,15 +300,22 @@ class Destination:
                         return None  # the writer starts a new segment (Spool.reopen_deleted); then we go on there
                     self._advance(min(later))
                     continue
-                data, rows, used, damaged = self._unframe(raw, max_bytes)
-                if not used and not damaged and len(raw) >= FRAME.size:
+                read = self._unframe(raw, max_bytes)
+                if not read.used and not read.damaged and len(raw) >= FRAME.size:
                     # The first frame is longer than the window (the room left in a block was small): read it
                     # whole if it is on disk; the caller sends it first in a block of its own.
                     whole = FRAME.size + FRAME.unpack_from(raw)[0]
                     if whole <= size - off:
-                        data, rows, used, damaged = self._unframe(self._pread(seg, off, whole))
-                if used:
-                    return data, rows, (seg, off), (seg, off + used)
+                        read = self._unframe(self._pread(seg, off, whole))
+                self._count_unreadable(seg, off, read.unreadable)
+                if read.used and not read.data:  # unreadable frames only: nothing to send, go past them
+                    self.acked = (seg, off + read.used)
+                    self._save_state()
+                    self.spool.release_bytes(read.used)
+                    continue
+                if read.used:
+                    return read.data, read.rows, (seg, off), (seg, off + read.used)
+                damaged = read.damaged
                 if self.spool.live and not damaged and not later:
                     return None  # its owner is still writing this frame
                 # Nothing whole at `off`: only a spool left by a crash can end in a damaged frame.
@@ -294,11 +329,28 @@ class Destination:
                 return None
             self._advance(min(later))
 
+    def _count_unreadable(self, seg: int, off: int, unreadable: list[tuple[int, int]]) -> None:
+        """Count and log the unreadable frames that `next_block` found, each once (it may read a frame again: one
+        left for the next block, say)."""
+        for at, nbytes in unreadable:
+            if (seg, off + at) < self._unreadable_to:
+                continue
+            self._unreadable_to = (seg, off + at + nbytes)
+            log.error(
+                "collector: spool segment %s of %s holds packed records this version cannot read at offset %d "
+                "(%d bytes); their rows are lost, the rows after them are delivered",
+                seg,
+                self.path,
+                off + at,
+                nbytes,
+            )
+            self.spool.on_lost(nbytes)
+
     @staticmethod
-    def _unframe(raw: bytes, max_bytes: int | None = None) -> tuple[bytes, int, int, bool]:
-        """(CSV of the frames joined, rows, bytes of whole frames used, damaged) of the frames at the start of raw;
-        at most max_bytes of CSV unless the first frame alone has more."""
+    def _unframe(raw: bytes, max_bytes: int | None = None) -> Unframed:
+        """The frames at the start of raw: at most max_bytes of CSV unless the first frame alone has more."""
         parts: list[bytes] = []
+        unreadable: list[tuple[int, int]] = []
         rows = total = i = 0
         while i + FRAME.size <= len(raw):
             length, n, crc = FRAME.unpack_from(raw, i)
@@ -306,13 +358,14 @@ class Destination:
             if len(body) < length:
                 break
             if zlib.crc32(body) != crc:
-                return b"".join(parts), rows, i, True
+                return Unframed(b"".join(parts), rows, i, True, unreadable)
             if n & PACKED:
                 try:
                     body = tabular.unpack(body)
-                except ValueError as exc:
-                    log.error("collector: a spool frame's packed records cannot be read: %s", exc)
-                    return b"".join(parts), rows, i, True
+                except ValueError:
+                    unreadable.append((i, FRAME.size + length))
+                    i += FRAME.size + length
+                    continue
                 n &= ~PACKED
             if max_bytes is not None and parts and total + len(body) > max_bytes:
                 break
@@ -320,7 +373,7 @@ class Destination:
             total += len(body)
             rows += n
             i += FRAME.size + length
-        return b"".join(parts), rows, i, False
+        return Unframed(b"".join(parts), rows, i, False, unreadable)
 
     def move_to(self, file: str) -> None:
         """Deliver what is left to another file, from its latest part (only with no block pending)."""
@@ -363,6 +416,7 @@ class Destination:
             size = max(size, self.sizes.get(seg, size))
             if seg in self.sizes:
                 self.sizes[seg] = off
+        self._cuts[seg] = (off, size)
         nbytes = max(0, size - off)
         self.spool.release_bytes(nbytes)
         self.spool.on_lost(nbytes)
