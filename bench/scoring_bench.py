@@ -116,13 +116,24 @@ def collection_env(azurite_url: str, service_prefix: str, spool: Path) -> dict[s
     )
 
 
-def start_server(scenario: str, workers: int, port: int, scratch: Path, azurite_url: str) -> subprocess.Popen:
+def start_server(
+    scenario: str,
+    workers: int,
+    port: int,
+    scratch: Path,
+    azurite_url: str,
+    checkout: Path = REPO,
+    extra_env: dict[str, str] | None = None,
+) -> subprocess.Popen:
+    """Start one server; ours from `checkout` (another git worktree of the repository: bench/scoring_ab.py)."""
     log = open(scratch / f"server-{port}.log", "wb")  # noqa: SIM115 - the child owns it
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AML_", "AZUREML_", "SCORING_", "OTEL_"))}
     if scenario.startswith("tributary"):
-        env["PYTHONPATH"] = str(REPO)
+        # The checkout's collector before the one installed (editable) from this repository.
+        env["PYTHONPATH"] = os.pathsep.join([str(checkout), str(checkout / "collector" / "src")])
         if "collection on" in scenario:
             env.update(collection_env(azurite_url, "bench", scratch / f"spool-{port}"))
+        env.update(extra_env or {})
         argv = [sys.executable, "-m", "scoring", "--entry-script", str(SAMPLE), "--model-dir", str(MODEL_DIR)]
         argv += ["--port", str(port), "--workers", str(workers)]
     else:
