@@ -6,9 +6,11 @@ import dataclasses
 import json
 import os
 import signal
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,7 @@ import pytest
 from deployments.compute import DesiredSpec, ModelRef, PermanentError, RolloutState
 from deployments.compute.local import LocalDriver
 from tests.conftest import REPO, wait_until
-from tests.test_scoring_runtime import SLOW_INIT_SCRIPT, write_script
+from tests.test_scoring_runtime import SLEEPING_SCRIPT, SLOW_INIT_SCRIPT, write_script
 
 EXAMPLES = REPO / "examples"
 SECRET_NAME = "BLOB_CONNECTION_STRING"
@@ -207,6 +209,27 @@ def test_it_fails_a_service_that_never_becomes_ready(drivers, tmp_path: Path) ->
     state = wait_until(lambda: (s := driver.rollout_state(spec)).finished and s, timeout=30, message="a result")
     assert state.status == "Failed"
     assert state.reason.startswith("not ready within 1s: ")
+
+
+def test_a_service_busy_for_longer_than_the_ready_timeout_stays_healthy(drivers, tmp_path: Path) -> None:
+    # Its one request thread is in run() for seconds: on the main port GET /ready would wait behind it, past the
+    # driver's 2 s, and the service would be reported Failed. The driver asks on the runtime's probe port.
+    driver = drivers(ready_timeout=1.0)
+    spec = sample_spec(entry_script=str(write_script(tmp_path, SLEEPING_SCRIPT)), environment={"SCORING_THREADS": "1"})
+    driver.apply(spec)
+    url = healthy(driver, spec).scoring_url
+    started = tmp_path / "started"
+    busy = ThreadPoolExecutor(1)
+    answer = busy.submit(urllib.request.urlopen, urllib.request.Request(url, data=f"6 {started}".encode()), timeout=30)
+    wait_until(started.exists, message="a request in run()")
+    wait_until(lambda: time.time() - state_file(driver, spec)["started_at"] > 1.5, message="the ready timeout past")
+
+    state = driver.rollout_state(spec)
+
+    assert (state.status, state.scoring_url) == ("Healthy", url)
+    assert state_file(driver, spec)["probe_port"] not in (None, state_file(driver, spec)["port"])
+    assert answer.result(timeout=30).status == 200
+    busy.shutdown()
 
 
 def test_it_stops_and_removes_a_service(drivers) -> None:

@@ -7,11 +7,12 @@
 
 One process per service: `python -m scoring` (gunicorn), on its own loopback port, with its own environment, in its
 own session (so it outlives the portal process that started it). `spec.replicas` is its number of worker processes
-(`WORKER_COUNT`), each with its own init() and model, all behind the one port. `spec.image` means nothing here.
+(`WORKER_COUNT`), each with its own init() and model, all behind the one port; rollout_state() asks GET /ready on
+a second port, the runtime's probe port, which busy request threads never hold up. `spec.image` means nothing here.
 
 State, per service, under `<state_dir>/service-<id>/`:
 
-    state.json         update id, settings hash, pid and its start time, port, argv (never a secret: a hash of it)
+    state.json         update id, settings hash, pid and its start time, ports, argv (never a secret: a hash of it)
     runtime.log        the process's standard output and error (runtime.log.1: the previous process's)
     exit-<pid>         its exit status, when it exited while this portal process was its parent
     models/            the model directory (AZUREML_MODEL_DIR): <name>/<version> links to each model's files
@@ -137,7 +138,8 @@ class LocalDriver:
         if not _alive(state):
             return RolloutState("Failed", _exit_reason(folder, state))
         url = f"http://{_url_host(state['host'])}:{state['port']}"
-        answer = _probe(state["host"], state["port"], "/ready")
+        # Services started before the probe port (no "probe_port" in their state) are asked on the main port.
+        answer = _probe(state["host"], int(state.get("probe_port") or state["port"]), "/ready")
         if answer is not None and answer[0] == 200:
             return RolloutState("Healthy", "", f"{url}/score")
         waited = time.time() - state["started_at"]
@@ -313,6 +315,7 @@ class LocalDriver:
         self, spec: DesiredSpec, folder: Path, script: Path, secret: str, digest: str, previous: dict[str, Any] | None
     ) -> None:
         port = self._port(spec, previous)
+        probe_port = self._probe_port(port, previous)
         model_dir = self._models(spec, folder)
         env = self._environ(spec, folder, script, secret, model_dir)
         (folder / "spool").mkdir(exist_ok=True)
@@ -322,6 +325,7 @@ class LocalDriver:
         for old in folder.glob("exit-*"):
             old.unlink(missing_ok=True)
         argv = [self.python, "-m", "scoring", "--entry-script", str(script), "--host", self.host, "--port", str(port)]
+        argv += ["--probe-port", str(probe_port)]
         try:
             with open(log_path, "ab") as log:
                 process = subprocess.Popen(
@@ -345,6 +349,7 @@ class LocalDriver:
                 "start_ticks": _start_ticks(process.pid),
                 "host": self.host,
                 "port": port,
+                "probe_port": probe_port,
                 "argv": argv,
                 "started_at": time.time(),
             },
@@ -362,6 +367,20 @@ class LocalDriver:
         with socket.socket(_family(self.host)) as s:
             s.bind((self.host, 0))
             return int(s.getsockname()[1])
+
+    def _probe_port(self, port: int, previous: dict[str, Any] | None) -> int:
+        """Where rollout_state() asks GET /ready: a port of its own, which busy request threads never hold up (on the
+        main port a probe waits for a request thread, and a service busy for longer than the ready timeout would be
+        reported Failed). The previous one if free, else a free one."""
+        kept = int(previous.get("probe_port") or 0) if previous is not None else 0
+        if kept and kept != port and _port_free(self.host, kept):
+            return kept
+        while True:
+            with socket.socket(_family(self.host)) as s:
+                s.bind((self.host, 0))
+                free = int(s.getsockname()[1])
+            if free != port:
+                return free
 
     def _stop(self, state: dict[str, Any]) -> None:
         """SIGTERM the runtime's master (it stops its workers gracefully); SIGKILL the group after stop_timeout."""
