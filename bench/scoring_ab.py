@@ -15,12 +15,14 @@ each run after the rows of the one before are delivered. A server's p50 and p99 
 requests together; each version's change against "off" has a 90% bootstrap interval over the cycles; CPU per
 request comes from /proc (the workers, and the delivery agent), the delivery of the run's rows included.
 
-To reproduce session 11's table (bench/RESULTS.md), which measured hand-offs of the rows out of the workers:
+To reproduce session 11's tables (bench/RESULTS.md), which measured hand-offs of the rows out of the workers:
 
     git worktree add /tmp/handoff HEAD && git -C /tmp/handoff apply bench/handoff_variants.patch
     .venv/bin/python bench/scoring_ab.py --aa capture=/tmp/handoff:TRIB_VARIANT=capture \\
         ring=/tmp/handoff:TRIB_VARIANT=ring reqpack=/tmp/handoff:TRIB_VARIANT=reqpack
     .venv/bin/python bench/scoring_ab.py sw200=/tmp/handoff:TRIB_SWITCH=0.0002 sw50=/tmp/handoff:TRIB_SWITCH=0.00005
+    .venv/bin/python bench/scoring_ab.py --cycles 20 ring2=/tmp/handoff:TRIB_VARIANT=ring2 \
+        ring2nice=/tmp/handoff:TRIB_VARIANT=ring2,TRIB_CHILD_NICE=10
 
 A benchmark, not a test: about 6 s per server and cycle.
 """
