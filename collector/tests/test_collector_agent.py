@@ -309,6 +309,20 @@ def test_a_frame_of_packed_records_the_agent_cannot_read_loses_its_rows_only_and
     assert status_of(status)["spool_bytes_lost"] == len(unreadable)
 
 
+def test_a_block_never_holds_an_unreadable_frame() -> None:
+    # A block is sent again byte for byte after a failure, maybe by the next agent; one of a later version could
+    # read the frame this one skips, and would send other bytes. So the rows before and after it are separate blocks.
+    before, unreadable, after = _frame(b"a,1\n", 1), _frame(b"\xff", 1 | spool_module.PACKED), _frame(b"b,2\n", 1)
+    raw = before + unreadable + after
+    first = spool_module.Destination._unframe(raw)
+    second = spool_module.Destination._unframe(raw[first.used :])
+    third = spool_module.Destination._unframe(raw[first.used + second.used :])
+
+    assert (first.data, first.used, first.unreadable) == (b"a,1\n", len(before), [])
+    assert (second.data, second.used, second.unreadable) == (b"", len(unreadable), [(0, len(unreadable))])
+    assert (third.data, third.used, third.unreadable) == (b"b,2\n", len(after), [])
+
+
 def test_a_damaged_frame_in_a_live_writers_file_cuts_the_file_short_once(
     configure, blobs, workspace, spool_dir, start_agent, monkeypatch
 ):

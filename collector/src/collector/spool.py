@@ -85,10 +85,11 @@ class Unframed(NamedTuple):
 
     data: bytes  # the CSV of the frames, joined
     rows: int
-    used: int  # bytes of whole frames read (unreadable ones included)
+    used: int  # bytes of whole frames read
     damaged: bool  # a frame failed its crc check: nothing after it can be trusted
     # (offset, bytes) of whole frames, crc right, whose packed records cannot be read (a version of the collector
-    # that writes records this one does not know): skipped, their rows lost, the frames after them read.
+    # that writes records this one does not know): to skip, their rows lost. Only ever with no data: a block never
+    # spans one.
     unreadable: list[tuple[int, int]]
 
 
@@ -359,14 +360,20 @@ class Destination:
                 break
             if zlib.crc32(body) != crc:
                 return Unframed(b"".join(parts), rows, i, True, unreadable)
+            # Unreadable frames come alone, never in a block with rows: a block sent again must be the same bytes,
+            # and an agent of a later version, which can read them, takes over pending blocks.
             if n & PACKED:
                 try:
                     body = tabular.unpack(body)
                 except ValueError:
+                    if parts:
+                        break
                     unreadable.append((i, FRAME.size + length))
                     i += FRAME.size + length
                     continue
                 n &= ~PACKED
+            if unreadable:
+                break
             if max_bytes is not None and parts and total + len(body) > max_bytes:
                 break
             parts.append(body)
