@@ -142,7 +142,7 @@ def test_it_restarts_with_new_settings(drivers, blob_container) -> None:
     spec = sample_spec(environment={"AML_MODEL_DC_CONTAINER": blob_container.container_name})
     driver.apply(spec)
     url = healthy(driver, spec).scoring_url
-    old_pid = state_file(driver, spec)["pid"]
+    old_pid, probe_port = state_file(driver, spec)["pid"], state_file(driver, spec)["probe_port"]
 
     update = dataclasses.replace(spec, update_id=2, collect_model_data=True, replicas=2)
     driver.apply(update)
@@ -150,6 +150,7 @@ def test_it_restarts_with_new_settings(drivers, blob_container) -> None:
     assert driver.rollout_state(spec).reason == "superseded by update 2"
     state = healthy(driver, update)
     assert state.scoring_url == url  # the same port again
+    assert state_file(driver, update)["probe_port"] == probe_port  # though the probes left it in TIME_WAIT
     assert state_file(driver, update)["pid"] != old_pid
     assert not Path(f"/proc/{old_pid}").exists() or "Z" in Path(f"/proc/{old_pid}/stat").read_text().split()[2]
     with urllib.request.urlopen(url.replace("/score", "/status"), timeout=10) as response:

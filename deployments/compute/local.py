@@ -451,7 +451,10 @@ def _url_host(host: str) -> str:
 
 
 def _port_free(host: str, port: int) -> bool:
+    """Whether the runtime could listen on host:port: a listener there stops it, connections of the process before
+    in TIME_WAIT do not (the runtime's own check is the same; its probe port closes each connection first)."""
     with socket.socket(_family(host)) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError:
