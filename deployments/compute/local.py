@@ -364,9 +364,7 @@ class LocalDriver:
             return int(spec.target["port"])
         if previous is not None and _port_free(self.host, int(previous["port"])):
             return int(previous["port"])
-        with socket.socket(_family(self.host)) as s:
-            s.bind((self.host, 0))
-            return int(s.getsockname()[1])
+        return _free_port(self.host)
 
     def _probe_port(self, port: int, previous: dict[str, Any] | None) -> int:
         """Where rollout_state() asks GET /ready: a port of its own, which busy request threads never hold up (on the
@@ -375,12 +373,7 @@ class LocalDriver:
         kept = int(previous.get("probe_port") or 0) if previous is not None else 0
         if kept and kept != port and _port_free(self.host, kept):
             return kept
-        while True:
-            with socket.socket(_family(self.host)) as s:
-                s.bind((self.host, 0))
-                free = int(s.getsockname()[1])
-            if free != port:
-                return free
+        return _free_port(self.host, besides=port)
 
     def _stop(self, state: dict[str, Any]) -> None:
         """SIGTERM the runtime's master (it stops its workers gracefully); SIGKILL the group after stop_timeout."""
@@ -448,6 +441,16 @@ def _family(host: str) -> socket.AddressFamily:
 
 def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
+
+
+def _free_port(host: str, besides: int = 0) -> int:
+    """A port free on `host` now (the kernel's pick), other than `besides`."""
+    while True:
+        with socket.socket(_family(host)) as s:
+            s.bind((host, 0))
+            port = int(s.getsockname()[1])
+        if port != besides:
+            return port
 
 
 def _port_free(host: str, port: int) -> bool:

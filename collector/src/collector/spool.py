@@ -310,9 +310,7 @@ class Destination:
                         read = self._unframe(self._pread(seg, off, whole))
                 self._count_unreadable(seg, off, read.unreadable)
                 if read.used and not read.data:  # unreadable frames only: nothing to send, go past them
-                    self.acked = (seg, off + read.used)
-                    self._save_state()
-                    self.spool.release_bytes(read.used)
+                    self.ack((seg, off + read.used), 0, read.used)
                     continue
                 if read.used:
                     return read.data, read.rows, (seg, off), (seg, off + read.used)
