@@ -240,6 +240,36 @@ def test_a_writer_writes_the_csv_itself_while_the_agent_is_behind(configure, spo
     assert spooled_rows(segment) == [["1.0", "2.0", "3.0"], ["4.0", "5.0", "6.0"]]
 
 
+def test_a_writer_gathers_calls_of_floats_and_keeps_the_rows_of_each_file_in_order(configure, spool_dir, monkeypatch):
+    # The calls of floats of one wake go in one record per file (tabular.Calls); a call of anything else in between
+    # comes after the floats before it and before those after it, as collected.
+    configure(**{config.DELIVERY: "agent"})
+    monkeypatch.setattr(engine, "IDLE_POLL", 3600)  # the writer takes all of the calls below in one wake
+    dc = ModelDataCollector("best_model", designation="predictions", feature_names=HEADER)
+    scores = ModelDataCollector("best_model", designation="scores", feature_names=["score"])
+    correlations = {"$aml_dc_correlation_id": "c1", "$aml_dc_scoring_timestamp": "t1", "$aml_request_id": "r1"}
+    dc.collect(np.array([[1.0, 2.0, 3.0]]))
+    scores.collect(scores.add_correlations(np.array([0.25]), correlations))
+    dc.collect(np.array([[4.0, 5.0, 6.0], [7.0, 8.0, 9.0]]))
+    dc.collect(np.array([[10, 11, 12]]))  # ints: CSV
+    scores.collect(scores.add_correlations(np.array([0.5]), correlations))
+    dc.collect(np.array([13.0, 14.0, 15.0]))
+    assert engine.current().spool_now()
+
+    (segment,) = spool_dir.glob(f"*/{_destination_of(spool_dir, 'predictions')}/*.seg")
+    assert frame_kinds(segment) == ["packed", "csv", "packed"]
+    assert spooled_rows(segment) == [
+        ["1.0", "2.0", "3.0"],
+        ["4.0", "5.0", "6.0"],
+        ["7.0", "8.0", "9.0"],
+        ["10", "11", "12"],
+        ["13.0", "14.0", "15.0"],
+    ]
+    (other,) = spool_dir.glob(f"*/{_destination_of(spool_dir, 'scores')}/*.seg")
+    assert frame_kinds(other) == ["packed"]
+    assert spooled_rows(other) == [["0.25", "c1", "t1", "r1"], ["0.5", "c1", "t1", "r1"]]
+
+
 def test_a_process_that_delivers_its_own_rows_spools_csv(configure, spool_dir):
     configure()
     dc = ModelDataCollector("best_model", designation="predictions", feature_names=HEADER)

@@ -11,7 +11,7 @@ import pytest
 from conftest import rows_of
 
 import collector
-from collector import CollectError, ModelDataCollector, config, tabular
+from collector import CollectError, ModelDataCollector, config, engine, tabular
 
 INPUT_EXTRAS = [
     "$aml_dc_correlation_id",
@@ -161,6 +161,17 @@ def test_it_adds_correlations_to_predictions(debug, capsys, prediction) -> None:
     out = printed(capsys)
     assert out[0] == ["p0", "p1", "$aml_dc_correlation_id", "$aml_dc_scoring_timestamp", "$aml_request_id"]
     assert out[1] == ["0.9", "0.1", corr["$aml_dc_correlation_id"], corr["$aml_dc_scoring_timestamp"], ""]
+
+
+def test_it_collects_what_add_correlations_returned_whatever_happens_to_its_input_after(debug, capsys) -> None:
+    # add_correlations() of floats keeps a copy of them for collect() (which spools them as floats, not as the
+    # returned object array's Python floats): a change to the script's array in between is not recorded.
+    dc = ModelDataCollector("best_model", designation="predictions", feature_names=["p"])
+    result = np.array([[0.5], [0.25]])
+    correlated = dc.add_correlations(result, {"$aml_dc_correlation_id": "c"})
+    result[0, 0] = 9.0
+    dc.collect(correlated)
+    assert printed(capsys) == [["p", "$aml_dc_correlation_id"], ["0.5", "c"], ["0.25", "c"]]
 
 
 def test_it_adds_correlations_to_each_row(debug) -> None:
@@ -384,5 +395,80 @@ def test_bytes_that_are_not_packed_records_are_refused() -> None:
     assert packed is not None
     record = packed.chunks[0][0]
     for bad in (record[:-1], record + b"x", b"<c16" + record[4:], b"abc"):
+        with pytest.raises(ValueError, match="not a packed record"):
+            tabular.unpack(bad)
+
+
+CALLS = [
+    (np.random.default_rng(10).random((3, 4)), ("id-1", "2026-11-24T10:00:00.000000Z", 'q"uote, comma', "")),
+    (np.array([0.1, -0.0, np.nan, np.inf, -np.inf, 5e-324, 1.7976931348623157e308]), ()),
+    (np.asfortranarray(np.random.default_rng(11).random((5, 2))), ("c",)),
+    (np.random.default_rng(12).random((20, 6))[::2, ::3], ("a\nb",)),
+    (pd.DataFrame({"a": [1.5, 2.5], "b": [3.0, 4.0]}), ("id-2",)),
+]
+
+
+def test_calls_of_floats_gathered_in_a_record_become_the_csv_the_writer_would_write() -> None:
+    # The spool writer gathers a wake's calls of floats bound for one file into one record (tabular.Calls); the
+    # delivery agent writes for it what encode() writes for each call, within the CSV size counted for it.
+    for data, cells in CALLS:
+        kind, snap, _ = tabular.capture(data)
+        found = tabular.floats_of(kind, snap, cells, max_row_bytes=65536)
+        assert found is not None, data
+        values, _, widest = found
+        calls = tabular.Calls(values.shape[1])
+        calls.add(values, cells, values.shape[0] * widest)
+        encoded, _ = tabular.encode(kind, snap, suffix=engine.suffix_of(cells), max_row_bytes=65536)
+        csv = b"".join(chunk for chunk, _ in encoded.chunks)
+        assert tabular.unpack(calls.record()) == csv
+        assert len(csv) <= calls.csv_bytes
+
+
+def test_a_record_of_calls_holds_every_call_in_order() -> None:
+    rng = np.random.default_rng(13)
+    calls, expected = tabular.Calls(3), b""
+    for i in range(50):
+        data, cells = rng.random((i % 4 + 1, 3)), (f"id-{i}",)
+        values, _, widest = tabular.floats_of(tabular.ARRAY, data, cells, 65536)
+        calls.add(values, cells, values.shape[0] * widest)
+        encoded, _ = tabular.encode(tabular.ARRAY, data, suffix=f",id-{i}", max_row_bytes=65536)
+        expected += b"".join(chunk for chunk, _ in encoded.chunks)
+    record = calls.record()
+    assert tabular.unpack(record) == expected
+    assert calls.rows == expected.count(b"\n")
+    assert len(expected) <= calls.csv_bytes
+    # After a packed record of one call, in one frame: a frame may hold both (pack() takes a call too large for Calls).
+    packed = tabular.pack(tabular.ARRAY, np.array([[1.0, 2.0, 3.0]]), suffix="", max_row_bytes=65536)
+    assert packed is not None
+    assert tabular.unpack(packed.chunks[0][0] + record) == b"1.0,2.0,3.0\n" + expected
+
+
+@pytest.mark.parametrize(
+    ("data", "cells", "max_row_bytes"),
+    [
+        (np.array([[1.5, 2.5]], dtype=">f8"), (), 65536),
+        (np.array([1.5, 2.5], dtype=np.float32), (), 65536),
+        (np.array([[0, 1]], dtype=np.int64), (), 65536),
+        (np.array([[1.5, "a"]], dtype=object), (), 65536),
+        (np.ma.masked_array([[1.5, 2.5]], mask=[[0, 1]]), (), 65536),
+        (np.zeros((0, 3)), (), 65536),
+        (np.array([[1.5]]), ("é",), 65536),
+        (np.array([[1.5]]), ("x" * 100,), 200),
+        ([1.5, 2.5], (), 65536),
+    ],
+    ids=["big-endian", "float32", "int64", "object", "masked", "empty", "not-ascii", "row-too-large", "list"],
+)
+def test_only_calls_of_floats_with_ascii_cells_that_fit_a_row_are_gathered(data, cells, max_row_bytes) -> None:
+    # The others go to pack() or encode(), which check them exactly (and count what they cannot write).
+    kind, snap, _ = tabular.capture(data)
+    assert tabular.floats_of(kind, snap, cells, max_row_bytes) is None
+
+
+def test_bytes_that_are_not_a_record_of_calls_are_refused() -> None:
+    calls = tabular.Calls(2)
+    calls.add(np.array([[1.0, 2.0]]), ("id",), 100)
+    record = calls.record()
+    head = tabular.CALLS_HEAD.size
+    for bad in (record[:-1], record + b"x", record[:head] + b"\0" + record[head + 1 :], record[: head + 3]):
         with pytest.raises(ValueError, match="not a packed record"):
             tabular.unpack(bad)

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from collector import config, engine
-from collector.engine import COUNTERS, Sink, header_of, install_sigterm_handler
-from collector.tabular import INTERNAL, QUEUE_FULL, CollectError, capture, encode
+from collector.engine import COUNTERS, Sink, cells, header_of, install_sigterm_handler, suffix_of
+from collector.tabular import ARRAY, INTERNAL, QUEUE_FULL, CollectError, capture, encode
 
 __all__ = [
     "CollectError",
@@ -231,16 +231,25 @@ class ModelDataCollector:
             mode = b.mode
             if mode == _OFF and not strict:
                 return correlations
-            kind, snap, rows = capture(input_data)
             tail: tuple[str, ...] = ()
+            tail_values: tuple[str, ...] | None = None
             correlated = self._correlated
-            if getattr(correlated, "data", None) is input_data:
+            if input_data is not None and getattr(correlated, "data", None) is input_data:
                 tail, correlated.data = correlated.names, None
+            if tail and correlated.values is not None:
+                # Floats with text added, taken apart again: the floats as add_correlations() had them (its copy),
+                # and the text as cells that end each row (the same CSV), so that the spool writer packs the floats
+                # as they are (collector.tabular.Calls) instead of an object array's Python floats.
+                source, tail_values = correlated.source, correlated.values
+                kind, snap, rows = ARRAY, source, (len(source) if source.ndim == 2 else 1)
+            else:
+                kind, snap, rows = capture(input_data)
             if strict or mode == _DEBUG:
-                self._encode_now(b, kind, snap, suffix_values, tail, strict, mode == _DEBUG)
+                self._encode_now(b, kind, snap, cells(tail_values, suffix_values), tail, tail_values, strict, mode)
             if mode == _UPLOAD:
                 try:
-                    queued = eng.submit((b.sink, ts, suffix_values, kind, snap, tail, rows), rows)
+                    item = (b.sink, ts, suffix_values, kind, snap, tail, tail_values, rows)
+                    queued = eng.submit(item, rows)
                 except OSError as exc:  # no spool (a read-only or full disk): the rows cannot be kept
                     if strict:
                         raise
@@ -263,20 +272,27 @@ class ModelDataCollector:
             return correlations
 
     def _encode_now(
-        self, b: _Binding, kind: int, snap: Any, suffix_values: Any, tail: tuple[str, ...], strict: bool, debug: bool
+        self,
+        b: _Binding,
+        kind: int,
+        snap: Any,
+        cells: tuple[str, ...],
+        tail: tuple[str, ...],
+        tail_values: tuple[str, ...] | None,
+        strict: bool,
+        mode: int,
     ) -> None:
         """Strict mode (raise on any bad row) and debug mode (print the CSV) do the writer's work right here."""
-        suffix = "," + ",".join(map(_quote, suffix_values)) if suffix_values is not None else ""
         sink = b.sink
-        enc, data_columns = encode(kind, snap, suffix=suffix, max_row_bytes=b.engine.settings.max_row_bytes)
+        enc, data_columns = encode(kind, snap, suffix=suffix_of(cells), max_row_bytes=b.engine.settings.max_row_bytes)
         if enc.first_error is not None:
             reason, detail = enc.first_error
             if strict:
                 raise CollectError(reason, detail)
             for why, n in enc.dropped.items():
                 COUNTERS.drop(why, n, detail, sink.label)
-        if debug and enc.chunks:
-            header = header_of(sink, enc.ncols, data_columns, tail)
+        if mode == _DEBUG and enc.chunks:
+            header = header_of(sink, enc.ncols + (len(tail) if tail_values is not None else 0), data_columns, tail)
             with _print_lock:
                 out = sys.stdout
                 if header not in sink.printed:
@@ -297,8 +313,19 @@ class ModelDataCollector:
             return input_data
         try:
             keys = tuple(str(k) for k in correlations)
-            data = _with_columns(input_data, keys, list(correlations.values()))
-            self._correlated.data, self._correlated.names = data, keys
+            values = list(correlations.values())
+            data = _with_columns(input_data, keys, values)
+            correlated = self._correlated
+            correlated.data, correlated.names, correlated.values = data, keys, None
+            np = sys.modules.get("numpy")
+            if (
+                np is not None
+                and type(input_data) is np.ndarray
+                and input_data.dtype.type is np.float64
+                and input_data.ndim in (1, 2)
+                and all(type(v) is str for v in values)
+            ):
+                correlated.source, correlated.values = input_data.copy(), tuple(values)
             return data
         except Exception as exc:
             if self._strict:
@@ -307,12 +334,6 @@ class ModelDataCollector:
                 "collector: add_correlations() could not add columns to a %s: %s", type(input_data).__name__, exc
             )
             return input_data
-
-
-def _quote(value: str) -> str:
-    from collector.tabular import quote
-
-    return quote(value)
 
 
 def _with_columns(data: Any, keys: tuple[str, ...], values: list[Any]) -> Any:

@@ -7,7 +7,7 @@ With `AML_MODEL_DC_DELIVERY=agent` a collecting process runs the spool writer on
 delivery agent (`collector.agent`, another process: role "agent") runs the uploader for every spool in the
 folder, so the upload's CPU never competes with the requests for the collecting process's GIL. Such a writer also
 spools numeric arrays as packed records, for the agent to write as CSV (collector.tabular.pack), while the agent
-keeps up.
+keeps up; the calls of floats of one wake go in one record per file (collector.tabular.Calls).
 
 The threads start on the first `collect()` with collection on. At interpreter exit (atexit), and on SIGTERM when
 the process had no handler of its own, everything in memory is written to the spool and the uploader gets
@@ -32,7 +32,7 @@ from typing import Any
 
 from collector import tabular
 from collector.config import Settings
-from collector.spool import FRAME, Chunk, Destination, Position, Spool, frames
+from collector.spool import FRAME, FRAME_BYTES, Chunk, Destination, Position, Spool, frames
 
 log = logging.getLogger("collector")
 
@@ -314,11 +314,19 @@ class Engine:
         # Leave the CSV of numeric arrays to the delivery agent while it keeps up; when it falls behind (a saturated
         # machine, where the agent's nice 10 gets it little CPU), write it here again, as the process role does.
         pack = self.role == WRITER and backlog < PACK_BACKLOG_BYTES
+        # Calls of floats, gathered by target file (see tabular.Calls); in the order they were made, by file: any
+        # other call places those gathered before it first.
+        gathered: dict[tuple[Any, ...], tuple[Any, tabular.Calls]] = {}
         items = rows = 0
         while items < limit and queue:
             item = queue.popleft()
             try:
-                room -= self._encode(item, batch, room, pack)
+                placed = self._gather(item, gathered, batch, room) if pack else None
+                if placed is None:
+                    room -= self._place_gathered(gathered, batch, room)
+                    room -= self._encode(item, batch, room, pack)
+                else:
+                    room -= placed
             except Exception as exc:  # never let the writer die
                 COUNTERS.drop(tabular.INTERNAL, item[-1], f"{type(exc).__name__}: {exc}")
                 log.debug("collector: writer error\n%s", traceback.format_exc())
@@ -326,6 +334,7 @@ class Engine:
             rows += item[-1]
             if time.perf_counter() - started >= BATCH_SECONDS:
                 break
+        room -= self._place_gathered(gathered, batch, room)
         spool = self._spool
         assert spool is not None
         spooled = 0
@@ -349,18 +358,73 @@ class Engine:
         self._processed += items
         return items
 
+    def _gather(
+        self,
+        item: tuple[Any, ...],
+        gathered: dict[tuple[Any, ...], tuple[Any, tabular.Calls]],
+        batch: dict[Destination, list[Chunk]],
+        room: int,
+    ) -> int | None:
+        """Add a call of floats to the Calls of its target file in `gathered`, and return the spool bytes of those
+        placed in `batch` to make room (a frame's worth); None, with nothing done, for any other call."""
+        sink, ts, suffix_values, kind, snap, tail, tail_values, _rows = item
+        if tail and tail_values is None:
+            return None  # text columns in the data (add_correlations() of other values): pack() or encode()
+        text = cells(tail_values, suffix_values)
+        found = tabular.floats_of(kind, snap, text, self.settings.max_row_bytes)
+        if found is None:
+            return None
+        values, data_columns, widest = found
+        csv_bytes = values.shape[0] * widest
+        if csv_bytes > FRAME_BYTES:
+            return None  # pack() splits it into records of a frame's size
+        key = (sink, int(ts // 3600), values.shape[1], tail, data_columns and tuple(data_columns))
+        entry = gathered.get(key)
+        placed = 0
+        if entry is not None and entry[1].csv_bytes + csv_bytes > FRAME_BYTES:
+            placed = self._place_gathered({key: gathered.pop(key)}, batch, room)  # a frame is full: the next one
+            entry = None
+        if entry is None:
+            entry = gathered[key] = (item, tabular.Calls(values.shape[1]))
+        entry[1].add(values, text, csv_bytes)
+        return placed
+
+    def _place_gathered(
+        self,
+        gathered: dict[tuple[Any, ...], tuple[Any, tabular.Calls]],
+        batch: dict[Destination, list[Chunk]],
+        room: int,
+    ) -> int:
+        """Add the records of `gathered` to `batch` and forget them; returns the spool bytes they will take. Never
+        raises: the rows of a record that cannot be placed (its destination's folder cannot be made) are counted."""
+        used = 0
+        for first, calls in gathered.values():
+            sink, ts, _suffix_values, kind, snap, tail, tail_values, _rows = first
+            data_columns = snap[0] if kind == tabular.FRAME else None
+            ncols = calls.numbers + (len(tail) if tail_values is not None else 0)
+            try:
+                chunks = [(calls.record(), calls.rows, calls.csv_bytes)]
+                used += self._place(sink, ts, tail, chunks, ncols, data_columns, calls.rows, batch, room - used)
+            except Exception as exc:  # never let the writer die
+                COUNTERS.drop(tabular.INTERNAL, calls.rows, f"{type(exc).__name__}: {exc}", sink.label)
+                log.debug("collector: writer error\n%s", traceback.format_exc())
+        gathered.clear()
+        return used
+
     def _encode(self, item: tuple[Any, ...], batch: dict[Destination, list[Chunk]], room: int, pack: bool) -> int:
         """Add one call's chunks to `batch`, under their destination (packed records if `pack` and the call is a
         numeric array, else CSV); returns the spool bytes they will take."""
-        sink, ts, suffix_values, kind, snap, tail, _rows = item
-        suffix = ""
-        if suffix_values is not None:
-            suffix = "," + ",".join(map(tabular.quote, suffix_values))
+        sink, ts, suffix_values, kind, snap, tail, tail_values, _rows = item
+        suffix = suffix_of(cells(tail_values, suffix_values))
+        # Columns that add_correlations() added to floats come apart from them, as cells of the suffix.
+        extra = len(tail) if tail_values is not None else 0
         max_row_bytes = self.settings.max_row_bytes
         packed = None
         if pack:
             try:  # pack() takes only calls that encode() writes whole: no drops to count on its path
-                packed = tabular.pack(kind, snap, suffix=suffix, max_row_bytes=max_row_bytes, tail_columns=len(tail))
+                packed = tabular.pack(
+                    kind, snap, suffix=suffix, max_row_bytes=max_row_bytes, tail_columns=len(tail) - extra
+                )
             except Exception:  # a shortcut: never lose rows that encode() would write
                 log.debug("collector: cannot pack\n%s", traceback.format_exc())
         if packed is not None:
@@ -372,6 +436,22 @@ class Engine:
                     COUNTERS.drop(reason, n, enc.first_error[1], sink.label)
             chunks_of_call = [(chunk, n, 0) for chunk, n in enc.chunks]
             ncols, rows = enc.ncols, enc.rows
+        return self._place(sink, ts, tail, chunks_of_call, ncols + extra, data_columns, rows, batch, room)
+
+    def _place(
+        self,
+        sink: Sink,
+        ts: float,
+        tail: tuple[str, ...],
+        chunks_of_call: list[Chunk],
+        ncols: int,
+        data_columns: list[str] | None,
+        rows: int,
+        batch: dict[Destination, list[Chunk]],
+        room: int,
+    ) -> int:
+        """Add one call's chunks to `batch`, under their destination; returns the spool bytes they will take (none
+        if they do not fit in `room`: their rows are counted dropped)."""
         if not chunks_of_call:
             return 0
         spool = self._spool
@@ -608,6 +688,19 @@ class Engine:
 
     def queue_rows(self) -> int:
         return max(0, self._queued_rows - self._taken_rows)
+
+
+def cells(tail_values: tuple[str, ...] | None, suffix_values: tuple[str, ...] | None) -> tuple[str, ...]:
+    """The text cells at the end of a call's rows: the values add_correlations() added to floats, then an inputs
+    collector's own (correlation id, timestamp...)."""
+    if tail_values is None:
+        return suffix_values or ()
+    return tail_values + suffix_values if suffix_values else tail_values
+
+
+def suffix_of(cells: tuple[str, ...]) -> str:
+    """The CSV of those cells, as it ends each row."""
+    return "," + ",".join(map(tabular.quote, cells)) if cells else ""
 
 
 def _thread(target: Any, name: str) -> threading.Thread:

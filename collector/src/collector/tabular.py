@@ -20,6 +20,7 @@ Anything else (a dict, None, a 3-D array, an arbitrary object) is not tabular an
 from __future__ import annotations
 
 import functools
+import marshal
 import re
 import struct
 import sys
@@ -358,12 +359,10 @@ def pack(
 
     `tail_columns`: the last columns that add_correlations() added to an array of numbers (an object array then).
     When every row has the same values there, they are written as part of the rows' suffix."""
-    if kind == ARRAY:
-        data_columns, values = None, snap
-    elif kind == FRAME:
-        data_columns, values = snap
-    else:
+    array = _array_of(kind, snap)
+    if array is None:
         return None
+    data_columns, values = array
     np = sys.modules["numpy"]
     if type(values) is not np.ndarray or values.ndim not in (1, 2) or values.size == 0:
         return None  # a masked array's bytes hold its fill values where encode() writes None
@@ -399,6 +398,16 @@ def pack(
     return Packed(chunks, rows, ncols, data_columns)
 
 
+def _array_of(kind: int, snap: Any) -> tuple[list[str] | None, Any] | None:
+    """(data columns, values) of a snapshot of an array or a DataFrame (see capture()); None for other kinds."""
+    if kind == ARRAY:
+        return None, snap
+    if kind == FRAME:
+        data_columns, values = snap
+        return data_columns, values
+    return None
+
+
 def _split_correlated(values: Any, tail_columns: int) -> tuple[Any, str] | None:
     """An object array of Python floats whose last `tail_columns` are the same text in every row (what
     add_correlations() makes of an array of float64): (the floats as a float64 array, the CSV text of the last
@@ -424,12 +433,80 @@ def _layout(dtype: bytes, count: int) -> struct.Struct:
     return struct.Struct(f"{dtype[:1].decode()}{count}d")  # the byte order, then `count` float64
 
 
+# A record of many calls of floats bound for one file (collector.engine's spool writer packs the calls of one wake
+# together): CALLS_HEAD (CALLS_TAG, which no dtype of a packed record starts with, and the length of the list), then
+# the list, marshalled: (dtype, numbers per row, [(rows, cells), ...]); then the calls' values, call after call. A
+# row's CSV is its numbers, then its call's cells (text: correlation values, an inputs collector's own), quoted.
+# (marshal, as the spool is written and read by processes of one image and user: a frame's crc is checked first.)
+CALLS_TAG = b"call"
+CALLS_HEAD = struct.Struct(">4sI")
+
+
+class Calls:
+    """Calls of float64 (in the machine's byte order) bound for one file, gathered into one record (see CALLS_TAG). Per call the
+    spool writer then does a few checks and appends (floats_of(), add()), where pack() would make a record of each:
+    at the few rows of a scoring request, that per-call work is most of what collection costs a scoring worker."""
+
+    __slots__ = ("calls", "csv_bytes", "numbers", "rows", "values")
+
+    def __init__(self, numbers: int) -> None:
+        self.numbers = numbers
+        self.calls: list[tuple[int, tuple[str, ...]]] = []
+        self.values: list[bytes] = []
+        self.rows = 0
+        self.csv_bytes = 0  # the most bytes the calls' CSV can take
+
+    def add(self, values: Any, cells: tuple[str, ...], csv_bytes: int) -> None:
+        rows = values.shape[0]
+        self.calls.append((rows, cells))
+        self.values.append(values.tobytes())
+        self.rows += rows
+        self.csv_bytes += csv_bytes
+
+    def record(self) -> bytes:
+        dtype = _native_float64(sys.modules["numpy"]).str.encode("ascii") + b"\0"
+        calls = marshal.dumps((dtype, self.numbers, self.calls), 4)
+        return b"".join((CALLS_HEAD.pack(CALLS_TAG, len(calls)), calls, *self.values))
+
+
+def floats_of(kind: int, snap: Any, cells: tuple[str, ...], max_row_bytes: int) -> tuple[Any, Any, int] | None:
+    """For Calls: (the values, 2-D, data columns, the most bytes a row's CSV can take) of a call of float64 in the
+    machine's byte order whose rows' CSV, `cells` included, fit in max_row_bytes, all of it ASCII; None for any
+    other call (pack() or encode() takes those). The spool writer asks this of every call: it is kept short."""
+    array = _array_of(kind, snap)
+    if array is None:
+        return None
+    data_columns, values = array
+    np = sys.modules["numpy"]
+    # `is`: numpy keeps one dtype object for float64 in the machine's order; any other (say, big-endian) is None.
+    if type(values) is not np.ndarray or values.dtype is not _native_float64(np) or values.size == 0:
+        return None
+    if values.ndim == 1:
+        values = values.reshape(1, -1)
+    elif values.ndim != 2:
+        return None
+    text = "".join(cells)
+    if not text.isascii():
+        return None
+    # ASCII: a cell quoted takes at most twice its characters, and 2 quotes, and a comma before it.
+    widest = values.shape[1] * _WIDEST_NUMBER + 2 * len(text) + 3 * len(cells) + 1
+    return (values, data_columns, widest) if widest <= max_row_bytes else None
+
+
+@functools.cache
+def _native_float64(np: Any) -> Any:
+    return np.dtype(np.float64)
+
+
 def unpack(records: bytes) -> bytes:
     """The CSV of packed records (the delivery agent). Raises ValueError for bytes that are not packed records."""
     out: list[bytes] = []
     i = 0
     try:
         while i < len(records):
+            if records[i : i + 4] == CALLS_TAG:
+                i = _unpack_calls(records, i, out)
+                continue
             dtype, rows, ncols, tail_bytes = PACKED_RECORD.unpack_from(records, i)
             i += PACKED_RECORD.size
             end = records[i : i + tail_bytes].decode("utf-8") + "\n"
@@ -439,6 +516,24 @@ def unpack(records: bytes) -> bytes:
             i += layout.size
             lines = [",".join(map(repr, values[r : r + ncols])) for r in range(0, rows * ncols, ncols)]
             out.append((end.join(lines) + end).encode("utf-8"))
-    except (struct.error, ValueError) as exc:  # UnicodeDecodeError is a ValueError
+    except (struct.error, ValueError, EOFError, TypeError) as exc:  # UnicodeDecodeError is a ValueError
         raise ValueError(f"not a packed record at byte {i}: {exc}") from exc
     return b"".join(out)
+
+
+def _unpack_calls(records: bytes, i: int, out: list[bytes]) -> int:
+    """Append the CSV of the Calls record at `i` to `out`; returns where the next record starts."""
+    _, length = CALLS_HEAD.unpack_from(records, i)
+    i += CALLS_HEAD.size
+    if len(records) - i < length:
+        raise ValueError("a record cut short")
+    dtype, numbers, calls = marshal.loads(records[i : i + length])
+    i += length
+    for rows, cells in calls:
+        end = ("," + ",".join(map(quote, cells)) if cells else "") + "\n"
+        layout = _layout(dtype, rows * numbers)
+        values = layout.unpack_from(records, i)
+        i += layout.size
+        lines = [",".join(map(repr, values[r : r + numbers])) for r in range(0, rows * numbers, numbers)]
+        out.append((end.join(lines) + end).encode("utf-8"))
+    return i
