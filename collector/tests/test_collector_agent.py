@@ -254,6 +254,8 @@ def test_a_writer_gathers_calls_of_floats_and_keeps_the_rows_of_each_file_in_ord
     dc.collect(np.array([[10, 11, 12]]))  # ints: CSV
     scores.collect(scores.add_correlations(np.array([0.5]), correlations))
     dc.collect(np.array([13.0, 14.0, 15.0]))
+    dc.collect(pd.DataFrame({"x": [16.0], "y": [17.0], "z": [18.0]}))  # the same file (feature names win)
+    dc.collect(np.array([19.0, 20.0, 21.0]))
     assert engine.current().spool_now()
 
     (segment,) = spool_dir.glob(f"*/{_destination_of(spool_dir, 'predictions')}/*.seg")
@@ -264,6 +266,8 @@ def test_a_writer_gathers_calls_of_floats_and_keeps_the_rows_of_each_file_in_ord
         ["7.0", "8.0", "9.0"],
         ["10", "11", "12"],
         ["13.0", "14.0", "15.0"],
+        ["16.0", "17.0", "18.0"],
+        ["19.0", "20.0", "21.0"],
     ]
     (other,) = spool_dir.glob(f"*/{_destination_of(spool_dir, 'scores')}/*.seg")
     assert frame_kinds(other) == ["packed"]

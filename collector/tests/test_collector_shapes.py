@@ -174,6 +174,13 @@ def test_it_collects_what_add_correlations_returned_whatever_happens_to_its_inpu
     assert printed(capsys) == [["p", "$aml_dc_correlation_id"], ["0.5", "c"], ["0.25", "c"]]
 
 
+def test_it_collects_the_correlations_added_to_an_empty_array(debug, capsys) -> None:
+    dc = ModelDataCollector("best_model", designation="predictions")
+    dc.collect(dc.add_correlations(np.array([]), {"$aml_dc_correlation_id": "c", "$aml_request_id": "r"}))
+    assert printed(capsys)[1:] == [["c", "r"]]
+    assert collector.stats()["rows_dropped_total"] == 0
+
+
 def test_it_adds_correlations_to_each_row(debug) -> None:
     dc = ModelDataCollector("best_model", designation="predictions")
     corr = {"$aml_dc_correlation_id": "c"}
@@ -472,3 +479,28 @@ def test_bytes_that_are_not_a_record_of_calls_are_refused() -> None:
     for bad in (record[:-1], record + b"x", record[:head] + b"\0" + record[head + 1 :], record[: head + 3]):
         with pytest.raises(ValueError, match="not a packed record"):
             tabular.unpack(bad)
+
+
+@pytest.mark.parametrize(
+    ("calls", "values"),
+    [
+        ((b"<f8\0", 1, [(0, ())]), b""),  # a call of no rows
+        ((b"<f8\0", 1, [(-1, ("x",))]), b""),
+        ((b"<f8\0", 0, [(1, ())]), b""),
+        ((b"<f8\0", 1, [(1, ("x",))] * 2), np.zeros(1).tobytes()),  # values missing
+        ((b"<f8\0", 1, [(1, ("x" * 1000,))] * 2000), np.zeros(2000).tobytes()),  # more CSV than a frame
+    ],
+    ids=["no-rows", "negative-rows", "no-numbers", "values-missing", "too-much-csv"],
+)
+def test_a_record_of_calls_that_a_writer_cannot_make_is_refused(calls, values) -> None:
+    import marshal
+
+    meta = marshal.dumps(calls, 4)
+    with pytest.raises(ValueError, match="not a packed record"):
+        tabular.unpack(tabular.CALLS_HEAD.pack(tabular.CALLS_TAG, len(meta)) + meta + values)
+
+
+def test_a_record_of_calls_whose_list_claims_billions_of_calls_is_refused() -> None:
+    meta = b"[\xff\xff\xff\x7f"  # marshal: a list of 2**31 - 1 items, none there
+    with pytest.raises(ValueError, match="not a packed record"):
+        tabular.unpack(tabular.CALLS_HEAD.pack(tabular.CALLS_TAG, len(meta)) + meta)

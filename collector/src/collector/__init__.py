@@ -323,6 +323,7 @@ class ModelDataCollector:
                 and type(input_data) is np.ndarray
                 and input_data.dtype.type is np.float64
                 and input_data.ndim in (1, 2)
+                and input_data.size > 0  # no floats: the rows are the text alone, as encode() writes them
                 and all(type(v) is str for v in values)
             ):
                 correlated.source, correlated.values = input_data.copy(), tuple(values)

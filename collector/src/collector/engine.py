@@ -32,7 +32,7 @@ from typing import Any
 
 from collector import tabular
 from collector.config import Settings
-from collector.spool import FRAME, FRAME_BYTES, Chunk, Destination, Position, Spool, frames
+from collector.spool import FRAME, Chunk, Destination, Position, Spool, frames
 
 log = logging.getLogger("collector")
 
@@ -316,7 +316,7 @@ class Engine:
         pack = self.role == WRITER and backlog < PACK_BACKLOG_BYTES
         # Calls of floats, gathered by target file (see tabular.Calls); in the order they were made, by file: any
         # other call places those gathered before it first.
-        gathered: dict[tuple[Any, ...], tuple[Any, tabular.Calls]] = {}
+        gathered: dict[Destination, tuple[str, tabular.Calls]] = {}
         items = rows = 0
         while items < limit and queue:
             item = queue.popleft()
@@ -361,12 +361,13 @@ class Engine:
     def _gather(
         self,
         item: tuple[Any, ...],
-        gathered: dict[tuple[Any, ...], tuple[Any, tabular.Calls]],
+        gathered: dict[Destination, tuple[str, tabular.Calls]],
         batch: dict[Destination, list[Chunk]],
         room: int,
     ) -> int | None:
-        """Add a call of floats to the Calls of its target file in `gathered`, and return the spool bytes of those
-        placed in `batch` to make room (a frame's worth); None, with nothing done, for any other call."""
+        """Add a call of floats to the Calls of its target file in `gathered`, and return the spool bytes of what
+        it placed in `batch` first (a full record, or one of another width bound for the same file); None, with
+        nothing done, for any other call."""
         sink, ts, suffix_values, kind, snap, tail, tail_values, _rows = item
         if tail and tail_values is None:
             return None  # text columns in the data (add_correlations() of other values): pack() or encode()
@@ -376,38 +377,34 @@ class Engine:
             return None
         values, data_columns, widest = found
         csv_bytes = values.shape[0] * widest
-        if csv_bytes > FRAME_BYTES:
+        if csv_bytes > tabular.CALLS_CSV_BYTES:
             return None  # pack() splits it into records of a frame's size
-        key = (sink, int(ts // 3600), values.shape[1], tail, data_columns and tuple(data_columns))
-        entry = gathered.get(key)
+        numbers = values.shape[1]
+        # By file, not by shape: rows of one file stay in the order collected, whatever shapes wrote them.
+        dest = self._destination(sink, ts, numbers + (len(tail) if tail_values is not None else 0), data_columns, tail)
+        entry = gathered.get(dest)
         placed = 0
-        if entry is not None and entry[1].csv_bytes + csv_bytes > FRAME_BYTES:
-            placed = self._place_gathered({key: gathered.pop(key)}, batch, room)  # a frame is full: the next one
+        if entry is not None and (
+            entry[1].numbers != numbers or entry[1].csv_bytes + csv_bytes > tabular.CALLS_CSV_BYTES
+        ):
+            placed = self._place_gathered({dest: gathered.pop(dest)}, batch, room)
             entry = None
         if entry is None:
-            entry = gathered[key] = (item, tabular.Calls(values.shape[1]))
+            entry = gathered[dest] = (sink.label, tabular.Calls(numbers))
         entry[1].add(values, text, csv_bytes)
         return placed
 
     def _place_gathered(
         self,
-        gathered: dict[tuple[Any, ...], tuple[Any, tabular.Calls]],
+        gathered: dict[Destination, tuple[str, tabular.Calls]],
         batch: dict[Destination, list[Chunk]],
         room: int,
     ) -> int:
-        """Add the records of `gathered` to `batch` and forget them; returns the spool bytes they will take. Never
-        raises: the rows of a record that cannot be placed (its destination's folder cannot be made) are counted."""
+        """Add the records of `gathered` to `batch` and forget them; returns the spool bytes they will take."""
         used = 0
-        for first, calls in gathered.values():
-            sink, ts, _suffix_values, kind, snap, tail, tail_values, _rows = first
-            data_columns = snap[0] if kind == tabular.FRAME else None
-            ncols = calls.numbers + (len(tail) if tail_values is not None else 0)
-            try:
-                chunks = [(calls.record(), calls.rows, calls.csv_bytes)]
-                used += self._place(sink, ts, tail, chunks, ncols, data_columns, calls.rows, batch, room - used)
-            except Exception as exc:  # never let the writer die
-                COUNTERS.drop(tabular.INTERNAL, calls.rows, f"{type(exc).__name__}: {exc}", sink.label)
-                log.debug("collector: writer error\n%s", traceback.format_exc())
+        for dest, (label, calls) in gathered.items():
+            chunks = [(calls.record(), calls.rows, calls.csv_bytes)]
+            used += self._add(dest, chunks, calls.rows, label, batch, room - used)
         gathered.clear()
         return used
 
@@ -436,34 +433,37 @@ class Engine:
                     COUNTERS.drop(reason, n, enc.first_error[1], sink.label)
             chunks_of_call = [(chunk, n, 0) for chunk, n in enc.chunks]
             ncols, rows = enc.ncols, enc.rows
-        return self._place(sink, ts, tail, chunks_of_call, ncols + extra, data_columns, rows, batch, room)
-
-    def _place(
-        self,
-        sink: Sink,
-        ts: float,
-        tail: tuple[str, ...],
-        chunks_of_call: list[Chunk],
-        ncols: int,
-        data_columns: list[str] | None,
-        rows: int,
-        batch: dict[Destination, list[Chunk]],
-        room: int,
-    ) -> int:
-        """Add one call's chunks to `batch`, under their destination; returns the spool bytes they will take (none
-        if they do not fit in `room`: their rows are counted dropped)."""
         if not chunks_of_call:
             return 0
+        dest = self._destination(sink, ts, ncols + extra, data_columns, tail)
+        return self._add(dest, chunks_of_call, rows, sink.label, batch, room)
+
+    def _destination(
+        self, sink: Sink, ts: float, ncols: int, data_columns: list[str] | None, tail: tuple[str, ...]
+    ) -> Destination:
+        """The spool destination of a call's rows: its file (the day's or hour's) and header."""
         spool = self._spool
         assert spool is not None
         header = header_of(sink, ncols, data_columns, tail)
-        dest = spool.destination(sink.container, f"{sink.folder}/{self._date_path(ts)}", header)
+        return spool.destination(sink.container, f"{sink.folder}/{self._date_path(ts)}", header)
+
+    def _add(
+        self,
+        dest: Destination,
+        chunks_of_call: list[Chunk],
+        rows: int,
+        label: str,
+        batch: dict[Destination, list[Chunk]],
+        room: int,
+    ) -> int:
+        """Add chunks to `batch`, under their destination; returns the spool bytes they will take (none if they do
+        not fit in `room`: their rows are counted dropped)."""
         chunks = batch.get(dest)
         # What it adds to the spool: its rows, and a frame header if it starts the destination's frame (exact
         # unless frames() starts another frame: past FRAME_BYTES of CSV, or between CSV rows and packed records).
         size = sum(len(chunk) for chunk, _, _ in chunks_of_call) + (0 if chunks else FRAME.size)
         if size > room:
-            COUNTERS.drop(tabular.SPOOL_FULL, rows, where=sink.label)
+            COUNTERS.drop(tabular.SPOOL_FULL, rows, where=label)
             return 0
         if chunks is None:
             batch[dest] = chunks = []

@@ -440,6 +440,9 @@ def _layout(dtype: bytes, count: int) -> struct.Struct:
 # (marshal, as the spool is written and read by processes of one image and user: a frame's crc is checked first.)
 CALLS_TAG = b"call"
 CALLS_HEAD = struct.Struct(">4sI")
+# The most CSV a record of calls may make (the spool writer's frame, collector.spool.FRAME_BYTES): the reader refuses
+# a record that would make more, so that bytes gone wrong cannot make it run out of memory.
+CALLS_CSV_BYTES = 1024 * 1024
 
 
 class Calls:
@@ -516,7 +519,8 @@ def unpack(records: bytes) -> bytes:
             i += layout.size
             lines = [",".join(map(repr, values[r : r + ncols])) for r in range(0, rows * ncols, ncols)]
             out.append((end.join(lines) + end).encode("utf-8"))
-    except (struct.error, ValueError, EOFError, TypeError) as exc:  # UnicodeDecodeError is a ValueError
+    # UnicodeDecodeError is a ValueError; MemoryError: marshal allocates what a list's length says it holds.
+    except (struct.error, ValueError, EOFError, TypeError, MemoryError) as exc:
         raise ValueError(f"not a packed record at byte {i}: {exc}") from exc
     return b"".join(out)
 
@@ -529,7 +533,15 @@ def _unpack_calls(records: bytes, i: int, out: list[bytes]) -> int:
         raise ValueError("a record cut short")
     dtype, numbers, calls = marshal.loads(records[i : i + length])
     i += length
+    if type(numbers) is not int or numbers < 1 or type(calls) is not list:
+        raise ValueError("not a record of calls")
+    most = 0
     for rows, cells in calls:
+        if type(rows) is not int or rows < 1 or type(cells) is not tuple:
+            raise ValueError("not a record of calls")
+        most += rows * (numbers * _WIDEST_NUMBER + 2 * sum(map(len, cells)) + 3 * len(cells) + 1)
+        if most > CALLS_CSV_BYTES:
+            raise ValueError("a record of calls that would make more CSV than a spool writer puts in one")
         end = ("," + ",".join(map(quote, cells)) if cells else "") + "\n"
         layout = _layout(dtype, rows * numbers)
         values = layout.unpack_from(records, i)
