@@ -446,9 +446,10 @@ CALLS_CSV_BYTES = 1024 * 1024
 
 
 class Calls:
-    """Calls of float64 (in the machine's byte order) bound for one file, gathered into one record (see CALLS_TAG). Per call the
-    spool writer then does a few checks and appends (floats_of(), add()), where pack() would make a record of each:
-    at the few rows of a scoring request, that per-call work is most of what collection costs a scoring worker."""
+    """Calls of float64 (in the machine's byte order) bound for one file, gathered into one record (see
+    CALLS_TAG). Per call the spool writer then does a few checks and appends (floats_of(), add()), where pack()
+    would make a record of each: at the few rows of a scoring request, that per-call work is most of what
+    collection costs a scoring worker."""
 
     __slots__ = ("calls", "csv_bytes", "numbers", "rows", "values")
 
