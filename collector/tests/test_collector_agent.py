@@ -274,6 +274,21 @@ def test_a_writer_gathers_calls_of_floats_and_keeps_the_rows_of_each_file_in_ord
     assert spooled_rows(other) == [["0.25", "c1", "t1", "r1"], ["0.5", "c1", "t1", "r1"]]
 
 
+def test_a_request_id_of_a_str_subclass_is_spooled_as_its_text(configure, spool_dir):
+    class RequestId(str):
+        pass
+
+    configure(**{config.DELIVERY: "agent"})
+    inputs = ModelDataCollector("best_model", designation="inputs", feature_names=["a", "b"])
+    with collector.request_context(RequestId("r-1")):
+        inputs.collect(np.array([[3.0, 4.0]]))
+    assert engine.current().spool_now()
+    (segment,) = spool_dir.glob("*/*/*.seg")
+    (row,) = spooled_rows(segment)
+    assert (row[:2], row[-1]) == (["3.0", "4.0"], "r-1")
+    assert collector.stats()["rows_dropped_total"] == 0
+
+
 def test_a_process_that_delivers_its_own_rows_spools_csv(configure, spool_dir):
     configure()
     dc = ModelDataCollector("best_model", designation="predictions", feature_names=HEADER)

@@ -400,12 +400,17 @@ class Engine:
         batch: dict[Destination, list[Chunk]],
         room: int,
     ) -> int:
-        """Add the records of `gathered` to `batch` and forget them; returns the spool bytes they will take."""
+        """Add the records of `gathered` to `batch` and forget them; returns the spool bytes they will take. Never
+        raises (it also runs after the writer's loop over the calls): a record that fails has its rows counted."""
         used = 0
-        for dest, (label, calls) in gathered.items():
-            chunks = [(calls.record(), calls.rows, calls.csv_bytes)]
-            used += self._add(dest, chunks, calls.rows, label, batch, room - used)
-        gathered.clear()
+        while gathered:
+            dest, (label, calls) = gathered.popitem()  # first: a record is placed once, or counted dropped once
+            try:
+                chunks = [(calls.record(), calls.rows, calls.csv_bytes)]
+                used += self._add(dest, chunks, calls.rows, label, batch, room - used)
+            except Exception as exc:  # never let the writer die
+                COUNTERS.drop(tabular.INTERNAL, calls.rows, f"{type(exc).__name__}: {exc}", label)
+                log.debug("collector: writer error\n%s", traceback.format_exc())
         return used
 
     def _encode(self, item: tuple[Any, ...], batch: dict[Destination, list[Chunk]], room: int, pack: bool) -> int:

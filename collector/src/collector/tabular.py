@@ -20,7 +20,7 @@ Anything else (a dict, None, a 3-D array, an arbitrary object) is not tabular an
 from __future__ import annotations
 
 import functools
-import marshal
+import json
 import re
 import struct
 import sys
@@ -435,9 +435,10 @@ def _layout(dtype: bytes, count: int) -> struct.Struct:
 
 # A record of many calls of floats bound for one file (collector.engine's spool writer packs the calls of one wake
 # together): CALLS_HEAD (CALLS_TAG, which no dtype of a packed record starts with, and the length of the list), then
-# the list, marshalled: (dtype, numbers per row, [(rows, cells), ...]); then the calls' values, call after call. A
+# the list, as JSON: [dtype, numbers per row, [[rows, [cells]], ...]]; then the calls' values, call after call. A
 # row's CSV is its numbers, then its call's cells (text: correlation values, an inputs collector's own), quoted.
-# (marshal, as the spool is written and read by processes of one image and user: a frame's crc is checked first.)
+# (JSON and not marshal, which is faster: what marshal reads allocates what a length in the bytes says, bytes gone
+# wrong could make the agent run out of memory; what JSON reads takes memory in proportion to the bytes.)
 CALLS_TAG = b"call"
 CALLS_HEAD = struct.Struct(">4sI")
 # The most CSV a record of calls may make (the spool writer's frame, collector.spool.FRAME_BYTES): the reader refuses
@@ -461,15 +462,16 @@ class Calls:
         self.csv_bytes = 0  # the most bytes the calls' CSV can take
 
     def add(self, values: Any, cells: tuple[str, ...], csv_bytes: int) -> None:
+        data = values.tobytes()  # first: a call is added whole or not at all
         rows = values.shape[0]
         self.calls.append((rows, cells))
-        self.values.append(values.tobytes())
+        self.values.append(data)
         self.rows += rows
         self.csv_bytes += csv_bytes
 
     def record(self) -> bytes:
-        dtype = _native_float64(sys.modules["numpy"]).str.encode("ascii") + b"\0"
-        calls = marshal.dumps((dtype, self.numbers, self.calls), 4)
+        dtype = _native_float64(sys.modules["numpy"]).str
+        calls = json.dumps([dtype, self.numbers, self.calls], separators=(",", ":")).encode("ascii")
         return b"".join((CALLS_HEAD.pack(CALLS_TAG, len(calls)), calls, *self.values))
 
 
@@ -520,8 +522,8 @@ def unpack(records: bytes) -> bytes:
             i += layout.size
             lines = [",".join(map(repr, values[r : r + ncols])) for r in range(0, rows * ncols, ncols)]
             out.append((end.join(lines) + end).encode("utf-8"))
-    # UnicodeDecodeError is a ValueError; MemoryError: marshal allocates what a list's length says it holds.
-    except (struct.error, ValueError, EOFError, TypeError, MemoryError) as exc:
+    # UnicodeDecodeError and JSONDecodeError are ValueErrors; RecursionError: JSON nested too deep.
+    except (struct.error, ValueError, TypeError, RecursionError) as exc:
         raise ValueError(f"not a packed record at byte {i}: {exc}") from exc
     return b"".join(out)
 
@@ -532,13 +534,14 @@ def _unpack_calls(records: bytes, i: int, out: list[bytes]) -> int:
     i += CALLS_HEAD.size
     if len(records) - i < length:
         raise ValueError("a record cut short")
-    dtype, numbers, calls = marshal.loads(records[i : i + length])
+    dtype, numbers, calls = json.loads(records[i : i + length])
     i += length
-    if type(numbers) is not int or numbers < 1 or type(calls) is not list:
+    if type(dtype) is not str or type(numbers) is not int or numbers < 1 or type(calls) is not list:
         raise ValueError("not a record of calls")
+    dtype = dtype.encode("ascii") + b"\0"
     most = 0
     for rows, cells in calls:
-        if type(rows) is not int or rows < 1 or type(cells) is not tuple:
+        if type(rows) is not int or rows < 1 or type(cells) is not list:
             raise ValueError("not a record of calls")
         most += rows * (numbers * _WIDEST_NUMBER + 2 * sum(map(len, cells)) + 3 * len(cells) + 1)
         if most > CALLS_CSV_BYTES:
