@@ -292,7 +292,7 @@ class ModelDataCollector:
             for why, n in enc.dropped.items():
                 COUNTERS.drop(why, n, detail, sink.label)
         if mode == _DEBUG and enc.chunks:
-            header = header_of(sink, enc.ncols + (len(tail) if tail_values is not None else 0), data_columns, tail)
+            header = header_of(sink, enc.ncols + len(tail_values or ()), data_columns, tail)
             with _print_lock:
                 out = sys.stdout
                 if header not in sink.printed:

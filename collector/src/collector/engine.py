@@ -381,7 +381,7 @@ class Engine:
             return None  # pack() splits it into records of a frame's size
         numbers = values.shape[1]
         # By file, not by shape: rows of one file stay in the order collected, whatever shapes wrote them.
-        dest = self._destination(sink, ts, numbers + (len(tail) if tail_values is not None else 0), data_columns, tail)
+        dest = self._destination(sink, ts, numbers + len(tail_values or ()), data_columns, tail)
         entry = gathered.get(dest)
         placed = 0
         if entry is not None and (
@@ -419,7 +419,7 @@ class Engine:
         sink, ts, suffix_values, kind, snap, tail, tail_values, _rows = item
         suffix = suffix_of(cells(tail_values, suffix_values))
         # Columns that add_correlations() added to floats come apart from them, as cells of the suffix.
-        extra = len(tail) if tail_values is not None else 0
+        extra = len(tail_values or ())
         max_row_bytes = self.settings.max_row_bytes
         packed = None
         if pack:

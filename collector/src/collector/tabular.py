@@ -403,8 +403,7 @@ def _array_of(kind: int, snap: Any) -> tuple[list[str] | None, Any] | None:
     if kind == ARRAY:
         return None, snap
     if kind == FRAME:
-        data_columns, values = snap
-        return data_columns, values
+        return snap  # (data columns, values)
     return None
 
 
@@ -494,9 +493,14 @@ def floats_of(kind: int, snap: Any, cells: tuple[str, ...], max_row_bytes: int) 
     text = "".join(cells)
     if not text.isascii():
         return None
-    # ASCII: a cell quoted takes at most twice its characters, and 2 quotes, and a comma before it.
-    widest = values.shape[1] * _WIDEST_NUMBER + 2 * len(text) + 3 * len(cells) + 1
+    widest = _widest_row(values.shape[1], len(text), len(cells))
     return (values, data_columns, widest) if widest <= max_row_bytes else None
+
+
+def _widest_row(numbers: int, chars: int, cells: int) -> int:
+    """The most bytes a row's CSV can take: `numbers` float64, then `cells` ASCII cells of `chars` characters in
+    all (a cell quoted takes at most twice its characters, and 2 quotes, and a comma before it), then a newline."""
+    return numbers * _WIDEST_NUMBER + 2 * chars + 3 * cells + 1
 
 
 @functools.cache
@@ -516,12 +520,7 @@ def unpack(records: bytes) -> bytes:
             dtype, rows, ncols, tail_bytes = PACKED_RECORD.unpack_from(records, i)
             i += PACKED_RECORD.size
             end = records[i : i + tail_bytes].decode("utf-8") + "\n"
-            i += tail_bytes
-            layout = _layout(dtype, rows * ncols)
-            values = layout.unpack_from(records, i)
-            i += layout.size
-            lines = [",".join(map(repr, values[r : r + ncols])) for r in range(0, rows * ncols, ncols)]
-            out.append((end.join(lines) + end).encode("utf-8"))
+            i = _rows_csv(records, i + tail_bytes, dtype, rows, ncols, end, out)
     # UnicodeDecodeError and JSONDecodeError are ValueErrors; RecursionError: JSON nested too deep.
     except (struct.error, ValueError, TypeError, RecursionError) as exc:
         raise ValueError(f"not a packed record at byte {i}: {exc}") from exc
@@ -543,13 +542,19 @@ def _unpack_calls(records: bytes, i: int, out: list[bytes]) -> int:
     for rows, cells in calls:
         if type(rows) is not int or rows < 1 or type(cells) is not list:
             raise ValueError("not a record of calls")
-        most += rows * (numbers * _WIDEST_NUMBER + 2 * sum(map(len, cells)) + 3 * len(cells) + 1)
+        most += rows * _widest_row(numbers, sum(map(len, cells)), len(cells))
         if most > CALLS_CSV_BYTES:
             raise ValueError("a record of calls that would make more CSV than a spool writer puts in one")
         end = ("," + ",".join(map(quote, cells)) if cells else "") + "\n"
-        layout = _layout(dtype, rows * numbers)
-        values = layout.unpack_from(records, i)
-        i += layout.size
-        lines = [",".join(map(repr, values[r : r + numbers])) for r in range(0, rows * numbers, numbers)]
-        out.append((end.join(lines) + end).encode("utf-8"))
+        i = _rows_csv(records, i, dtype, rows, numbers, end, out)
     return i
+
+
+def _rows_csv(records: bytes, i: int, dtype: bytes, rows: int, ncols: int, end: str, out: list[bytes]) -> int:
+    """Append the CSV of the `rows` x `ncols` float64 at `i` to `out`, each row ending in `end`; returns where the
+    values end."""
+    layout = _layout(dtype, rows * ncols)
+    values = layout.unpack_from(records, i)
+    lines = [",".join(map(repr, values[r : r + ncols])) for r in range(0, rows * ncols, ncols)]
+    out.append((end.join(lines) + end).encode("utf-8"))
+    return i + layout.size
