@@ -101,6 +101,52 @@ def test_it_patches_the_deployment_keeping_the_image(
 
 
 @pytest.mark.django_db
+def test_a_deployment_from_before_the_probe_port_keeps_its_probes_until_its_image_changes(
+    kube: Any, service: Service, alice: Any, settings_fast: Any
+) -> None:
+    # As Tributary left a Deployment before the runtime had a probe port: both probes on the main port. The runtime
+    # in that image may not listen on 5002, so probing there would keep its new pods unready for good.
+    tasks.apply_service_update(_update(service, alice, replicas=2).pk)
+    service.refresh_from_db()
+    apps = k8s.AppsV1Api(kube.api_client())
+    old = apps.read_namespaced_deployment("churn", "ml").to_dict()["spec"]["template"]["spec"]["containers"][0]
+    container = {
+        "name": "scoring",
+        "image": old["image"],
+        "ports": [{"name": "http", "containerPort": 5001}],
+        "env": [{"name": e["name"], "value": e["value"]} for e in old["env"] if e["name"] != "SCORING_PROBE_PORT"],
+        "readinessProbe": {"httpGet": {"path": "/ready", "port": 5001}, "periodSeconds": 5},
+        "livenessProbe": {"httpGet": {"path": "/", "port": 5001}, "periodSeconds": 10},
+    }
+    apps.patch_namespaced_deployment(
+        "churn",
+        "ml",
+        {"spec": {"template": {"spec": {"containers": [container]}}}},
+        _content_type="application/merge-patch+json",
+    )
+
+    tasks.apply_service_update(_update(service, alice, collect_model_data=False).pk)
+    service.refresh_from_db()
+
+    container = _deployment(kube).spec.template.spec.containers[0]
+    assert (container.liveness_probe.http_get.port, container.readiness_probe.http_get.port) == (5001, 5001)
+    assert [p.container_port for p in container.ports] == [5001]
+    assert "SCORING_PROBE_PORT" not in _env(_deployment(kube))
+    assert _env(_deployment(kube))["AML_MODEL_DC_STORAGE_ENABLED"] == "false"
+
+    # A new image is one built from the current scoring/Dockerfile: probed on its probe port.
+    update = _update(service, alice, image="registry.example/churn:8")
+    tasks.apply_service_update(update.pk)
+
+    update.refresh_from_db()
+    assert update.status == ServiceUpdate.Status.SUCCEEDED
+    container = _deployment(kube).spec.template.spec.containers[0]
+    assert container.image == "registry.example/churn:8"
+    assert (container.liveness_probe.http_get.port, container.readiness_probe.http_get.port) == (5002, 5002)
+    assert _env(_deployment(kube))["SCORING_PROBE_PORT"] == "5002"
+
+
+@pytest.mark.django_db
 def test_running_it_twice_applies_once(kube: Any, service: Service, alice: Any, settings_fast: Any) -> None:
     update = _update(service, alice, replicas=2)
     tasks.apply_service_update(update.pk)

@@ -57,7 +57,7 @@ class KubernetesDriver:
             elif ((current.metadata and current.metadata.annotations) or {}).get(UPDATE_ANNOTATION) != str(
                 spec.update_id
             ):
-                manifest = deployment_manifest(spec)
+                manifest = deployment_manifest(spec, probe_port=probe_port_for(current, spec))
                 patch = {
                     "metadata": manifest["metadata"],
                     "spec": {k: manifest["spec"][k] for k in ("replicas", "template")},
@@ -126,6 +126,20 @@ def rollout_state_of(deployment: client.V1Deployment, *, scoring_url: str) -> Ro
     return RolloutState("Healthy", scoring_url=scoring_url)
 
 
+def probe_port_for(current: client.V1Deployment, spec: DesiredSpec) -> int:
+    """Where the probes of a Deployment being patched go. One made before the runtime had a probe port probes the
+    main port, and the runtime in its image may not listen on PROBE_PORT: moved there, its new pods would never
+    be ready. So while the image stays the same, so do the probes; a new image is probed on PROBE_PORT."""
+    template = current.spec.template if current.spec else None
+    containers = (template.spec.containers if template and template.spec else None) or []
+    container = next((c for c in containers if c.name == "scoring"), None)
+    if container is None or container.image != spec.image:
+        return PROBE_PORT
+    probe = container.readiness_probe
+    port = probe.http_get.port if probe is not None and probe.http_get is not None else None
+    return CONTAINER_PORT if port in (CONTAINER_PORT, str(CONTAINER_PORT), "http") else PROBE_PORT
+
+
 def _name(spec: DesiredSpec) -> str:
     return spec.service_name
 
@@ -134,7 +148,7 @@ def _labels(spec: DesiredSpec) -> dict[str, str]:
     return {SERVICE_LABEL: spec.service_name, "app.kubernetes.io/managed-by": "tributary"}
 
 
-def container_env(spec: DesiredSpec) -> list[dict[str, Any]]:
+def container_env(spec: DesiredSpec, probe_port: int = PROBE_PORT) -> list[dict[str, Any]]:
     """The collector's and the runtime's environment contract, with the storage secret by reference."""
     # The spec's extra variables first: the contract's own cannot be overridden by them.
     plain = dict(spec.environment)
@@ -150,7 +164,8 @@ def container_env(spec: DesiredSpec) -> list[dict[str, Any]]:
     plain[runtime.APP_INSIGHTS_ENABLED] = "true" if spec.enable_app_insights else "false"
     plain[runtime.MODEL_DIR] = MODEL_DIR
     plain[runtime.PORT] = str(CONTAINER_PORT)
-    plain[runtime.PROBE_PORT] = str(PROBE_PORT)
+    if probe_port != CONTAINER_PORT:
+        plain[runtime.PROBE_PORT] = str(probe_port)
     env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in sorted(plain.items())]
     if spec.collect_model_data and spec.storage_secret:
         env.append(
@@ -162,18 +177,22 @@ def container_env(spec: DesiredSpec) -> list[dict[str, Any]]:
     return env
 
 
-def deployment_manifest(spec: DesiredSpec) -> dict[str, Any]:
+def deployment_manifest(spec: DesiredSpec, *, probe_port: int = PROBE_PORT) -> dict[str, Any]:
+    """The Deployment of `spec`; `probe_port` CONTAINER_PORT probes the main port, as before the probe port."""
     if not spec.image:
         raise PermanentError("A Kubernetes service needs a scoring image.")
     labels = _labels(spec)
+    ports = [{"name": "http", "containerPort": CONTAINER_PORT}]
+    if probe_port != CONTAINER_PORT:
+        ports.append({"name": "probes", "containerPort": probe_port})
     container = {
         "name": "scoring",
         "image": spec.image,
-        "ports": [{"name": "http", "containerPort": CONTAINER_PORT}, {"name": "probes", "containerPort": PROBE_PORT}],
-        "env": container_env(spec),
+        "ports": ports,
+        "env": container_env(spec, probe_port),
         "volumeMounts": [{"name": "spool", "mountPath": SPOOL_DIR}],
-        "readinessProbe": {"httpGet": {"path": "/ready", "port": PROBE_PORT}, "periodSeconds": 5},
-        "livenessProbe": {"httpGet": {"path": "/", "port": PROBE_PORT}, "periodSeconds": 10},
+        "readinessProbe": {"httpGet": {"path": "/ready", "port": probe_port}, "periodSeconds": 5},
+        "livenessProbe": {"httpGet": {"path": "/", "port": probe_port}, "periodSeconds": 10},
     }
     return {
         "apiVersion": "apps/v1",
