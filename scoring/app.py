@@ -1,7 +1,7 @@
 """The scoring runtime's WSGI application: one per worker process.
 
     GET  /         liveness: 200 "Healthy" as soon as the worker runs (even while init() works)
-    GET  /ready    200 once init() has returned in every worker; 503 with the reason before
+    GET  /ready    200 once init() has returned in every worker, then while one is; 503 with the reason before
     GET  /status   JSON: request counts, latency percentiles, the collector's counters, the workers
     POST /score    the body, as a string, to run(); its return value answered as JSON
 
@@ -113,12 +113,12 @@ class ScoringApp:
                 self._on_fatal(reason)
             return
         self.script = loaded
-        self.status.ready = True
-        self.status.publish()
+        self.status.note_ready()
         self._ready.set()
         log.info("init() returned in %.2fs; ready", time.monotonic() - started)
 
-    def wait_ready(self, timeout: float) -> bool:
+    def wait_ready(self, timeout: float | None) -> bool:
+        """Wait for init() to return (None: for as long as it takes): True if it did, False if it failed."""
         return self._ready.wait(timeout) and self.script is not None
 
     # -- requests ------------------------------------------------------------------------------------------------
@@ -140,7 +140,7 @@ class ScoringApp:
         if path == "/ready":
             if self.failure:
                 return _error(503, self.failure)
-            if not self.status.all_ready():
+            if not self.status.replica_ready():
                 return _error(
                     503, "init() has not returned yet" if self.script is None else "other workers are loading"
                 )

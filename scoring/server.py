@@ -31,6 +31,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from gunicorn import sock as gunicorn_sock
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
 from gunicorn.errors import HaltServer
@@ -71,6 +72,15 @@ def _post_fork(server: Any, worker: Any) -> None:
     # The worker's own copy of the settings: the master keeps the whole graceful timeout as its deadline.
     worker.cfg.set("graceful_timeout", drain_seconds(server.cfg.graceful_timeout))
     _worker["gunicorn"] = worker
+    if server.cfg.reuse_port and hasattr(socket, "SO_REUSEPORT") and server.app.board.serving():
+        # A worker started after the runtime has served replaces one that exited. Each worker listens on a socket
+        # of its own, and the kernel spreads new connections over them whether their worker is loading or not:
+        # this one would hold up a share of the requests for as long as its init() takes. So it lets go of the
+        # sockets gunicorn just made for it, and listens once its init() has returned (_join_when_ready).
+        for listener in worker.sockets:
+            listener.close()
+        worker.sockets = []
+        _worker["joining"] = True
 
 
 def _worker_exit(server: Any, worker: Any) -> None:
@@ -226,10 +236,33 @@ class ScoringServer(BaseApplication):
         status.start_publishing()
         app, application, telemetry = scoring_app.build(self.settings, status, on_fatal=_fatal)
         _worker.update(app=app, status=status, telemetry=telemetry)
+        worker = _worker["gunicorn"]  # set by _post_fork, which runs before load()
         if self.settings.probe_port:
-            worker = _worker["gunicorn"]  # set by _post_fork, which runs before load()
+            # At once, joining or not: a liveness probe must be answered while the model loads.
             _worker["probes"] = serve_probes(app, self.settings.host, self.settings.probe_port, lambda: worker.alive)
+        if _worker.get("joining"):
+            threading.Thread(target=_join_when_ready, args=(app, worker), name="scoring-join", daemon=True).start()
         return application
+
+
+def _join_when_ready(app: scoring_app.ScoringApp, worker: Any) -> None:
+    """In a worker that replaces another: listen on the port once init() has returned (see _post_fork). The
+    sockets are handed to the worker's event loop through its queue of calls, the one thread that owns them."""
+    if not app.wait_ready(None):
+        return  # init() failed: the worker exits
+    listeners = gunicorn_sock.create_sockets(worker.cfg, worker.log)
+
+    def join() -> None:
+        if not worker.alive:  # stopping: it takes no more connections
+            for listener in listeners:
+                listener.close()
+            return
+        worker.set_accept_enabled(False)
+        worker.sockets = listeners
+        worker.set_accept_enabled(True)
+        log.info("init() returned: listening on the port")
+
+    worker.method_queue.defer(join)
 
 
 class _ProbeServer(ThreadingHTTPServer):

@@ -149,6 +149,16 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _replica_ready(board: Board, ready: bool, others: list[dict[str, Any]]) -> bool:
+    """See WorkerStatus.replica_ready: `ready` is the asking worker's, `others` the other live workers'."""
+    if board.serving():
+        return ready or any(o.get("ready") for o in others)
+    everyone = ready and all(o.get("ready") for o in others) and len(others) + 1 >= board.workers
+    if everyone:
+        board.mark_serving()
+    return everyone
+
+
 class Board:
     """The runtime's shared folder of worker snapshots (made by the master, written by the workers)."""
 
@@ -163,6 +173,19 @@ class Board:
 
     def agent(self) -> dict[str, Any]:
         return _read_json(self.agent_file) or {}
+
+    @property
+    def _serving_file(self) -> Path:
+        return self.folder / "serving"
+
+    def serving(self) -> bool:
+        """Whether every worker of the runtime has been ready at once: from then on it serves, and a worker
+        started later (one that replaces a worker that exited) joins the port only once it is ready itself."""
+        return self._serving_file.exists()
+
+    def mark_serving(self) -> None:
+        with contextlib.suppress(OSError):
+            self._serving_file.touch()
 
     def worker_file(self, pid: int) -> Path:
         return self.folder / f"worker-{pid}.json"
@@ -246,14 +269,21 @@ class WorkerStatus:
         self._stop.set()
         self.publish()
 
-    def all_ready(self) -> bool:
-        """This worker and every other live one are ready, and there are as many as the runtime should have."""
-        if not self.ready:
-            return False
+    def note_ready(self) -> None:
+        """This worker's init() has returned: publish it, and mark the runtime serving if it is the last one."""
+        self.ready = True
+        self.publish()
+        if self.board is not None and not self.board.serving():
+            self.replica_ready()
+
+    def replica_ready(self) -> bool:
+        """Whether the runtime serves (`/ready`). At start, once every worker is ready: each listens on the port
+        at once (SO_REUSEPORT), and the kernel sends a share of the connections to each, whether it is loading or
+        not. Once the runtime has served, a worker that replaces one that exited joins the port only when it is
+        ready itself (scoring/server.py), so the runtime stays ready while any of its workers is."""
         if self.board is None:
-            return True
-        others = self.board.others(self.pid)
-        return all(o.get("ready") for o in others) and len(others) + 1 >= self.board.workers
+            return self.ready
+        return _replica_ready(self.board, self.ready, self.board.others(self.pid))
 
     def status(self) -> dict[str, Any]:
         """The whole runtime's figures, for `GET /status`."""
@@ -276,7 +306,7 @@ class WorkerStatus:
             collector["spool_bytes"] = spool_bytes
         collector["mode"] = (mine.get("collector") or {}).get("mode", "off")
         return {
-            "ready": all(w["ready"] for w in workers) and len(workers) >= (self.board.workers if self.board else 1),
+            "ready": _replica_ready(self.board, mine["ready"], workers[1:]) if self.board else mine["ready"],
             "requests": requests["counts"],
             "latency": latency_summary(requests),
             "collector": collector,

@@ -691,6 +691,74 @@ def test_it_keeps_counting_across_a_worker_restart(tmp_path, runtimes) -> None:
     assert runtime.score("y") == (200, {"data": "y", "agent": None, "trace": None})
 
 
+HELD_INIT_SCRIPT = """
+    import os
+    import pathlib
+    import time
+
+    def init():
+        # A worker started while the hold file exists loads its model until the file is gone.
+        hold = pathlib.Path(os.environ["HOLD_FILE"])
+        while hold.exists():
+            time.sleep(0.05)
+
+    def run(raw_data):
+        return os.getpid()
+"""
+
+
+def test_a_worker_started_again_takes_requests_only_once_its_init_has_returned(tmp_path, runtimes) -> None:
+    # Each worker listens on a socket of its own and the kernel spreads new connections over them: a worker that
+    # listened while it loaded would hold up its share of the requests until its init() returned.
+    hold, probe_port = tmp_path / "hold", free_port()
+    runtime = start_runtime(
+        write_script(tmp_path, HELD_INIT_SCRIPT),
+        tmp_path,
+        env={"HOLD_FILE": str(hold)},
+        args=("--workers", "2", "--probe-port", str(probe_port)),
+    )
+    runtimes.append(runtime)
+    runtime.wait_ready()
+    hold.touch()
+    dead, alive = (w["pid"] for w in runtime.status()["workers"])
+    os.kill(dead, signal.SIGKILL)
+
+    def loading() -> bool:
+        try:
+            workers = {w["pid"]: w["ready"] for w in runtime.status()["workers"]}
+        except OSError:  # a connection the kernel gave the killed worker's socket as it closed
+            return False
+        return (
+            len(workers) == 2
+            and dead not in workers
+            and workers[alive]
+            and not any(ready for pid, ready in workers.items() if pid != alive)
+        )
+
+    wait_until(loading, timeout=20, message="a new worker loading its model")
+
+    def answered_by() -> int:  # a new connection each time: the kernel picks a listening worker for each
+        connection = http.client.HTTPConnection("127.0.0.1", runtime.port, timeout=2)
+        try:
+            connection.request("POST", "/score", body=b"{}")
+            return int(connection.getresponse().read())
+        finally:
+            connection.close()
+
+    # Were the loading worker listening, each of these would have an even chance to wait for it (and time out).
+    for _ in range(20):
+        assert answered_by() == alive
+        # The runtime stays ready while one of its workers is: it answers every request.
+        assert probe(probe_port, "/ready") == (200, b"Ready")
+    assert runtime.answers("/ready") == 200
+    assert runtime.status()["ready"] is True
+
+    hold.unlink()
+    wait_until(lambda: all(w["ready"] for w in runtime.status()["workers"]), message="the new worker ready")
+    assert len({answered_by() for _ in range(30)}) == 2  # it takes its share now
+    assert "init() returned: listening on the port" in runtime.log()
+
+
 SLEEPING_SCRIPT = """
     import pathlib
     import time
