@@ -6,6 +6,7 @@ its blobs under var/azurite (unless BLOB_CONNECTION_STRING is set), a Celery wor
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -52,15 +53,21 @@ def main() -> int:
     started: list[ManagedProcess | subprocess.Popen] = []
 
     def stop_all(*_: object) -> None:
-        stop_local_services(Path(env.get("VAR_DIR", REPO / "var")) / "services")
+        try:
+            stop_local_services(Path(env.get("VAR_DIR", REPO / "var")) / "services")
+        except Exception as exc:  # the rest must still be stopped
+            say(f"could not stop the local services: {type(exc).__name__}: {exc}")
         for item in reversed(started):
             if isinstance(item, ManagedProcess):
                 item.stop()
-            elif item.poll() is None:
-                os.killpg(item.pid, signal.SIGTERM)
-                try:
-                    item.wait(10)
-                except subprocess.TimeoutExpired:
+            else:
+                if item.poll() is None:
+                    os.killpg(item.pid, signal.SIGTERM)
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        item.wait(10)
+                # What is left of its process group (all of it, past the timeout; a child it forked as the signal
+                # came, such as Celery's beat, otherwise) would outlive it: gone too.
+                with contextlib.suppress(ProcessLookupError):
                     os.killpg(item.pid, signal.SIGKILL)
         started.clear()
 
@@ -135,6 +142,10 @@ def main() -> int:
     except (KeyboardInterrupt, SystemExit):
         return 0
     finally:
+        # A second Ctrl-C or SIGTERM (an impatient user, a supervisor) must not cut the stopping short: it would
+        # leave Redis, Azurite, the worker, the web server and the local services running with no one to stop them.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         say("stopping")
         stop_all()
 

@@ -124,3 +124,46 @@ def test_it_logs_in_with_the_printed_credentials_and_shows_the_demo_workspace(ma
     assert make_run.interrupt() == 0
     make_run.wait_for(r"\[tributary\] stopping")
     assert _port_is_closed(make_run.port)
+
+
+def _processes() -> dict[int, tuple[int, int]]:
+    """pid -> (parent pid, process group) of every live process."""
+    found = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z":
+            found[int(stat.parent.name)] = (int(fields[1]), int(fields[2]))
+    return found
+
+
+def _groups_started_by(pid: int) -> set[int]:
+    """The process groups of what `pid` started: each service make run starts leads a session of its own."""
+    processes = _processes()
+    found, todo = set(), [pid]
+    while todo:
+        parent = todo.pop()
+        children = {child for child, (ppid, _) in processes.items() if ppid == parent}
+        todo.extend(children - found)
+        found |= children
+    return {processes[child][1] for child in found if child in processes}
+
+
+def test_a_second_signal_while_it_stops_does_not_leave_anything_running(make_run: RunCommand) -> None:
+    make_run.wait_for(r"Tributary is running at")
+    redis_port = int(make_run.wait_for(r"Redis: started a private server at redis://[^:]+:(\d+)").group(1))
+    groups = _groups_started_by(make_run.process.pid) - {make_run.process.pid}
+    assert len(groups) >= 4  # Redis, Azurite, the worker, the web server (and the local services)
+
+    make_run.process.send_signal(signal.SIGTERM)
+    make_run.wait_for(r"\[tributary\] stopping")
+    make_run.process.send_signal(signal.SIGTERM)  # while it stops what it started
+    make_run.process.send_signal(signal.SIGINT)
+
+    assert make_run.process.wait(60) == 0
+    assert _port_is_closed(make_run.port)
+    assert _port_is_closed(redis_port)
+    # Nothing of theirs is left, a child forked after the groups were read (Celery's beat, say) included.
+    assert not [pid for pid, (_, group) in _processes().items() if group in groups]
