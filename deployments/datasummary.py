@@ -16,7 +16,8 @@ from django import forms
 from deployments import blobs, preview
 from deployments.models import Service
 
-CORRELATION_COLUMN = "$aml_dc_correlation_id"
+# A request's rows carry its correlation id (one per inputs collect()) and the runtime's request id (x-request-id).
+KEY_COLUMNS = ("$aml_dc_correlation_id", "$aml_request_id")
 # Row sizes are sampled from this many shapes of a designation's rows at most (the largest); smaller shapes are
 # counted with the row size of the last one sampled.
 SAMPLED_SHAPES = 8
@@ -137,20 +138,41 @@ def _layout(series: list[Series], days: list[date], width: int = 600, height: in
 
 
 class JoinForm(forms.Form):
-    correlation_id = forms.CharField(max_length=200, label="Correlation id")
-    day = forms.DateField(label="Day", widget=forms.DateInput(attrs={"type": "date"}))
+    correlation_id = forms.CharField(
+        max_length=200,
+        label="Correlation or request id",
+        help_text="The $aml_dc_correlation_id of the rows, or the request's x-request-id ($aml_request_id).",
+    )
+    day = forms.DateField(label="Day", initial=date.today, widget=forms.DateInput(attrs={"type": "date"}))
+
+
+@dataclass
+class Matches:
+    """The rows of one designation that belong to the request, under their file's header."""
+
+    header: list[str]
+    rows: list[list[str]] = field(default_factory=list)
+
+    def columns(self) -> list[tuple[str, list[str]]]:
+        """Each column with its value in every row (a request's rows side by side)."""
+        return [(name, [row[i] if i < len(row) else "" for row in self.rows]) for i, name in enumerate(self.header)]
+
+    def as_dicts(self) -> list[dict[str, str]]:
+        return [dict(zip(self.header, row, strict=False)) for row in self.rows]
 
 
 @dataclass
 class Joined:
-    rows: dict[str, list[tuple[str, str]]]  # designation: the row's (column, value) pairs
+    rows: dict[str, Matches]  # by designation
     scanned_bytes: int
     gave_up: bool
 
 
-def join(service: Service, correlation_id: str, day: date) -> Joined:
-    """The rows of every designation that carry `correlation_id` on `day`: the request's inputs and predictions."""
-    found: dict[str, list[tuple[str, str]]] = {}
+def join(service: Service, request_key: str, day: date) -> Joined:
+    """The rows of every designation that carry `request_key` on `day` as their correlation id or request id: a
+    request's inputs and predictions, every row of them. Within a designation, the first file that has any is read
+    to its end (one call's rows are written together); other files of that designation are not read."""
+    found: dict[str, Matches] = {}
     scanned = 0
     for file_day, parts, entry in _service_files(service, [day]):
         if file_day != day or parts["designation"] in found:
@@ -161,11 +183,13 @@ def join(service: Service, correlation_id: str, day: date) -> Joined:
         _, chunks = blobs.stream(entry.name)
         rows = preview.iter_rows(chunks)
         header = next(rows, [])
-        if CORRELATION_COLUMN not in header:
+        columns = [header.index(name) for name in KEY_COLUMNS if name in header]
+        if not columns:
             continue
-        column = header.index(CORRELATION_COLUMN)
+        matches = Matches(header)
         for row in rows:
-            if len(row) > column and row[column] == correlation_id:
-                found[parts["designation"]] = list(zip(header, row, strict=False))
-                break
+            if any(len(row) > column and row[column] == request_key for column in columns):
+                matches.rows.append(row)
+        if matches.rows:
+            found[parts["designation"]] = matches
     return Joined(found, scanned, gave_up=False)

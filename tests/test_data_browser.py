@@ -216,9 +216,37 @@ def test_it_joins_the_input_and_prediction_rows_of_one_request(
     )
 
     rows = response.context["result"].rows
-    assert dict(rows["inputs"])["age"] == "55"
-    assert dict(rows["predictions"])["churn"] == "1"
-    assert dict(rows["predictions"])["$aml_dc_correlation_id"] == ids[1]
+    assert [row["age"] for row in rows["inputs"].as_dicts()] == ["55"]
+    assert [row["churn"] for row in rows["predictions"].as_dicts()] == ["1"]
+    assert rows["predictions"].as_dicts()[0]["$aml_dc_correlation_id"] == ids[1]
+
+
+def test_it_joins_every_row_of_a_request_by_its_correlation_id_or_its_request_id(
+    client: Client, alice: Any, service: Service, collecting: None
+) -> None:
+    inputs = collector.ModelDataCollector("best_model", designation="inputs", feature_names=["age", "plan"])
+    predictions = collector.ModelDataCollector("best_model", designation="predictions", feature_names=["churn"])
+    for request_id, batch in (("req-1", [[30, "basic"]]), ("req-2", [[55, "pro"], [41, "pro"]]), ("req-3", [[9, "x"]])):
+        with collector.request_context(request_id):
+            correlations = inputs.collect(batch)
+            churn = [[int(age > 40)] for age, _ in batch]
+            predictions.collect(predictions.add_correlations(churn, correlations))
+        if request_id == "req-2":
+            correlation_id = correlations["$aml_dc_correlation_id"]
+    assert collector.flush(20)
+    client.force_login(alice)
+
+    for key in (correlation_id, "req-2"):
+        response = client.get(
+            reverse("deployments:service-data-join", args=[service.pk]),
+            {"correlation_id": key, "day": TODAY.strftime("%Y-%m-%d")},
+        )
+
+        rows = response.context["result"].rows
+        assert [(row["age"], row["plan"]) for row in rows["inputs"].as_dicts()] == [("55", "pro"), ("41", "pro")]
+        assert [row["churn"] for row in rows["predictions"].as_dicts()] == ["1", "1"]
+        assert b"(2 rows)" in response.content
+        assert b"row 2" in response.content
 
 
 def test_it_charts_rows_per_day_and_designation(client: Client, alice: Any, service: Service, collecting: None) -> None:
@@ -256,7 +284,7 @@ def test_predictions_of_another_width_count_and_join_from_their_own_file(
     )
 
     assert {s.designation: s.total for s in summary.context["summary"].series}["predictions"] == 3
-    assert dict(join.context["result"].rows["predictions"])["feature_2"] == "1"
+    assert [row["feature_2"] for row in join.context["result"].rows["predictions"].as_dicts()] == ["1"]
 
 
 def test_the_summary_counts_each_shape_of_rows_by_its_own_row_size(
