@@ -12,7 +12,8 @@ from datetime import timedelta
 from functools import wraps
 from typing import Any
 
-from django.core.exceptions import PermissionDenied
+from django.conf import settings
+from django.core.exceptions import PermissionDenied, RequestDataTooBig
 from django.http import Http404, HttpRequest, JsonResponse
 from django.shortcuts import get_object_or_404
 from django.utils import timezone
@@ -61,6 +62,8 @@ def api_view(*methods: str) -> Callable[[View], View]:
                 return _error(f"Method {request.method} is not allowed here.", 405)
             try:
                 return view(request, *args, **kwargs)
+            except RequestDataTooBig:
+                return _error(f"The body is larger than {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes.", 413)
             except Http404 as exc:
                 return _error(str(exc) or "Not found.", 404)
             except PermissionDenied:

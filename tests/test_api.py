@@ -109,6 +109,20 @@ def test_it_refuses_json_nested_too_deep_for_the_parser(client: Client, alice: A
     assert response.json()["error"] == "The body must be a JSON object."
 
 
+def test_it_refuses_a_body_too_large_with_413_in_json(
+    client: Client, alice: Any, service: Service, settings: Any, caplog: Any
+) -> None:
+    body = {"collect_model_data": False, "description": "x" * (settings.DATA_UPLOAD_MAX_MEMORY_SIZE + 1)}
+
+    response = _patch(client, service, alice, body)
+
+    assert response.status_code == 413
+    assert response.json() == {"error": f"The body is larger than {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes."}
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]  # a client's mistake, not the server's
+    service.refresh_from_db()
+    assert service.collect_model_data is True
+
+
 @pytest.mark.parametrize("value", ["no", "off", "", 0, None, [False]])
 def test_flags_are_json_booleans_only(client: Client, alice: Any, service: Service, value: Any) -> None:
     # A form field reads any text but "false" and "0" as on: "no" must not switch collection on.
