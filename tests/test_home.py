@@ -32,6 +32,18 @@ def test_it_shows_the_top_navigation(client: Client, alice: Any) -> None:
     assert b"https://" not in response.content
 
 
+def test_staff_find_the_admin_in_the_navigation_and_others_do_not(client: Client, alice: Any) -> None:
+    client.force_login(alice)
+    assert b">Admin</a>" not in client.get(reverse("deployments:home")).content
+
+    alice.is_staff = True
+    alice.save()
+
+    response = client.get(reverse("deployments:home"))
+    assert b'href="/admin/"' in response.content
+    assert b'<link rel="icon" href="/static/img/favicon.svg"' in response.content
+
+
 def test_it_explains_when_i_have_no_workspace(client: Client, django_user_model: Any) -> None:
     user = django_user_model.objects.create_user("dora", password="password")
     client.force_login(user)
