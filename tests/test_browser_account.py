@@ -51,6 +51,13 @@ def test_an_owner_adds_a_member_changes_a_role_and_removes_a_member(
     rows.filter(has_text="bob").get_by_role("button", name="Change").click()
     expect(page.get_by_label("Role of bob")).to_have_value("owner")
 
+    # Removing asks first: cancelled, nothing changes; confirmed, the member goes.
+    asked: list[str] = []
+    page.once("dialog", lambda dialog: (asked.append(dialog.message), dialog.dismiss()))
+    page.get_by_role("button", name="Remove dave").click()
+    expect(rows.filter(has_text="dave")).to_have_count(1)
+    assert asked == [f"Remove dave from {workspace.name}? They lose access to its services and data."]
+    page.once("dialog", lambda dialog: dialog.accept())
     page.get_by_role("button", name="Remove dave").click()
     expect(rows.filter(has_text="dave")).to_have_count(0)
     # A user who does not exist is a form error on the same page, and nobody is added.

@@ -115,7 +115,11 @@ def test_readers_and_contributors_see_members_but_change_nothing(
         assert "Add a member" not in page.content.decode()
         assert client.post(_members(workspace), {"username": "dave", "role": "owner"}).status_code == 403
         assert client.post(_role_url(alices), {"role": "reader"}).status_code == 403
-        assert client.post(_remove_url(alices)).status_code == 403
+        refused = client.post(_remove_url(alices))
+        assert refused.status_code == 403
+        # A page of the portal that says why, not a bare "403 Forbidden".
+        assert "Only the workspace&#x27;s owners change its members." in refused.content.decode()
+        assert ">Workspaces</a>" in refused.content.decode()
     assert _roles(workspace) == {"alice": "owner", "bob": "reader", "carol": "contributor"}
     assert not AuditEvent.objects.exists()
 
@@ -126,7 +130,9 @@ def test_other_workspaces_and_their_members_do_not_exist(
     charlies = Membership.objects.get(user=charlie)
     client.force_login(charlie)
 
-    assert client.get(_members(workspace)).status_code == 404
+    missing = client.get(_members(workspace))
+    assert missing.status_code == 404
+    assert b"not a member of" in missing.content  # the portal's page, the same as for a workspace that does not exist
     assert client.post(_members(workspace), {"username": "charlie", "role": "owner"}).status_code == 404
     client.force_login(alice)
     # A member id of charlie's workspace, through alice's workspace (where alice is owner): not found either.
