@@ -29,6 +29,7 @@ from deployments.models import (
     ServiceUpdate,
     Workspace,
 )
+from scoring import config as scoring_config
 
 log = logging.getLogger(__name__)
 
@@ -123,12 +124,19 @@ def desired_spec(service: Service, update_id: int) -> DesiredSpec:
         collect_model_data=service.collect_model_data,
         enable_app_insights=service.enable_app_insights,
         storage_secret=service.workspace.storage_secret,
-        # The container the portal browses: collectors must write where it reads.
-        environment={dc_config.CONTAINER: settings.BLOB_CONTAINER},
+        environment=_service_environment(service),
         target={"namespace": service.compute_target.namespace}
         if service.compute_target.kind == ComputeTarget.Kind.KUBERNETES
         else {},
     )
+
+
+def _service_environment(service: Service) -> dict[str, str]:
+    # The container the portal browses: collectors must write where it reads.
+    environment = {dc_config.CONTAINER: settings.BLOB_CONTAINER}
+    if service.enable_app_insights and settings.OTEL_EXPORTER_OTLP_ENDPOINT:
+        environment[scoring_config.OTLP_ENDPOINT] = settings.OTEL_EXPORTER_OTLP_ENDPOINT
+    return environment
 
 
 def _record_update(service: Service, user: Any) -> ServiceUpdate:

@@ -6,6 +6,7 @@ from django.conf import settings
 
 from deployments.compute import ComputeDriver
 from deployments.models import ComputeTarget, Service
+from scoring import config as runtime
 
 
 def driver_for(service: Service) -> ComputeDriver:
@@ -24,4 +25,9 @@ def local_driver(storage_secret: str = "") -> ComputeDriver:
 
     # On this machine the workspace's storage is the portal's own: the reference resolves to its setting.
     secrets = {storage_secret: settings.BLOB_CONNECTION_STRING} if storage_secret else {}
-    return LocalDriver(state_dir=settings.VAR_DIR / "services", secrets=secrets)
+    telemetry = {}
+    if settings.APPLICATIONINSIGHTS_CONNECTION_STRING:
+        # A secret: not in the spec (stored with each update), given to the processes of services that have
+        # "Enable AppInsights diagnostics" on (LocalDriver drops it for the others).
+        telemetry[runtime.APPLICATIONINSIGHTS_CONNECTION_STRING] = settings.APPLICATIONINSIGHTS_CONNECTION_STRING
+    return LocalDriver(state_dir=settings.VAR_DIR / "services", secrets=secrets, environ=telemetry)

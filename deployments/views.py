@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
@@ -14,6 +15,7 @@ from django_htmx.middleware import HtmxDetails
 from deployments import actions
 from deployments import health as health_checks
 from deployments.access import get_membership_for_user, get_service_for_user, get_workspace_for_user, user_id
+from deployments.compute import APP_INSIGHTS_KEY
 from deployments.forms import (
     ApiTokenForm,
     AuditFilterForm,
@@ -23,7 +25,7 @@ from deployments.forms import (
     ServiceEditForm,
     ServiceFilterForm,
 )
-from deployments.models import ApiToken, AuditEvent, Membership, Service
+from deployments.models import ApiToken, AuditEvent, ComputeTarget, Membership, Service
 from portal.middleware import request_id
 
 SERVICES_PER_PAGE = 50
@@ -94,9 +96,26 @@ def service_detail(request: HtmxHttpRequest, service_id: int) -> HttpResponse:
         "can_write": can_write,
         "models": service.models.all(),
         "events": events[:10],
+        "telemetry": _telemetry_destinations(service),
         "nav": "deployments",
     }
     return render(request, "deployments/service_detail.html", context)
+
+
+def _telemetry_destinations(service: Service) -> list[str]:
+    """Where the service's request telemetry goes with "Enable AppInsights diagnostics" on (the settings' names,
+    never their secret values); empty: nowhere, and the page says how to set one."""
+    destinations = []
+    if service.compute_target.kind == ComputeTarget.Kind.KUBERNETES:
+        if service.workspace.storage_secret:
+            destinations.append(
+                f"Azure Monitor, if the Secret {service.workspace.storage_secret} has the key {APP_INSIGHTS_KEY}"
+            )
+    elif settings.APPLICATIONINSIGHTS_CONNECTION_STRING:
+        destinations.append("Azure Monitor (APPLICATIONINSIGHTS_CONNECTION_STRING)")
+    if settings.OTEL_EXPORTER_OTLP_ENDPOINT:
+        destinations.append(f"OTLP at {settings.OTEL_EXPORTER_OTLP_ENDPOINT}")
+    return destinations
 
 
 @require_GET

@@ -203,6 +203,10 @@ LOCAL_SCRIPT_DIRS = [
 # Collected model data lives here (Azurite in development). The connection string is a secret: settings only.
 BLOB_CONNECTION_STRING = envstr("BLOB_CONNECTION_STRING")
 BLOB_CONTAINER = envstr("BLOB_CONTAINER", "modeldata")
+# Where "Enable AppInsights diagnostics" sends a service's request telemetry (either or both; scoring/README.md):
+# Azure Monitor (a secret; on Kubernetes the pods read it from their workspace's Secret instead), or OTLP/HTTP.
+APPLICATIONINSIGHTS_CONNECTION_STRING = envstr("APPLICATIONINSIGHTS_CONNECTION_STRING")
+OTEL_EXPORTER_OTLP_ENDPOINT = envstr("OTEL_EXPORTER_OTLP_ENDPOINT")
 
 LOGGING = {
     "version": 1,

@@ -82,6 +82,35 @@ def test_it_creates_the_deployment_and_ends_healthy(
 
 
 @pytest.mark.django_db
+def test_pods_with_diagnostics_on_read_the_telemetry_destinations(
+    kube: Any, service: Service, alice: Any, settings_fast: Any
+) -> None:
+    settings_fast.OTEL_EXPORTER_OTLP_ENDPOINT = "http://otel-collector.monitoring:4318"
+    settings_fast.APPLICATIONINSIGHTS_CONNECTION_STRING = "InstrumentationKey=the-portal's-own"
+
+    tasks.apply_service_update(_update(service, alice, enable_app_insights=True).pk)
+
+    env = _env(_deployment(kube))
+    assert env["AML_APP_INSIGHTS_ENABLED"] == "true"
+    assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector.monitoring:4318"
+    # The connection string by reference to the workspace's Secret, never the portal's own value; optional, so that
+    # a workspace that sends over OTLP only still starts its pods.
+    reference = env["APPLICATIONINSIGHTS_CONNECTION_STRING"].secret_key_ref
+    assert (reference.name, reference.key, reference.optional) == (
+        "tributary-storage",
+        "appinsights-connection-string",
+        True,
+    )
+    service.refresh_from_db()
+
+    tasks.apply_service_update(_update(service, alice, enable_app_insights=False).pk)
+
+    env = _env(_deployment(kube))
+    assert "OTEL_EXPORTER_OTLP_ENDPOINT" not in env
+    assert "APPLICATIONINSIGHTS_CONNECTION_STRING" not in env
+
+
+@pytest.mark.django_db
 def test_it_patches_the_deployment_keeping_the_image(
     kube: Any, service: Service, alice: Any, settings_fast: Any
 ) -> None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import http.server
 import json
 import os
 import signal
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -105,6 +107,47 @@ def test_it_collects_into_storage_with_the_resolved_secret(drivers, blob_contain
             assert secret not in path.read_bytes(), path
     with open(f"/proc/{state_file(driver, spec)['pid']}/environ", "rb") as environ:
         assert b"AML_MODEL_DC_STORAGE=" + secret in environ.read().split(b"\0")
+
+
+def test_services_with_diagnostics_on_send_their_telemetry_and_only_they_get_its_secret(drivers) -> None:
+    received: list[str] = []
+
+    class Collector(http.server.BaseHTTPRequestHandler):  # an OTLP/HTTP receiver: what an exporter POSTs
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            received.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    receiver = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Collector)
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    secret = "InstrumentationKey=00000000-0000-0000-0000-000000000000;IngestionEndpoint=http://127.0.0.1:9/"
+    driver = drivers(environ={"APPLICATIONINSIGHTS_CONNECTION_STRING": secret})
+    endpoint = f"http://127.0.0.1:{receiver.server_port}"
+    on = sample_spec(
+        enable_app_insights=True,
+        environment={"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "OTEL_BSP_SCHEDULE_DELAY": "100"},
+    )
+    off = sample_spec(update_id=2, service_id=8, service_name="quiet-svc")
+    try:
+        driver.apply(on)
+        driver.apply(off)
+        assert score(healthy(driver, on).scoring_url)[0] == 200
+        healthy(driver, off)
+
+        wait_until(lambda: "/v1/traces" in received, timeout=20, message="the request's span at the OTLP receiver")
+        environ = {
+            spec.service_name: Path(f"/proc/{state_file(driver, spec)['pid']}/environ").read_bytes()
+            for spec in (on, off)
+        }
+        assert secret.encode() in environ["sample-svc"]
+        assert secret.encode() not in environ["quiet-svc"]  # a secret goes only where it is used
+    finally:
+        receiver.shutdown()
 
 
 def test_it_does_nothing_when_the_same_update_is_applied_again(drivers) -> None:

@@ -96,3 +96,23 @@ def test_it_is_404_for_unknown_services(client: Client, alice: Any) -> None:
     client.force_login(alice)
 
     assert client.get(reverse("deployments:service-detail", args=[999999])).status_code == 404
+
+
+def test_it_says_where_diagnostics_go_or_that_nothing_receives_them(
+    client: Client, bob: Any, service: Service, settings: Any
+) -> None:
+    settings.APPLICATIONINSIGHTS_CONNECTION_STRING = ""
+    settings.OTEL_EXPORTER_OTLP_ENDPOINT = ""
+    service.enable_app_insights = True
+    service.save()
+    client.force_login(bob)
+    url = reverse("deployments:service-detail", args=[service.pk])
+
+    assert b'data-testid="no-telemetry-destination"' in client.get(url).content
+
+    settings.APPLICATIONINSIGHTS_CONNECTION_STRING = "InstrumentationKey=secret-key"
+    settings.OTEL_EXPORTER_OTLP_ENDPOINT = "http://collector.example:4318"
+    content = client.get(url).content.decode()
+    assert "to Azure Monitor (APPLICATIONINSIGHTS_CONNECTION_STRING); OTLP at http://collector.example:4318" in content
+    assert "secret-key" not in content
+    assert "no-telemetry-destination" not in content

@@ -18,6 +18,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Protocol
 
+# The key of a workspace's Kubernetes Secret that holds the Azure Monitor connection string its pods send their
+# telemetry to with "Enable AppInsights diagnostics" on (the storage connection string is under "connection-string").
+APP_INSIGHTS_KEY = "appinsights-connection-string"
+
 RolloutStatus = Literal["Transitioning", "Healthy", "Failed"]
 
 

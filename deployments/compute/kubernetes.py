@@ -19,7 +19,7 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from collector import config as dc
-from deployments.compute import DesiredSpec, PermanentError, RolloutState, TransientError
+from deployments.compute import APP_INSIGHTS_KEY, DesiredSpec, PermanentError, RolloutState, TransientError
 from scoring import config as runtime
 
 UPDATE_ANNOTATION = "tributary.dev/update-id"
@@ -172,6 +172,14 @@ def container_env(spec: DesiredSpec, probe_port: int = PROBE_PORT) -> list[dict[
             {
                 "name": dc.STORAGE,
                 "valueFrom": {"secretKeyRef": {"name": spec.storage_secret, "key": SECRET_KEY}},
+            }
+        )
+    if spec.enable_app_insights and spec.storage_secret:
+        # Optional: a workspace that sends its telemetry over OTLP only has no such key, and its pods still start.
+        env.append(
+            {
+                "name": runtime.APPLICATIONINSIGHTS_CONNECTION_STRING,
+                "valueFrom": {"secretKeyRef": {"name": spec.storage_secret, "key": APP_INSIGHTS_KEY, "optional": True}},
             }
         )
     return env

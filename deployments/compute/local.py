@@ -60,6 +60,7 @@ from scoring import config as scoring_config
 # Variables of the portal's environment that a scoring process may see; everything else is left behind.
 PASS_THROUGH = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "VIRTUAL_ENV")
 MAX_REASON = 500
+TELEMETRY_DESTINATIONS = (scoring_config.APPLICATIONINSIGHTS_CONNECTION_STRING, scoring_config.OTLP_ENDPOINT)
 _SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _FAILED = re.compile(r"\bFAILED: (.+?)\s*$")
 _EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt|Warning)\b")
@@ -308,6 +309,9 @@ class LocalDriver:
         )
         if not model_dir:
             env.pop(scoring_config.MODEL_DIR, None)
+        if not spec.enable_app_insights:  # where telemetry would go, a secret maybe: only to those that send it
+            for name in TELEMETRY_DESTINATIONS:
+                env.pop(name, None)
         env["PYTHONUNBUFFERED"] = "1"  # prints reach the log at once
         return env
 
