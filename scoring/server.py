@@ -32,9 +32,11 @@ from pathlib import Path
 from typing import Any
 
 from gunicorn import sock as gunicorn_sock
+from gunicorn import util as gunicorn_util
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
 from gunicorn.errors import HaltServer
+from gunicorn.workers.gthread import ThreadWorker
 
 import collector
 from scoring import app as scoring_app
@@ -72,15 +74,59 @@ def _post_fork(server: Any, worker: Any) -> None:
     # The worker's own copy of the settings: the master keeps the whole graceful timeout as its deadline.
     worker.cfg.set("graceful_timeout", drain_seconds(server.cfg.graceful_timeout))
     _worker["gunicorn"] = worker
-    if server.cfg.reuse_port and hasattr(socket, "SO_REUSEPORT") and server.app.board.serving():
-        # A worker started after the runtime has served replaces one that exited. Each worker listens on a socket
-        # of its own, and the kernel spreads new connections over them whether their worker is loading or not:
-        # this one would hold up a share of the requests for as long as its init() takes. So it lets go of the
-        # sockets gunicorn just made for it, and listens once its init() has returned (_join_when_ready).
+    board = server.app.board
+    if (
+        isinstance(worker, ScoringWorker)
+        and server.cfg.reuse_port
+        and hasattr(socket, "SO_REUSEPORT")
+        and board.serving()
+        and _others_ready(board)
+    ):
+        # A worker that replaces one that exited, beside others that serve. Each worker listens on a socket of its
+        # own, and the kernel spreads new connections over them whether their worker is loading or not: this one
+        # would hold up a share of the requests for as long as its init() takes. So it lets go of the sockets
+        # gunicorn just made for it, and listens again once it is ready (ScoringWorker). Alone, it listens at once:
+        # requests wait for its init(), as at start, rather than find the port closed.
         for listener in worker.sockets:
             listener.close()
         worker.sockets = []
-        _worker["joining"] = True
+        worker.joining = True
+
+
+def _others_ready(board: Board) -> bool:
+    return any(other.get("ready") for other in board.others(os.getpid()))
+
+
+class ScoringWorker(ThreadWorker):
+    """gunicorn's gthread worker, which can join the port late (see _post_fork): its event loop, the one thread that
+    owns the listening sockets, opens them once the script is ready, or once no other worker is."""
+
+    joining = False
+
+    def wait_for_and_dispatch_events(self, timeout: float) -> None:
+        if self.joining and self.alive and self._may_join():
+            self._join()
+        super().wait_for_and_dispatch_events(timeout)
+
+    def _may_join(self) -> bool:
+        app, status = _worker.get("app"), _worker.get("status")
+        if app is None or status is None:
+            return False
+        if app.script is not None:
+            return True
+        # Every other worker gone or stopping (a reload, several killed at once): listen now, and let requests wait.
+        return status.board is None or not _others_ready(status.board)
+
+    def _join(self) -> None:
+        self.joining = False
+        # Raises (SystemExit after failed binds) in the worker's main thread: the worker exits and is replaced.
+        listeners = gunicorn_sock.create_sockets(self.cfg, self.log)
+        for listener in listeners:
+            gunicorn_util.close_on_exec(listener)  # as gunicorn does for the ones it makes: no child keeps the port
+        self.set_accept_enabled(False)
+        self.sockets = listeners
+        self.set_accept_enabled(True)
+        log.info("listening on the port")
 
 
 def _worker_exit(server: Any, worker: Any) -> None:
@@ -203,7 +249,7 @@ class ScoringServer(BaseApplication):
         options: dict[str, Any] = {
             "bind": [f"[{s.host}]:{s.port}" if ":" in s.host else f"{s.host}:{s.port}"],
             "workers": s.workers,
-            "worker_class": "gthread",
+            "worker_class": "scoring.server.ScoringWorker",  # gthread, able to join the port late
             "threads": s.threads,
             "timeout": s.worker_timeout,
             "graceful_timeout": int(s.graceful_timeout),
@@ -240,29 +286,7 @@ class ScoringServer(BaseApplication):
         if self.settings.probe_port:
             # At once, joining or not: a liveness probe must be answered while the model loads.
             _worker["probes"] = serve_probes(app, self.settings.host, self.settings.probe_port, lambda: worker.alive)
-        if _worker.get("joining"):
-            threading.Thread(target=_join_when_ready, args=(app, worker), name="scoring-join", daemon=True).start()
         return application
-
-
-def _join_when_ready(app: scoring_app.ScoringApp, worker: Any) -> None:
-    """In a worker that replaces another: listen on the port once init() has returned (see _post_fork). The
-    sockets are handed to the worker's event loop through its queue of calls, the one thread that owns them."""
-    if not app.wait_ready(None):
-        return  # init() failed: the worker exits
-    listeners = gunicorn_sock.create_sockets(worker.cfg, worker.log)
-
-    def join() -> None:
-        if not worker.alive:  # stopping: it takes no more connections
-            for listener in listeners:
-                listener.close()
-            return
-        worker.set_accept_enabled(False)
-        worker.sockets = listeners
-        worker.set_accept_enabled(True)
-        log.info("init() returned: listening on the port")
-
-    worker.method_queue.defer(join)
 
 
 class _ProbeServer(ThreadingHTTPServer):

@@ -754,9 +754,34 @@ def test_a_worker_started_again_takes_requests_only_once_its_init_has_returned(t
     assert runtime.status()["ready"] is True
 
     hold.unlink()
-    wait_until(lambda: all(w["ready"] for w in runtime.status()["workers"]), message="the new worker ready")
+    wait_until(lambda: "listening on the port" in runtime.log(), message="the new worker on the port")
     assert len({answered_by() for _ in range(30)}) == 2  # it takes its share now
-    assert "init() returned: listening on the port" in runtime.log()
+
+
+def test_a_lone_worker_started_again_listens_at_once_and_requests_wait_for_its_init(tmp_path, runtimes) -> None:
+    # With no other worker to take the requests, the port must not close while the model loads.
+    hold = tmp_path / "hold"
+    runtime = start_runtime(write_script(tmp_path, HELD_INIT_SCRIPT), tmp_path, env={"HOLD_FILE": str(hold)})
+    runtimes.append(runtime)
+    runtime.wait_ready()
+    hold.touch()
+    (dead,) = (w["pid"] for w in runtime.status()["workers"])
+    os.kill(dead, signal.SIGKILL)
+
+    def loading() -> bool:
+        try:
+            return [w["ready"] for w in runtime.status()["workers"] if w["pid"] != dead] == [False]
+        except OSError:
+            return False
+
+    wait_until(loading, timeout=20, message="a new worker loading its model")
+    assert runtime.answers("/") == 200  # live, on the main port
+    assert runtime.answers("/ready") == 503
+    waiting = ThreadPoolExecutor(1).submit(runtime.score, "{}")
+    hold.unlink()
+    status, pid = waiting.result(timeout=20)
+    assert status == 200
+    assert pid != dead
 
 
 SLEEPING_SCRIPT = """
