@@ -2,7 +2,7 @@
 
 Neither reads whole files to count: the summary takes each day's file sizes from listings and turns them into
 rows with the average row size of one sampled file per designation (exact where the sample was the whole file).
-The join scans the files of one day, stopping at the row it looks for.
+The join scans the files of one day, each to its end, until each designation has rows of the request.
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ KEY_COLUMNS = ("$aml_dc_correlation_id", "$aml_request_id")
 SAMPLED_SHAPES = 8
 # Bytes one join may read before it gives up with a clear message: it runs in a web request (~2 s for 128 MiB).
 JOIN_SCAN_LIMIT = 128 * 1024 * 1024
+# Rows shown per designation: a request id is the caller's, and one that is sent again and again matches them all.
+JOIN_MAX_ROWS = 50
 # <model>/<version>/<designation>/<yyyy>/<mm>/<dd>/[<HH>/]data[-<hash>][_NNNN].csv below the service's folder
 # (data-<hash>.csv holds rows of another shape than data.csv's: see collector.upload).
 FILE = re.compile(
@@ -152,6 +154,7 @@ class Matches:
 
     header: list[str]
     rows: list[list[str]] = field(default_factory=list)
+    more: bool = False  # more than JOIN_MAX_ROWS rows matched (a request id that callers reuse, say)
 
     def columns(self) -> list[tuple[str, list[str]]]:
         """Each column with its value in every row (a request's rows side by side)."""
@@ -189,6 +192,9 @@ def join(service: Service, request_key: str, day: date) -> Joined:
         matches = Matches(header)
         for row in rows:
             if any(len(row) > column and row[column] == request_key for column in columns):
+                if len(matches.rows) == JOIN_MAX_ROWS:
+                    matches.more = True
+                    break
                 matches.rows.append(row)
         if matches.rows:
             found[parts["designation"]] = matches

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
@@ -114,7 +116,9 @@ def _telemetry_destinations(service: Service) -> list[str]:
     elif settings.APPLICATIONINSIGHTS_CONNECTION_STRING:
         destinations.append("Azure Monitor (APPLICATIONINSIGHTS_CONNECTION_STRING)")
     if settings.OTEL_EXPORTER_OTLP_ENDPOINT:
-        destinations.append(f"OTLP at {settings.OTEL_EXPORTER_OTLP_ENDPOINT}")
+        # Its host only: an endpoint may carry a token (user:token@, ?key=), and readers see this page too.
+        endpoint = urlsplit(settings.OTEL_EXPORTER_OTLP_ENDPOINT)
+        destinations.append(f"OTLP at {endpoint.scheme}://{endpoint.hostname or ''}")
     return destinations
 
 

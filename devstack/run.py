@@ -58,17 +58,21 @@ def main() -> int:
         except Exception as exc:  # the rest must still be stopped
             say(f"could not stop the local services: {type(exc).__name__}: {exc}")
         for item in reversed(started):
-            if isinstance(item, ManagedProcess):
-                item.stop()
-            else:
+            try:
+                if isinstance(item, ManagedProcess):
+                    item.stop()
+                    continue
                 if item.poll() is None:
                     os.killpg(item.pid, signal.SIGTERM)
                     with contextlib.suppress(subprocess.TimeoutExpired):
                         item.wait(10)
                 # What is left of its process group (all of it, past the timeout; a child it forked as the signal
-                # came, such as Celery's beat, otherwise) would outlive it: gone too.
-                with contextlib.suppress(ProcessLookupError):
+                # came, such as Celery's beat, otherwise) would outlive it: gone too. The kernel hands out no pid
+                # that is still some group's id, so the group is the child's own, or no longer exists.
+                with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(item.pid, signal.SIGKILL)
+            except Exception as exc:  # the others must still be stopped
+                say(f"could not stop {item.args if isinstance(item, subprocess.Popen) else item}: {exc}")
         started.clear()
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))

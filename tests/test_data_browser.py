@@ -13,6 +13,7 @@ from django.test import Client
 from django.urls import reverse
 
 import collector
+from deployments import datasummary, preview
 from deployments.models import Service, Workspace
 from tests.conftest import collect_rows
 from tests.factories import ServiceFactory
@@ -249,6 +250,26 @@ def test_it_joins_every_row_of_a_request_by_its_correlation_id_or_its_request_id
         assert b"row 2" in response.content
 
 
+def test_a_request_id_that_matches_many_rows_shows_the_first_few_and_says_so(
+    client: Client, alice: Any, service: Service, collecting: None, settings: Any
+) -> None:
+    inputs = collector.ModelDataCollector("best_model", designation="inputs", feature_names=["age", "plan"])
+    with collector.request_context("always-the-same"):
+        for age in range(datasummary.JOIN_MAX_ROWS + 10):
+            inputs.collect([[age, "basic"]])
+    assert collector.flush(20)
+    client.force_login(alice)
+
+    response = client.get(
+        reverse("deployments:service-data-join", args=[service.pk]),
+        {"correlation_id": "always-the-same", "day": TODAY.strftime("%Y-%m-%d")},
+    )
+
+    matches = response.context["result"].rows["inputs"]
+    assert [row["age"] for row in matches.as_dicts()] == [str(a) for a in range(datasummary.JOIN_MAX_ROWS)]
+    assert f"(the first {datasummary.JOIN_MAX_ROWS} rows)".encode() in response.content
+
+
 def test_it_charts_rows_per_day_and_designation(client: Client, alice: Any, service: Service, collecting: None) -> None:
     collect_rows([[20 + i, "basic"] for i in range(7)])
     client.force_login(alice)
@@ -361,7 +382,6 @@ def test_the_tail_starts_at_a_whole_row_even_when_its_range_starts_inside_a_quot
 
 
 def test_the_excel_export_keeps_characters_split_across_chunks(monkeypatch: Any) -> None:
-    from deployments import preview
 
     data = "name,city\nrené,Zürich\n".encode()
     chunks = [data[: data.index("é".encode()) + 1], data[data.index("é".encode()) + 1 :]]  # splits the é

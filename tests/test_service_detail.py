@@ -111,8 +111,9 @@ def test_it_says_where_diagnostics_go_or_that_nothing_receives_them(
     assert b'data-testid="no-telemetry-destination"' in client.get(url).content
 
     settings.APPLICATIONINSIGHTS_CONNECTION_STRING = "InstrumentationKey=secret-key"
-    settings.OTEL_EXPORTER_OTLP_ENDPOINT = "http://collector.example:4318"
+    settings.OTEL_EXPORTER_OTLP_ENDPOINT = "https://user:token-123@collector.example:4318/v1?key=token-456"
     content = client.get(url).content.decode()
-    assert "to Azure Monitor (APPLICATIONINSIGHTS_CONNECTION_STRING); OTLP at http://collector.example:4318" in content
+    assert "to Azure Monitor (APPLICATIONINSIGHTS_CONNECTION_STRING); OTLP at https://collector.example" in content
     assert "secret-key" not in content
+    assert "token-" not in content
     assert "no-telemetry-destination" not in content

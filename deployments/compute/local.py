@@ -258,7 +258,10 @@ class LocalDriver:
             raise TransientError(f"cannot read {script}: {exc}") from exc
         data["_script"] = script_hash
         data["_secret"] = hashlib.sha256(secret.encode()).hexdigest() if secret else ""
-        data["_driver"] = [self.host, self.python, sorted(self.environ.items())]
+        # What this process gets of the driver's environment: a telemetry destination changed in the portal's
+        # settings restarts the services that send telemetry, not the others.
+        environ = {k: v for k, v in self.environ.items() if spec.enable_app_insights or k not in TELEMETRY_DESTINATIONS}
+        data["_driver"] = [self.host, self.python, sorted(environ.items())]
         return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
 
     def _models(self, spec: DesiredSpec, folder: Path) -> str:
