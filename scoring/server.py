@@ -282,9 +282,9 @@ class ScoringServer(BaseApplication):
         status.start_publishing()
         app, application, telemetry = scoring_app.build(self.settings, status, on_fatal=_fatal)
         _worker.update(app=app, status=status, telemetry=telemetry)
-        worker = _worker["gunicorn"]  # set by _post_fork, which runs before load()
         if self.settings.probe_port:
-            # At once, joining or not: a liveness probe must be answered while the model loads.
+            # At once, joining the port late or not: a liveness probe must be answered while the model loads.
+            worker = _worker["gunicorn"]  # set by _post_fork, which runs before load()
             _worker["probes"] = serve_probes(app, self.settings.host, self.settings.probe_port, lambda: worker.alive)
         return application
 
