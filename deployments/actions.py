@@ -57,6 +57,11 @@ class StaleEdit(ActionError):
         )
 
 
+class BeingDeleted(ActionError):
+    def __init__(self, service: Service) -> None:
+        super().__init__(f"{service.name} is being deleted: it can no longer be changed.")
+
+
 class NothingToUpdate(ActionError):
     def __init__(self) -> None:
         super().__init__("No parameters provided to update: the settings are the same as before.")
@@ -139,8 +144,8 @@ def _service_environment(service: Service) -> dict[str, str]:
     return environment
 
 
-def _record_update(service: Service, user: Any) -> ServiceUpdate:
-    update = ServiceUpdate.objects.create(service=service, desired_spec={}, requested_by=user)
+def _record_update(service: Service, user: Any, kind: ServiceUpdate.Kind = ServiceUpdate.Kind.APPLY) -> ServiceUpdate:
+    update = ServiceUpdate.objects.create(service=service, kind=kind, desired_spec={}, requested_by=user)
     update.desired_spec = desired_spec(service, update.pk).to_json()
     update.save(update_fields=["desired_spec"])
     # An older update still waiting would apply an outdated spec after this one: it will never run.
@@ -217,6 +222,8 @@ def do_update_service(
     if not claimed:
         raise StaleEdit()
     service.refresh_from_db()
+    if service.state == Service.State.DELETING:
+        raise BeingDeleted(service)
     before = _snapshot(service)
     changes = {}
     for name, value in new_values.items():
@@ -248,9 +255,44 @@ def do_update_service(
 @transaction.atomic
 def do_redeploy_service(service: Service, *, acting_user: Any, reason: str = "") -> ServiceUpdate:
     """Apply a service's unchanged settings again, e.g. to start its local processes after the machine restarted."""
-    Service.objects.filter(pk=service.pk).update(state=Service.State.TRANSITIONING, state_reason="")
+    claimed = (
+        Service.objects.filter(pk=service.pk)
+        .exclude(state=Service.State.DELETING)
+        .update(state=Service.State.TRANSITIONING, state_reason="")
+    )
+    if not claimed:
+        raise BeingDeleted(service)
     _audit(service.workspace, AuditEvent.Action.SERVICE_REDEPLOYED, service, actor=acting_user, reason=reason)
     return _record_update(service, acting_user)
+
+
+@transaction.atomic
+def do_delete_service(
+    service: Service, *, acting_user: Any, reason: str = "", request_id: uuid.UUID | None = None
+) -> ServiceUpdate:
+    """Stop the service wherever it runs, then delete it (by a task: its removal shows on its page as an update).
+    Its collected data stays in storage, and its audit rows in the log.
+
+    Until the removal ends the service is Deleting and refuses edits; a removal that fails leaves it Failed, with
+    the reason, to be deleted again."""
+    service = Service.objects.select_for_update().select_related("workspace").get(pk=service.pk)
+    if service.state == Service.State.DELETING:
+        raise ActionError(f"{service.name} is already being deleted.")
+    before = _snapshot(service)
+    service.state, service.state_reason = Service.State.DELETING, ""
+    # A form opened before this is stale: its Update is refused rather than applied to a service on its way out.
+    service.version += 1
+    service.save(update_fields=["state", "state_reason", "version", "updated"])
+    _audit(
+        service.workspace,
+        AuditEvent.Action.SERVICE_DELETE_REQUESTED,
+        service,
+        actor=acting_user,
+        changes={name: [_display(name, value), None] for name, value in before.items()},
+        reason=reason,
+        request_id=request_id,
+    )
+    return _record_update(service, acting_user, ServiceUpdate.Kind.REMOVE)
 
 
 @transaction.atomic
@@ -311,6 +353,21 @@ def do_finish_update(update: ServiceUpdate, outcome: RolloutState) -> bool:
     return _close_update(update, outcome, held_as=[ServiceUpdate.Status.RUNNING])
 
 
+@transaction.atomic
+def do_finish_removal(update: ServiceUpdate) -> bool:
+    """The service of a finished removal is gone from its target: delete its row (and its updates) and say so in
+    the audit log. False, changing nothing, when this worker no longer holds the update."""
+    held = ServiceUpdate.objects.select_for_update().filter(
+        pk=update.pk, kind=ServiceUpdate.Kind.REMOVE, status=ServiceUpdate.Status.RUNNING, attempts=update.attempts
+    )
+    if not held.exists():
+        return False
+    service = update.service
+    _audit(service.workspace, AuditEvent.Action.SERVICE_DELETED, service, changes={"update": [None, update.pk]})
+    service.delete()
+    return True
+
+
 def do_fail_abandoned_update(update: ServiceUpdate, reason: str) -> bool:
     """Close an update that no worker will finish (it used up its attempts)."""
     return _close_update(
@@ -330,20 +387,27 @@ def _close_update(update: ServiceUpdate, outcome: RolloutState, *, held_as: list
     if not held:
         return False
     service = update.service
+    removal = update.kind == ServiceUpdate.Kind.REMOVE
+    reason = f"Could not delete the service: {outcome.reason}" if removal else outcome.reason
     # Only the newest update speaks for the service's state; an older one finishing late must not overwrite it.
     if not ServiceUpdate.objects.filter(service=service, pk__gt=update.pk).exists():
         Service.objects.filter(pk=service.pk).update(
             state=Service.State.HEALTHY if succeeded else Service.State.FAILED,
-            state_reason="" if succeeded else outcome.reason,
+            state_reason="" if succeeded else reason,
             scoring_url=outcome.scoring_url or F("scoring_url"),
         )
-    action = AuditEvent.Action.SERVICE_UPDATE_SUCCEEDED if succeeded else AuditEvent.Action.SERVICE_UPDATE_FAILED
+    if removal:
+        action = AuditEvent.Action.SERVICE_DELETE_FAILED
+    elif succeeded:
+        action = AuditEvent.Action.SERVICE_UPDATE_SUCCEEDED
+    else:
+        action = AuditEvent.Action.SERVICE_UPDATE_FAILED
     _audit(
         service.workspace,
         action,
         service,
         changes={"update": [None, update.pk]},
-        reason="" if succeeded else outcome.reason,
+        reason="" if succeeded else reason,
     )
     return True
 

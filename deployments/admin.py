@@ -47,7 +47,8 @@ class ModelAdmin(admin.ModelAdmin):
 
 @admin.register(Service)
 class ServiceAdmin(admin.ModelAdmin):
-    """Read-only: services change through the portal's Edit page, so that every change is audited and applied."""
+    """Read-only: services change and are deleted on their page in the portal, so that every change is audited
+    and applied (deleting the row here would leave its processes or Deployment running, unmanaged)."""
 
     list_display = ["name", "workspace", "state", "compute_target", "collect_model_data", "enable_app_insights"]
     list_filter = ["state", "collect_model_data", "enable_app_insights"]
@@ -57,6 +58,9 @@ class ServiceAdmin(admin.ModelAdmin):
         return False
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
 

@@ -21,7 +21,7 @@ from django.views.decorators.csrf import csrf_exempt
 
 from deployments import actions
 from deployments.access import get_workspace_for_user, user_id
-from deployments.forms import ServiceCreateForm, ServiceEditForm
+from deployments.forms import REASON_MAX_LENGTH, ServiceCreateForm, ServiceEditForm
 from deployments.models import ApiToken, Membership, Service, ServiceUpdate, Workspace
 from portal.middleware import request_id
 
@@ -218,7 +218,7 @@ def services(request: HttpRequest, workspace_id: int) -> JsonResponse:
     return JsonResponse(_service_json(update.service), status=202)
 
 
-@api_view("GET", "PATCH")
+@api_view("GET", "PATCH", "DELETE")
 def service(request: HttpRequest, workspace_id: int, name: str) -> JsonResponse:
     service, can_write = _service(request, workspace_id, name)
     if request.method == "GET":
@@ -226,6 +226,8 @@ def service(request: HttpRequest, workspace_id: int, name: str) -> JsonResponse:
     if not can_write:
         raise PermissionDenied
     body = _body(request)
+    if request.method == "DELETE":
+        return _delete(request, service, body)
     unknown = set(body) - UPDATABLE - {"version", "reason"}
     if unknown:
         raise ValueError(f"Unknown parameters: {', '.join(sorted(unknown))}")
@@ -246,6 +248,19 @@ def service(request: HttpRequest, workspace_id: int, name: str) -> JsonResponse:
         request_id=request_id(request),
         **form.settings(),  # type: ignore[attr-defined]
     )
+    service.refresh_from_db()
+    return JsonResponse(_service_json(service), status=202)
+
+
+def _delete(request: HttpRequest, service: Service, body: dict[str, Any]) -> JsonResponse:
+    """Start the service's removal: 202 with the service as Deleting; it is gone (404) once the removal is done."""
+    unknown = set(body) - {"reason"}
+    if unknown:
+        raise ValueError(f"Unknown parameters: {', '.join(sorted(unknown))}")
+    reason = body.get("reason", "")
+    if not isinstance(reason, str) or len(reason) > REASON_MAX_LENGTH:
+        raise ValueError(f"reason must be a string of at most {REASON_MAX_LENGTH} characters.")
+    actions.do_delete_service(service, acting_user=request.user, reason=reason, request_id=request_id(request))
     service.refresh_from_db()
     return JsonResponse(_service_json(service), status=202)
 

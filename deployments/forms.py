@@ -9,6 +9,9 @@ from django.contrib.auth import get_user_model
 
 from deployments.models import ApiToken, AuditEvent, ComputeTarget, Membership, Model, Service, Workspace
 
+# The longest reason a change may give (it goes into the audit log).
+REASON_MAX_LENGTH = 500
+
 
 class ServiceSettingsForm(forms.Form):
     """A service's settings: the basics, and the Advanced settings of the legacy portal (two checkboxes)."""
@@ -23,7 +26,10 @@ class ServiceSettingsForm(forms.Form):
     collect_model_data = forms.BooleanField(required=False, label="Enable model data collection")
     enable_app_insights = forms.BooleanField(required=False, label="Enable AppInsights diagnostics")
     reason = forms.CharField(
-        max_length=500, required=False, widget=forms.TextInput, help_text="Optional: recorded in the audit log."
+        max_length=REASON_MAX_LENGTH,
+        required=False,
+        widget=forms.TextInput,
+        help_text="Optional: recorded in the audit log.",
     )
 
     def __init__(self, *args: Any, workspace: Workspace, **kwargs: Any) -> None:

@@ -125,8 +125,12 @@ class Service(models.Model):
         TRANSITIONING = "Transitioning"
         HEALTHY = "Healthy"
         FAILED = "Failed"
+        # Its removal from the target is under way; the row goes once it is gone (or it ends Failed, to try again).
+        DELETING = "Deleting"
 
-    workspace = models.ForeignKey(Workspace, models.CASCADE, related_name="services")
+    # PROTECT: deleting the row of a running service would leave its processes or Deployment behind, unmanaged.
+    # Delete the services first (their page's Delete), then the workspace.
+    workspace = models.ForeignKey(Workspace, models.PROTECT, related_name="services")
     name = models.CharField(max_length=32, validators=[DNS_LABEL])
     compute_target = models.ForeignKey(ComputeTarget, models.PROTECT, related_name="services")
     entry_script = models.CharField(max_length=500, blank=True)
@@ -162,7 +166,13 @@ class ServiceUpdate(models.Model):
         SUCCEEDED = "succeeded", "Succeeded"
         FAILED = "failed", "Failed"
 
+    class Kind(models.TextChoices):
+        APPLY = "apply", "Apply"
+        REMOVE = "remove", "Delete"
+
     service = models.ForeignKey(Service, models.CASCADE, related_name="updates")
+    # APPLY makes the target run `desired_spec`; REMOVE stops and deletes what runs, then the service's row.
+    kind = models.CharField(max_length=10, choices=Kind.choices, default=Kind.APPLY)
     desired_spec = models.JSONField()
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING, db_index=True)
     attempts = models.PositiveSmallIntegerField(default=0)
@@ -194,6 +204,9 @@ class AuditEvent(models.Model):
         SERVICE_REDEPLOYED = "service.redeployed"
         SERVICE_UPDATE_SUCCEEDED = "service.update_succeeded"
         SERVICE_UPDATE_FAILED = "service.update_failed"
+        SERVICE_DELETE_REQUESTED = "service.delete_requested"
+        SERVICE_DELETED = "service.deleted"
+        SERVICE_DELETE_FAILED = "service.delete_failed"
         MEMBER_ADDED = "member.added"
         MEMBER_ROLE_CHANGED = "member.role_changed"
         MEMBER_REMOVED = "member.removed"

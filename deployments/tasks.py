@@ -24,8 +24,10 @@ def ping() -> str:
 # and a retry after a transient error draw on the same budget.
 @shared_task(bind=True, acks_late=True, max_retries=None, ignore_result=True)
 def apply_service_update(self, update_id: int) -> None:  # type: ignore[no-untyped-def]
-    """Make a service's compute target match the desired spec stored on the update, and record how it ended."""
+    """Make a service's compute target match the desired spec stored on the update, or for a removal take the
+    service off its target, and record how it ended."""
     from deployments import actions, drivers
+    from deployments.models import ServiceUpdate
 
     update = actions.claim_update(update_id)
     if update is None:
@@ -34,10 +36,15 @@ def apply_service_update(self, update_id: int) -> None:  # type: ignore[no-untyp
             raise self.retry(countdown=settings.ROLLOUT_POLL_SECONDS * 2)
         return
     spec = DesiredSpec.from_json(update.desired_spec)
+    removal = update.kind == ServiceUpdate.Kind.REMOVE
     try:
         driver = drivers.driver_for(update.service)
-        driver.apply(spec)
-        outcome = _wait_for_rollout(driver, spec)
+        if removal:
+            driver.remove(spec)
+            outcome = None
+        else:
+            driver.apply(spec)
+            outcome = _wait_for_rollout(driver, spec)
     except PermanentError as exc:
         outcome = RolloutState("Failed", str(exc))
     except TransientError as exc:
@@ -52,7 +59,10 @@ def apply_service_update(self, update_id: int) -> None:  # type: ignore[no-untyp
         # A bug or an unexpected failure (a time limit, a broken spec): the update ends, it does not hang.
         log.exception("update %s: unexpected error", update_id)
         outcome = RolloutState("Failed", f"Internal error while applying the update ({type(exc).__name__}).")
-    actions.do_finish_update(update, outcome)
+    if outcome is None:
+        actions.do_finish_removal(update)
+    else:
+        actions.do_finish_update(update, outcome)
 
 
 @shared_task(ignore_result=True)

@@ -10,7 +10,7 @@ from django.core.paginator import Paginator
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
-from django.views.decorators.http import require_GET, require_http_methods
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import HttpResponseClientRedirect, HttpResponseStopPolling
 from django_htmx.middleware import HtmxDetails
 
@@ -19,6 +19,7 @@ from deployments import health as health_checks
 from deployments.access import get_membership_for_user, get_service_for_user, get_workspace_for_user, user_id
 from deployments.compute import APP_INSIGHTS_KEY
 from deployments.forms import (
+    REASON_MAX_LENGTH,
     ApiTokenForm,
     AuditFilterForm,
     MemberAddForm,
@@ -87,10 +88,34 @@ def _status_context(service: Service) -> dict[str, object]:
     return {"service": service, "updates": updates, "polling": any(not u.is_finished for u in updates)}
 
 
+def _list_after_deletion(request: HtmxHttpRequest, service_id: int) -> str | None:
+    """For the page of a service that was deleted (left open while it was): its workspace's list, with a message
+    that says so; None when there is no such service or the user is not a member of its workspace."""
+    event = (
+        AuditEvent.objects.filter(
+            action=AuditEvent.Action.SERVICE_DELETED,
+            target_type="service",
+            target_id=service_id,
+            workspace__memberships__user_id=user_id(request),
+        )
+        .order_by("-created")
+        .first()
+    )
+    if event is None:
+        return None
+    messages.info(request, f"{event.target_repr} was deleted.")
+    return reverse("deployments:service-list", args=[event.workspace_id])
+
+
 @require_GET
 @login_required
 def service_detail(request: HtmxHttpRequest, service_id: int) -> HttpResponse:
-    service, can_write = get_service_for_user(request, service_id)
+    try:
+        service, can_write = get_service_for_user(request, service_id)
+    except Http404:
+        if (gone := _list_after_deletion(request, service_id)) is None:
+            raise
+        return redirect(gone)
     events = AuditEvent.objects.filter(workspace=service.workspace, target_type="service", target_id=service.pk)
     context = {
         **_status_context(service),
@@ -126,7 +151,12 @@ def _telemetry_destinations(service: Service) -> list[str]:
 @login_required
 def service_status(request: HtmxHttpRequest, service_id: int) -> HttpResponse:
     """The live region of a service's page: its state and updates; polling stops once every update has ended."""
-    service, _ = get_service_for_user(request, service_id)
+    try:
+        service, _ = get_service_for_user(request, service_id)
+    except Http404:
+        if (gone := _list_after_deletion(request, service_id)) is None:
+            raise
+        return HttpResponseClientRedirect(gone)
     context = _status_context(service)
     response = render(request, "deployments/service_detail.html#status", context)
     if not context["polling"]:
@@ -166,6 +196,26 @@ def service_edit(request: HtmxHttpRequest, service_id: int) -> HttpResponse:
     template = "deployments/service_edit.html" + ("#service-form" if request.htmx else "")
     context = {"service": service, "workspace": service.workspace, "form": form, "stale": stale, "nav": "deployments"}
     return render(request, template, context)
+
+
+@require_POST
+@login_required
+def service_delete(request: HtmxHttpRequest, service_id: int) -> HttpResponse:
+    """Delete a service: it stops wherever it runs, then its row goes; its page follows the removal live."""
+    service, can_write = get_service_for_user(request, service_id)
+    _require_write(can_write)
+    try:
+        actions.do_delete_service(
+            service,
+            acting_user=request.user,
+            reason=request.POST.get("reason", "")[:REASON_MAX_LENGTH],
+            request_id=request_id(request),
+        )
+    except actions.ActionError as exc:
+        messages.error(request, str(exc))
+    else:
+        messages.success(request, f"Deleting {service.name}: it is being stopped and removed.")
+    return _after_change(request, reverse("deployments:service-detail", args=[service.pk]))
 
 
 @require_http_methods(["GET", "POST"])

@@ -7,10 +7,12 @@ from typing import Any
 import pytest
 from kubernetes import client as k8s
 
-from deployments.models import ApiToken, ComputeTarget, Workspace
-from tests.factories import ModelFactory, ServiceFactory
+from deployments.models import ApiToken, ComputeTarget, Service, Workspace
+from tests.factories import EXAMPLE_SCRIPT, ModelFactory, ServiceFactory
 from tributary_sdk import AksWebservice, InferenceConfig, Model, Webservice, WebserviceException
 from tributary_sdk import Workspace as SdkWorkspace
+
+EXAMPLE = str(EXAMPLE_SCRIPT)
 
 
 @pytest.fixture
@@ -75,6 +77,35 @@ def test_update_without_parameters_is_an_error(ws: SdkWorkspace, workspace: Work
 
     with pytest.raises(WebserviceException, match=r"^No parameters provided to update$"):
         service.update()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_update_refuses_settings_it_would_not_apply_and_warns_of_them_beside_others(
+    ws: SdkWorkspace, workspace: Workspace
+) -> None:
+    ServiceFactory(workspace=workspace, name="churn", replicas=1)
+    service = Webservice(ws, "churn")
+
+    with pytest.raises(WebserviceException, match=r"^Tributary does not apply these settings: cpu_cores, tags$"):
+        service.update(tags={"team": "risk"}, cpu_cores=2, description=None)
+    assert Service.objects.get(name="churn").version == 1
+
+    with pytest.warns(UserWarning, match=r"^Tributary does not apply these settings: memory_gb$"):
+        service.update(num_replicas=2, memory_gb=4)
+    assert Service.objects.get(name="churn").replicas == 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_update_changes_the_models_and_what_serves_them(ws: SdkWorkspace, workspace: Workspace) -> None:
+    ServiceFactory(workspace=workspace, name="churn", image="", models=[ModelFactory(workspace=workspace, version=1)])
+    ModelFactory(workspace=workspace, name="best_model", version=2)
+    service = Webservice(ws, "churn")
+
+    service.update(models=[Model(ws, "best_model", 2)], inference_config=InferenceConfig(entry_script=EXAMPLE))
+
+    changed = Service.objects.get(name="churn")
+    assert [str(m) for m in changed.models.all()] == ["best_model:2"]
+    assert changed.entry_script == EXAMPLE
 
 
 @pytest.mark.django_db(transaction=True)

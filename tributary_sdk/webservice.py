@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -139,11 +140,16 @@ class Webservice:
         collect_model_data: bool | None = None,
         enable_app_insights: bool | None = None,
         num_replicas: int | None = None,
+        models: list[Model | str] | None = None,
+        inference_config: InferenceConfig | None = None,
         reason: str = "",
-        **_ignored: Any,
+        **others: Any,
     ) -> None:
-        """Change settings; the portal applies them in the background (follow with `wait_for_deployment()`)."""
-        changes = {
+        """Change settings; the portal applies them in the background (follow with `wait_for_deployment()`).
+
+        The legacy signature's other settings (cpu_cores, autoscale_*, tags, ...) mean nothing to Tributary: given
+        beside a setting it applies, each is named in a warning; given alone, they are refused."""
+        changes: dict[str, Any] = {
             key: value
             for key, value in (
                 ("collect_model_data", collect_model_data),
@@ -152,9 +158,38 @@ class Webservice:
             )
             if value is not None
         }
+        if models is not None:
+            changes["models"] = [str(m) for m in models]
+        if inference_config is not None:
+            changes.update(_inference_settings(inference_config))
+        unsupported = sorted(key for key, value in others.items() if value is not None)
         if not changes:
+            if unsupported:
+                raise WebserviceException(f"Tributary does not apply these settings: {', '.join(unsupported)}")
             raise WebserviceException("No parameters provided to update")
+        if unsupported:
+            warnings.warn(f"Tributary does not apply these settings: {', '.join(unsupported)}", stacklevel=2)
         self._load(self.workspace._client.request("PATCH", self._path(), {**changes, "reason": reason}))
+
+    def delete(self, *, reason: str = "", timeout_sec: float | None = None) -> None:
+        """Delete this service, as azureml.core's did: it stops wherever it runs, then it is gone from the portal,
+        and this returns once it is. Its collected data stays in storage. A removal that fails raises
+        WebserviceException with the reason (the service is then Failed, and delete() may be called again)."""
+        client = self.workspace._client
+        self._load(client.request("DELETE", self._path(), {"reason": reason}))
+        deadline = time.monotonic() + timeout_sec if timeout_sec else None
+        while self.state == "Deleting":
+            if deadline is not None and time.monotonic() > deadline:
+                raise WebserviceException(f"Timed out waiting for {self.name} to be deleted: still {self.state}.")
+            time.sleep(1)
+            try:
+                self.update_deployment_state()
+            except WebserviceException as exc:
+                if exc.status != 404:
+                    raise
+                self.state = "Deleted"
+                return
+        raise WebserviceException(f"Could not delete {self.name}: {self.error}")
 
     def wait_for_deployment(self, show_output: bool = False, timeout_sec: float | None = None) -> None:
         """Poll until the service is Healthy or Failed; Failed (or the timeout) raises WebserviceException."""
@@ -196,7 +231,6 @@ class Model:
         reason: str = "",
     ) -> Webservice:
         config = deployment_config or LocalWebservice.deploy_configuration()
-        inference = inference_config or InferenceConfig()
         target = deployment_target or config.compute_target
         if not target:
             raise WebserviceException("Name the compute target to deploy to (deployment_target=...).")
@@ -204,8 +238,7 @@ class Model:
             "name": name,
             "compute_target": target,
             "models": [str(m) for m in models],
-            "entry_script": inference.entry_script or "",
-            "image": inference.image or "",
+            **_inference_settings(inference_config or InferenceConfig()),
             "replicas": config.num_replicas,
             "collect_model_data": config.collect_model_data,
             "enable_app_insights": config.enable_app_insights,
@@ -213,3 +246,7 @@ class Model:
         }
         data = workspace._client.request("POST", f"workspaces/{workspace.id}/services/", body)
         return Webservice._from_json(workspace, data)
+
+
+def _inference_settings(config: InferenceConfig) -> dict[str, str]:
+    return {"entry_script": config.entry_script or "", "image": config.image or ""}

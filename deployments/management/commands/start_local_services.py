@@ -9,6 +9,8 @@ class Command(BaseCommand):
 
     def handle(self, *args: object, **options: object) -> None:
         services = Service.objects.filter(compute_target__kind=ComputeTarget.Kind.LOCAL).select_related("workspace")
+        # A service being deleted is not started again: its removal is still queued (or re-enqueued by beat).
+        services = services.exclude(state=Service.State.DELETING)
         for service in services:
             actions.do_redeploy_service(service, acting_user=None, reason="Started with the portal on this machine")
         self.stdout.write(f"Starting {len(services)} local service(s).")
