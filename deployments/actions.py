@@ -58,8 +58,19 @@ class StaleEdit(ActionError):
 
 
 class BeingDeleted(ActionError):
-    def __init__(self, service: Service) -> None:
-        super().__init__(f"{service.name} is being deleted: it can no longer be changed.")
+    def __init__(self, service: Service, already: bool = False) -> None:
+        if already:
+            super().__init__(f"{service.name} is already being deleted.")
+        else:
+            super().__init__(f"{service.name} is being deleted: it can no longer be changed.")
+
+
+class TargetChange(ActionError):
+    def __init__(self) -> None:
+        super().__init__(
+            "A service stays on the compute target it was deployed to: to move it, deploy it on the other one "
+            "and delete this one."
+        )
 
 
 class NothingToUpdate(ActionError):
@@ -232,6 +243,9 @@ def do_update_service(
             changes[name] = [old, new]
     if not changes:
         raise NothingToUpdate()
+    if "compute_target" in changes:
+        # Applying on another target would leave the service running, unmanaged, on the one it is on.
+        raise TargetChange()
     for name, value in new_values.items():
         if name == "models":
             service.models.set(value)
@@ -277,22 +291,24 @@ def do_delete_service(
     the reason, to be deleted again."""
     service = Service.objects.select_for_update().select_related("workspace").get(pk=service.pk)
     if service.state == Service.State.DELETING:
-        raise ActionError(f"{service.name} is already being deleted.")
+        raise BeingDeleted(service, already=True)
     before = _snapshot(service)
     service.state, service.state_reason = Service.State.DELETING, ""
     # A form opened before this is stale: its Update is refused rather than applied to a service on its way out.
     service.version += 1
     service.save(update_fields=["state", "state_reason", "version", "updated"])
+    update = _record_update(service, acting_user, ServiceUpdate.Kind.REMOVE)
+    changes = {name: [_display(name, value), None] for name, value in before.items()}
     _audit(
         service.workspace,
         AuditEvent.Action.SERVICE_DELETE_REQUESTED,
         service,
         actor=acting_user,
-        changes={name: [_display(name, value), None] for name, value in before.items()},
+        changes={**changes, "update": [None, update.pk]},
         reason=reason,
         request_id=request_id,
     )
-    return _record_update(service, acting_user, ServiceUpdate.Kind.REMOVE)
+    return update
 
 
 @transaction.atomic
@@ -357,7 +373,9 @@ def do_finish_update(update: ServiceUpdate, outcome: RolloutState) -> bool:
 def do_finish_removal(update: ServiceUpdate) -> bool:
     """The service of a finished removal is gone from its target: delete its row (and its updates) and say so in
     the audit log. False, changing nothing, when this worker no longer holds the update."""
-    held = ServiceUpdate.objects.select_for_update().filter(
+    # The service row first, as claim_update locks it, so that the two never wait for each other's locks.
+    list(Service.objects.select_for_update().filter(pk=update.service_id).values_list("pk", flat=True))
+    held = ServiceUpdate.objects.filter(
         pk=update.pk, kind=ServiceUpdate.Kind.REMOVE, status=ServiceUpdate.Status.RUNNING, attempts=update.attempts
     )
     if not held.exists():
@@ -396,7 +414,7 @@ def _close_update(update: ServiceUpdate, outcome: RolloutState, *, held_as: list
             state_reason="" if succeeded else reason,
             scoring_url=outcome.scoring_url or F("scoring_url"),
         )
-    if removal:
+    if removal and not succeeded:  # a removal that succeeds ends in do_finish_removal
         action = AuditEvent.Action.SERVICE_DELETE_FAILED
     elif succeeded:
         action = AuditEvent.Action.SERVICE_UPDATE_SUCCEEDED

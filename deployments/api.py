@@ -14,6 +14,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import PermissionDenied, RequestDataTooBig
+from django.db import transaction
 from django.http import Http404, HttpRequest, JsonResponse
 from django.shortcuts import get_object_or_404
 from django.utils import timezone
@@ -68,7 +69,7 @@ def api_view(*methods: str) -> Callable[[View], View]:
                 return _error(str(exc) or "Not found.", 404)
             except PermissionDenied:
                 return _error("Your role in this workspace does not allow changes.", 403)
-            except actions.StaleEdit as exc:
+            except (actions.StaleEdit, actions.BeingDeleted) as exc:
                 return _error(str(exc), 409)
             except (actions.ActionError, ValueError) as exc:
                 return _error(str(exc), 400)
@@ -233,10 +234,14 @@ def service(request: HttpRequest, workspace_id: int, name: str) -> JsonResponse:
         raise ValueError(f"Unknown parameters: {', '.join(sorted(unknown))}")
     if not set(body) & UPDATABLE:
         raise actions.NothingToUpdate()
+    if "compute_target" in body and body["compute_target"] != service.compute_target.name:
+        raise actions.TargetChange()  # the edit form would ignore it: a service stays on its target
     # Without a version the caller accepts the current one, as the legacy SDK's update() did.
     current = {**ServiceEditForm.initial_for(service), "models": list(service.models.values_list("pk", flat=True))}
     form = ServiceEditForm(
-        _as_form_post({**current, **_form_data(service.workspace, body)}), workspace=service.workspace
+        _as_form_post({**current, **_form_data(service.workspace, body)}),
+        workspace=service.workspace,
+        initial=current,  # the values of the fields an edit shows but does not change (the compute target)
     )
     if not form.is_valid():
         return _form_errors(form)
@@ -260,9 +265,13 @@ def _delete(request: HttpRequest, service: Service, body: dict[str, Any]) -> Jso
     reason = body.get("reason", "")
     if not isinstance(reason, str) or len(reason) > REASON_MAX_LENGTH:
         raise ValueError(f"reason must be a string of at most {REASON_MAX_LENGTH} characters.")
-    actions.do_delete_service(service, acting_user=request.user, reason=reason, request_id=request_id(request))
-    service.refresh_from_db()
-    return JsonResponse(_service_json(service), status=202)
+    # The answer is read before the removal is enqueued (on commit): a quick worker may delete the row at once.
+    with transaction.atomic():
+        update = actions.do_delete_service(
+            service, acting_user=request.user, reason=reason, request_id=request_id(request)
+        )
+        answer = _service_json(update.service)
+    return JsonResponse(answer, status=202)
 
 
 @api_view("GET")

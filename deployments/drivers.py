@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from django.conf import settings
 
 from deployments.compute import ComputeDriver
 from deployments.models import ComputeTarget, Service
 from scoring import config as runtime
+
+if TYPE_CHECKING:
+    from deployments.compute.local import LocalDriver
 
 
 def driver_for(service: Service) -> ComputeDriver:
@@ -20,7 +25,7 @@ def driver_for(service: Service) -> ComputeDriver:
     return local_driver(service.workspace.storage_secret)
 
 
-def local_driver(storage_secret: str = "") -> ComputeDriver:
+def local_driver(storage_secret: str = "") -> LocalDriver:
     from deployments.compute.local import LocalDriver
 
     # On this machine the workspace's storage is the portal's own: the reference resolves to its setting.

@@ -72,6 +72,12 @@ class ServiceEditForm(ServiceSettingsForm):
     # The service's version when the form was opened: an edit from an older version is refused.
     version = forms.IntegerField(widget=forms.HiddenInput)
 
+    def __init__(self, *args: Any, workspace: Workspace, **kwargs: Any) -> None:
+        super().__init__(*args, workspace=workspace, **kwargs)
+        # Shown, not changed: a service stays where it was deployed (see actions.TargetChange).
+        self.fields["compute_target"].disabled = True
+        self.fields["compute_target"].help_text = "A service stays on the compute target it was deployed to."
+
     @staticmethod
     def initial_for(service: Service) -> dict[str, Any]:
         return {

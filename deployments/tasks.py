@@ -41,10 +41,10 @@ def apply_service_update(self, update_id: int) -> None:  # type: ignore[no-untyp
         driver = drivers.driver_for(update.service)
         if removal:
             driver.remove(spec)
-            outcome = None
-        else:
-            driver.apply(spec)
-            outcome = _wait_for_rollout(driver, spec)
+            actions.do_finish_removal(update)
+            return
+        driver.apply(spec)
+        outcome = _wait_for_rollout(driver, spec)
     except PermanentError as exc:
         outcome = RolloutState("Failed", str(exc))
     except TransientError as exc:
@@ -58,11 +58,9 @@ def apply_service_update(self, update_id: int) -> None:  # type: ignore[no-untyp
     except Exception as exc:
         # A bug or an unexpected failure (a time limit, a broken spec): the update ends, it does not hang.
         log.exception("update %s: unexpected error", update_id)
-        outcome = RolloutState("Failed", f"Internal error while applying the update ({type(exc).__name__}).")
-    if outcome is None:
-        actions.do_finish_removal(update)
-    else:
-        actions.do_finish_update(update, outcome)
+        doing = "removing the service" if removal else "applying the update"
+        outcome = RolloutState("Failed", f"Internal error while {doing} ({type(exc).__name__}).")
+    actions.do_finish_update(update, outcome)
 
 
 @shared_task(ignore_result=True)

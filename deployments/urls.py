@@ -25,6 +25,7 @@ workspace_urls = [
 service_urls = [
     path("services/<int:service_id>/", views.service_detail, name="service-detail"),
     path("services/<int:service_id>/status/", views.service_status, name="service-status"),
+    path("services/<int:service_id>/runtime/", views.service_runtime, name="service-runtime"),
     path("services/<int:service_id>/edit/", views.service_edit, name="service-edit"),
     path("services/<int:service_id>/delete/", views.service_delete, name="service-delete"),
     path("services/<int:service_id>/data/", data_views.service_data, name="service-data"),

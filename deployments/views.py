@@ -14,7 +14,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from django_htmx.http import HttpResponseClientRedirect, HttpResponseStopPolling
 from django_htmx.middleware import HtmxDetails
 
-from deployments import actions
+from deployments import actions, drivers, runtime
 from deployments import health as health_checks
 from deployments.access import get_membership_for_user, get_service_for_user, get_workspace_for_user, user_id
 from deployments.compute import APP_INSIGHTS_KEY
@@ -124,6 +124,7 @@ def service_detail(request: HtmxHttpRequest, service_id: int) -> HttpResponse:
         "models": service.models.all(),
         "events": events[:10],
         "telemetry": _telemetry_destinations(service),
+        "placeholder": True,  # the runtime's figures come by htmx, so that a slow runtime never slows the page
         "nav": "deployments",
     }
     return render(request, "deployments/service_detail.html", context)
@@ -160,6 +161,23 @@ def service_status(request: HtmxHttpRequest, service_id: int) -> HttpResponse:
     context = _status_context(service)
     response = render(request, "deployments/service_detail.html#status", context)
     if not context["polling"]:
+        response.status_code = HttpResponseStopPolling.status_code
+    return response
+
+
+@require_GET
+@login_required
+def service_runtime(request: HtmxHttpRequest, service_id: int) -> HttpResponse:
+    """What the service's runtime says of itself, live: requests, latency and what became of the collected rows
+    (dropped ones with the reason). Asked of the process on this machine; polling stops for other targets."""
+    service, _ = get_service_for_user(request, service_id)
+    local = service.compute_target.kind == ComputeTarget.Kind.LOCAL
+    status = None
+    if local and service.state != Service.State.DELETING:
+        status = drivers.local_driver().runtime_status(service.pk)
+    context = {"service": service, "local": local, "runtime": runtime.figures(status) if status else None}
+    response = render(request, "deployments/service_detail.html#runtime", context)
+    if not local:
         response.status_code = HttpResponseStopPolling.status_code
     return response
 

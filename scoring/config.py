@@ -12,7 +12,7 @@ sets both. Command-line options of `python -m scoring` win over these variables.
 | `AZUREML_MODEL_DIR` | the model directory, as the legacy runtime set it (`--model-dir`); see scoring/README.md | unset |
 | `SCORING_HOST` | address to listen on (`--host`); the Docker image sets `0.0.0.0` | `127.0.0.1` |
 | `SCORING_PORT` | port to listen on (`--port`) | `5001` |
-| `SCORING_PROBE_PORT` | a second port where each worker answers `GET /` and `GET /ready` from a thread of its own, however busy its request threads are (`--probe-port`); the Kubernetes driver points its probes there, the local driver asks there | unset: none |
+| `SCORING_PROBE_PORT` | a second port where each worker answers `GET /`, `GET /ready` and `GET /status` from a thread of its own, however busy its request threads are (`--probe-port`); the Kubernetes driver points its probes there, the local driver asks there | unset: none |
 | `WORKER_COUNT` | worker processes, each with its own `init()` (`--workers`; azmlinfsrv's name) | `1` |
 | `SCORING_THREADS` | threads per worker: probes and status are answered while `run()` works | `4` |
 | `SCORING_RUN_CONCURRENCY` | `run()` calls at once in one worker; `1` serialises them as the legacy runtime did | `1` |

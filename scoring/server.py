@@ -315,10 +315,10 @@ class _ProbeHandler(BaseHTTPRequestHandler):
         if path == "/ready" and not self.server.serving():
             # Draining: the main port takes no more requests, so neither should the load balancer send any.
             status, headers, out = 503, [("Content-Type", "application/json")], b'{"message": "the worker is stopping"}'
-        elif path in ("/", "/ready"):
+        elif path in ("/", "/ready", "/status"):
             status, headers, out, _ = self.server.app.handle({"PATH_INFO": path, "REQUEST_METHOD": "GET"})
         else:
-            status, headers, out = 404, [("Content-Type", "text/plain")], b"only GET / and GET /ready here"
+            status, headers, out = 404, [("Content-Type", "text/plain")], b"only GET /, /ready and /status here"
         self.send_response(status)
         for name, value in headers:
             self.send_header(name, value)
@@ -332,7 +332,7 @@ class _ProbeHandler(BaseHTTPRequestHandler):
 
 
 def serve_probes(app: scoring_app.ScoringApp, host: str, port: int, serving: Callable[[], bool]) -> _ProbeServer:
-    """In a worker: answer GET / and GET /ready on `port` from threads of its own. On the main port a probe waits
+    """In a worker: answer GET /, /ready and /status on `port` from threads of its own. On the main port a probe waits
     for a request thread, and all of them can be waiting for their turn at run() (see scoring/README.md)."""
     server = _ProbeServer(app, host, port, serving)
     threading.Thread(target=server.serve_forever, name="scoring-probes", daemon=True).start()

@@ -89,6 +89,22 @@ def test_it_refuses_unknown_parameters(client: Client, alice: Any, service: Serv
     assert service.collect_model_data is True
 
 
+def test_it_refuses_to_move_a_service_to_another_compute_target(client: Client, alice: Any, service: Service) -> None:
+    other = ComputeTargetFactory(workspace=service.workspace, name="elsewhere")
+
+    response = _patch(client, service, alice, {"compute_target": other.name, "replicas": 2})
+
+    assert response.status_code == 400
+    assert response.json()["error"].startswith("A service stays on the compute target it was deployed to")
+    service.refresh_from_db()
+    assert service.compute_target_id != other.pk
+    assert service.replicas == 1
+    assert (
+        _patch(client, service, alice, {"compute_target": service.compute_target.name, "replicas": 2}).status_code
+        == 202
+    )
+
+
 def test_it_refuses_invalid_values_with_the_field(client: Client, alice: Any, service: Service) -> None:
     response = _patch(client, service, alice, {"replicas": 0})
 

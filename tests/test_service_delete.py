@@ -120,6 +120,50 @@ def test_a_removal_that_fails_leaves_the_service_failed_with_the_reason_and_it_c
 
 
 @pytest.mark.django_db
+def test_the_removal_leaves_a_deployment_of_the_same_name_that_is_not_the_services(
+    kube: Any, service: Service, alice: Any, settings_fast: Any
+) -> None:
+    # Another team's, or made by hand: no Tributary label, or another service's id.
+    apps = k8s.AppsV1Api(kube.api_client())
+    apps.create_namespaced_deployment(
+        "ml",
+        {
+            "metadata": {"name": "churn", "labels": {"app": "churn"}},
+            "spec": {
+                "selector": {"matchLabels": {"app": "churn"}},
+                "template": {
+                    "metadata": {"labels": {"app": "churn"}},
+                    "spec": {"containers": [{"name": "web", "image": "nginx"}]},
+                },
+            },
+        },
+    )
+    k8s.CoreV1Api(kube.api_client()).create_namespaced_service(
+        "ml",
+        {
+            "metadata": {
+                "name": "churn",
+                "labels": {"app.kubernetes.io/managed-by": "tributary"},
+                "annotations": {"tributary.dev/service-id": str(service.pk + 1000)},
+            },
+            "spec": {"ports": [{"port": 80}]},
+        },
+    )
+
+    tasks.apply_service_update(actions.do_redeploy_service(service, acting_user=None).pk)
+
+    service.refresh_from_db()
+    assert service.state == Service.State.FAILED
+    assert "already has a Deployment named churn that is not this service's" in service.state_reason
+
+    tasks.apply_service_update(actions.do_delete_service(service, acting_user=alice).pk)
+
+    assert not Service.objects.filter(pk=service.pk).exists()
+    assert _cluster_has(kube, "churn") == (True, True)
+    assert apps.read_namespaced_deployment("churn", "ml").metadata.labels == {"app": "churn"}
+
+
+@pytest.mark.django_db
 def test_a_service_being_deleted_refuses_edits_a_second_delete_and_a_restart(
     client: Client, service: Service, alice: Any
 ) -> None:
@@ -297,11 +341,11 @@ def test_the_api_answers_202_deleting_then_404_once_it_is_gone(
     body = accepted.json()
     assert (body["state"], body["latest_update"]["status"]) == ("Deleting", "Pending")
     again = client.delete(url, headers={"Authorization": f"Bearer {writer}"})
-    assert (again.status_code, again.json()["error"]) == (400, "churn is already being deleted.")
+    assert (again.status_code, again.json()["error"]) == (409, "churn is already being deleted.")
     patch = client.patch(
         url, {"replicas": 2}, content_type="application/json", headers={"Authorization": f"Bearer {writer}"}
     )
-    assert (patch.status_code, patch.json()["error"]) == (400, "churn is being deleted: it can no longer be changed.")
+    assert (patch.status_code, patch.json()["error"]) == (409, "churn is being deleted: it can no longer be changed.")
 
     tasks.apply_service_update(body["latest_update"]["id"])
 

@@ -6,7 +6,7 @@ import pytest
 from django.test import Client
 from django.urls import reverse
 
-from deployments import tasks
+from deployments import actions, tasks
 from deployments.models import AuditEvent, ComputeTarget, Service, ServiceUpdate, Workspace
 from tests.factories import ComputeTargetFactory, ServiceFactory
 
@@ -191,21 +191,29 @@ def test_it_refuses_a_compute_target_of_another_workspace(client: Client, alice:
         reverse("deployments:service-edit", args=[service.pk]), _form(service, compute_target=foreign.pk)
     )
 
-    assert b"Select a valid choice" in response.content
+    assert b"No parameters provided to update" in response.content  # the target is not the form's to change
     service.refresh_from_db()
     assert service.compute_target_id != foreign.pk
 
 
-def test_it_requires_an_image_on_kubernetes(client: Client, alice: Any, service: Service) -> None:
+def test_a_service_stays_on_its_compute_target(client: Client, alice: Any, service: Service) -> None:
     cluster = ComputeTargetFactory(workspace=service.workspace, kind=ComputeTarget.Kind.KUBERNETES)
     client.force_login(alice)
 
     response = client.post(
-        reverse("deployments:service-edit", args=[service.pk]), _form(service, compute_target=cluster.pk)
+        reverse("deployments:service-edit", args=[service.pk]),
+        _form(service, compute_target=cluster.pk, image="r.example/churn:2"),
     )
 
-    assert b"A Kubernetes compute target runs a scoring image" in response.content
-    assert not ServiceUpdate.objects.exists()
+    # Applied where it runs: moving it would have left it running, unmanaged, on its first target.
+    assert response.status_code == 302
+    service.refresh_from_db()
+    assert service.compute_target.kind == ComputeTarget.Kind.LOCAL
+    assert service.image == "r.example/churn:2"
+    with pytest.raises(actions.TargetChange):
+        actions.do_update_service(
+            service, expected_version=service.version, acting_user=alice, compute_target=cluster, image="x"
+        )
 
 
 def test_it_requires_csrf(alice: Any, service: Service) -> None:

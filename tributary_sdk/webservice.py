@@ -161,7 +161,8 @@ class Webservice:
         if models is not None:
             changes["models"] = [str(m) for m in models]
         if inference_config is not None:
-            changes.update(_inference_settings(inference_config))
+            # Only what it names: an entry script alone leaves the image as it is, and the other way round.
+            changes.update({k: v for k, v in _inference_settings(inference_config).items() if v})
         unsupported = sorted(key for key, value in others.items() if value is not None)
         if not changes:
             if unsupported:
@@ -176,7 +177,12 @@ class Webservice:
         and this returns once it is. Its collected data stays in storage. A removal that fails raises
         WebserviceException with the reason (the service is then Failed, and delete() may be called again)."""
         client = self.workspace._client
-        self._load(client.request("DELETE", self._path(), {"reason": reason}))
+        try:
+            self._load(client.request("DELETE", self._path(), {"reason": reason}))
+        except WebserviceException as exc:
+            if exc.status != 409:  # 409: its deletion is under way already (an earlier call's, say): wait for it
+                raise
+            self.state = "Deleting"
         deadline = time.monotonic() + timeout_sec if timeout_sec else None
         while self.state == "Deleting":
             if deadline is not None and time.monotonic() > deadline:
@@ -189,7 +195,7 @@ class Webservice:
                     raise
                 self.state = "Deleted"
                 return
-        raise WebserviceException(f"Could not delete {self.name}: {self.error}")
+        raise WebserviceException(self.error or f"Could not delete {self.name}: it is {self.state}.")
 
     def wait_for_deployment(self, show_output: bool = False, timeout_sec: float | None = None) -> None:
         """Poll until the service is Healthy or Failed; Failed (or the timeout) raises WebserviceException."""

@@ -23,6 +23,10 @@ from deployments.compute import APP_INSIGHTS_KEY, DesiredSpec, PermanentError, R
 from scoring import config as runtime
 
 UPDATE_ANNOTATION = "tributary.dev/update-id"
+# Whose objects these are: a Deployment or Service of the same name that another service (of another workspace
+# sharing the namespace) or someone else made is neither taken over by apply() nor deleted by remove().
+SERVICE_ID_ANNOTATION = "tributary.dev/service-id"
+MANAGED_BY = ("app.kubernetes.io/managed-by", "tributary")
 SERVICE_LABEL = "tributary.dev/service"
 SECRET_KEY = "connection-string"
 CONTAINER_PORT = 5001  # the legacy scoring containers' port, the scoring image's default
@@ -51,6 +55,11 @@ class KubernetesDriver:
         name = _name(spec)
         with _translated_errors("apply the Deployment"):
             current = self._read_deployment(name)
+            if current is not None and not _ours(current.metadata, spec):
+                raise PermanentError(
+                    f"The namespace {self.namespace} already has a Deployment named {name} that is not this "
+                    "service's: delete it, or deploy under another name or namespace."
+                )
             if current is None:
                 # The client serializes plain dicts as they are: the manifest stays readable JSON.
                 self.apps.create_namespaced_deployment(self.namespace, cast(Any, deployment_manifest(spec)))
@@ -67,7 +76,12 @@ class KubernetesDriver:
                 )
         with _translated_errors("apply the Service"):
             try:
-                self.core.read_namespaced_service(name, self.namespace)
+                existing = self.core.read_namespaced_service(name, self.namespace)
+                if not _ours(existing.metadata, spec):
+                    raise PermanentError(
+                        f"The namespace {self.namespace} already has a Service named {name} that is not this "
+                        "service's: delete it, or deploy under another name or namespace."
+                    )
                 self.core.patch_namespaced_service(
                     name, self.namespace, service_manifest(spec), _content_type="application/merge-patch+json"
                 )
@@ -84,11 +98,17 @@ class KubernetesDriver:
         return rollout_state_of(deployment, scoring_url=f"http://{_name(spec)}.{self.namespace}.svc/score")
 
     def remove(self, spec: DesiredSpec) -> None:
+        """Delete the service's Deployment (its pods stop with SIGTERM: the collector flushes) and Service; those
+        of the same name that are not this service's stay."""
         name = _name(spec)
         with _translated_errors("remove the service"):
-            for delete in (self.apps.delete_namespaced_deployment, self.core.delete_namespaced_service):
+            for read, delete in (
+                (self.apps.read_namespaced_deployment, self.apps.delete_namespaced_deployment),
+                (self.core.read_namespaced_service, self.core.delete_namespaced_service),
+            ):
                 try:
-                    delete(name, self.namespace)
+                    if _ours(read(name, self.namespace).metadata, spec):
+                        delete(name, self.namespace)
                 except ApiException as exc:
                     if exc.status != 404:
                         raise
@@ -145,7 +165,17 @@ def _name(spec: DesiredSpec) -> str:
 
 
 def _labels(spec: DesiredSpec) -> dict[str, str]:
-    return {SERVICE_LABEL: spec.service_name, "app.kubernetes.io/managed-by": "tributary"}
+    return {SERVICE_LABEL: spec.service_name, MANAGED_BY[0]: MANAGED_BY[1]}
+
+
+def _ours(metadata: Any, spec: DesiredSpec) -> bool:
+    """Whether an object of the service's name is this service's: made by Tributary, for this service (objects
+    made before the service-id annotation count as the service's of that name)."""
+    labels = (metadata.labels if metadata else None) or {}
+    annotations = (metadata.annotations if metadata else None) or {}
+    if labels.get(MANAGED_BY[0]) != MANAGED_BY[1]:
+        return False
+    return annotations.get(SERVICE_ID_ANNOTATION, str(spec.service_id)) == str(spec.service_id)
 
 
 def container_env(spec: DesiredSpec, probe_port: int = PROBE_PORT) -> list[dict[str, Any]]:
@@ -210,6 +240,7 @@ def deployment_manifest(spec: DesiredSpec, *, probe_port: int = PROBE_PORT) -> d
             "labels": labels,
             "annotations": {
                 UPDATE_ANNOTATION: str(spec.update_id),
+                SERVICE_ID_ANNOTATION: str(spec.service_id),
                 "tributary.dev/models": json.dumps([f"{m.name}:{m.version}" for m in spec.models]),
             },
         },
@@ -234,7 +265,11 @@ def service_manifest(spec: DesiredSpec) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": {"name": _name(spec), "labels": _labels(spec)},
+        "metadata": {
+            "name": _name(spec),
+            "labels": _labels(spec),
+            "annotations": {SERVICE_ID_ANNOTATION: str(spec.service_id)},
+        },
         "spec": {
             "selector": {SERVICE_LABEL: spec.service_name},
             "ports": [{"name": "http", "port": 80, "targetPort": CONTAINER_PORT}],

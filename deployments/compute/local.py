@@ -4,6 +4,7 @@
     driver.apply(spec)                     # start it, or restart it when its settings changed
     driver.rollout_state(spec)             # Transitioning, Healthy (answers GET /ready) or Failed with the reason
     driver.remove(spec)                    # stop it and forget it
+    driver.runtime_status(service_id)      # what the running process says of itself (GET /status), for the portal
 
 One process per service: `python -m scoring` (gunicorn), on its own loopback port, with its own environment, in its
 own session (so it outlives the portal process that started it). `spec.replicas` is its number of worker processes
@@ -60,6 +61,7 @@ from scoring import config as scoring_config
 # Variables of the portal's environment that a scoring process may see; everything else is left behind.
 PASS_THROUGH = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "VIRTUAL_ENV")
 MAX_REASON = 500
+STATUS_MAX_BYTES = 256 * 1024  # a runtime's GET /status: about 150 bytes a worker
 TELEMETRY_DESTINATIONS = (scoring_config.APPLICATIONINSIGHTS_CONNECTION_STRING, scoring_config.OTLP_ENDPOINT)
 _SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _FAILED = re.compile(r"\bFAILED: (.+?)\s*$")
@@ -149,6 +151,25 @@ class LocalDriver:
             return RolloutState("Failed", _clip(f"not ready within {self.ready_timeout:.0f}s: {last}"))
         detail = "starting" if answer is None else _message(answer[1])
         return RolloutState("Transitioning", f"{detail} ({waited:.0f}s)")
+
+    def runtime_status(self, service_id: int) -> dict[str, Any] | None:
+        """The service's runtime's own figures (its `GET /status`: requests, latency, the collector's counters), or
+        None when it is not running or does not answer within 2 s."""
+        state = _read_state(self._folder(service_id))
+        if state is None or state.get("stopped") or not _alive(state):
+            return None
+        answer = None
+        if state.get("probe_port"):
+            answer = _probe(state["host"], int(state["probe_port"]), "/status", limit=STATUS_MAX_BYTES)
+        if answer is None or answer[0] == 404:  # a runtime from before the probe port answered /status
+            answer = _probe(state["host"], int(state["port"]), "/status", limit=STATUS_MAX_BYTES)
+        if answer is None or answer[0] != 200:
+            return None
+        try:
+            figures = json.loads(answer[1])
+        except ValueError:
+            return None
+        return figures if isinstance(figures, dict) else None
 
     def remove(self, spec: DesiredSpec) -> None:
         """Stop the service and delete its folder (its spool stays while it holds undelivered rows)."""
@@ -472,13 +493,14 @@ def _port_free(host: str, port: int) -> bool:
     return True
 
 
-def _probe(host: str, port: int, path: str) -> tuple[int, bytes] | None:
-    """GET path; None when nothing answers (not listening yet, or too busy to answer within 2 s)."""
+def _probe(host: str, port: int, path: str, limit: int = 2000) -> tuple[int, bytes] | None:
+    """GET path, the first `limit` bytes of the answer; None when nothing answers (not listening yet, or too busy
+    to answer within 2 s)."""
     connection = http.client.HTTPConnection(host, port, timeout=2)
     try:
         connection.request("GET", path)
         response = connection.getresponse()
-        return response.status, response.read(2000)
+        return response.status, response.read(limit)
     except (OSError, http.client.HTTPException):
         return None
     finally:
