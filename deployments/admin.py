@@ -5,7 +5,16 @@ from django.forms import BaseInlineFormSet, ModelForm
 from django.http import HttpRequest
 
 from deployments import actions
-from deployments.models import AuditEvent, ComputeTarget, Membership, Model, Service, ServiceUpdate, Workspace
+from deployments.models import (
+    AuditEvent,
+    ComputeTarget,
+    FailedLogin,
+    Membership,
+    Model,
+    Service,
+    ServiceUpdate,
+    Workspace,
+)
 
 
 class MembershipInline(admin.TabularInline):
@@ -90,3 +99,19 @@ class ServiceUpdateAdmin(ReadOnlyAdmin):
     list_display = ["id", "service", "status", "attempts", "created", "finished"]
     list_filter = ["status", "created"]
     search_fields = ["service__name"]
+
+
+@admin.register(FailedLogin)
+class FailedLoginAdmin(admin.ModelAdmin):
+    """Wrong passwords, counted against guessing (deployments.login): deleting a username's rows lets it log in
+    again at once."""
+
+    list_display = ["username", "ip", "created"]
+    search_fields = ["username", "ip"]
+    date_hierarchy = "created"
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False

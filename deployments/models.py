@@ -254,3 +254,17 @@ class ApiToken(models.Model):
         """Create a token; returns the row and the token itself, which is not stored anywhere."""
         key = f"trib_{secrets.token_urlsafe(32)}"
         return cls.objects.create(user=user, name=name, key_hash=cls.hash(key), prefix=key[:12]), key
+
+
+class FailedLogin(models.Model):
+    """A log-in refused for a wrong password: counted to stop password guessing (see deployments.login)."""
+
+    username = models.CharField(max_length=150)  # as typed, lowercased: it need not be an existing user's
+    ip = models.GenericIPAddressField(null=True, blank=True)
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["username", "created"])]
+
+    def __str__(self) -> str:
+        return f"{self.username} from {self.ip} at {self.created:%Y-%m-%d %H:%M:%S}"

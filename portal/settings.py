@@ -130,6 +130,10 @@ AUTH_PASSWORD_VALIDATORS = [
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "deployments:home"
 LOGOUT_REDIRECT_URL = "login"
+# Password guessing: this many wrong passwords for one username within the window refuse it until the oldest
+# leaves the window (deployments.login).
+LOGIN_MAX_FAILURES = envint("LOGIN_MAX_FAILURES", "10")
+LOGIN_FAILURE_WINDOW_SECONDS = envint("LOGIN_FAILURE_WINDOW_SECONDS", "900")
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"

@@ -51,3 +51,61 @@ def test_it_logs_out_with_post_only(client: Client, alice: Any) -> None:
     assert client.get(reverse("logout")).status_code == 405
     client.post(reverse("logout"))
     assert "_auth_user_id" not in client.session
+
+
+def test_wrong_passwords_for_one_username_are_limited_and_the_right_one_waits_too(
+    client: Client, alice: Any, bob: Any, settings: Any
+) -> None:
+    from deployments.models import FailedLogin
+
+    settings.LOGIN_MAX_FAILURES = 3
+    for _ in range(3):
+        assert client.post(reverse("login"), {"username": "alice", "password": "guess"}).status_code == 200
+
+    refused = client.post(reverse("login"), {"username": "Alice", "password": "password"})
+
+    assert refused.status_code == 429
+    assert "Too many wrong passwords for this username: try again in 15 minutes" in refused.content.decode()
+    assert "_auth_user_id" not in client.session
+    assert FailedLogin.objects.filter(username="alice").count() == 3  # a refused try is not counted again
+    # Another username is not affected, and the admin's log-in page is no way around the limit.
+    assert client.post(reverse("admin-login"), {"username": "alice", "password": "password"}).status_code == 429
+    assert client.post(reverse("login"), {"username": "bob", "password": "password"}).status_code == 302
+
+
+def test_the_limit_is_over_once_the_failures_are_out_of_the_window(client: Client, alice: Any, settings: Any) -> None:
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from deployments.models import FailedLogin
+
+    settings.LOGIN_MAX_FAILURES = 2
+    for _ in range(2):
+        client.post(reverse("login"), {"username": "alice", "password": "guess"})
+    assert client.post(reverse("login"), {"username": "alice", "password": "password"}).status_code == 429
+
+    FailedLogin.objects.update(created=timezone.now() - timedelta(seconds=settings.LOGIN_FAILURE_WINDOW_SECONDS + 1))
+
+    assert client.post(reverse("login"), {"username": "alice", "password": "password"}).status_code == 302
+    assert not FailedLogin.objects.filter(username="alice").exists()  # a success clears the count
+
+
+def test_staff_let_a_refused_username_in_again_from_the_admin(
+    client: Client, alice: Any, admin_user: Any, settings: Any
+) -> None:
+    from deployments.models import FailedLogin
+
+    settings.LOGIN_MAX_FAILURES = 1
+    client.post(reverse("login"), {"username": "alice", "password": "guess"})
+    staff = Client()
+    staff.force_login(admin_user)
+    rows = list(FailedLogin.objects.values_list("pk", flat=True))
+
+    staff.post(
+        reverse("admin:deployments_failedlogin_changelist"),
+        {"action": "delete_selected", "_selected_action": rows, "post": "yes"},
+    )
+
+    assert not FailedLogin.objects.exists()
+    assert client.post(reverse("login"), {"username": "alice", "password": "password"}).status_code == 302
