@@ -11,7 +11,7 @@ from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
-from django_htmx.http import HttpResponseClientRedirect, HttpResponseStopPolling
+from django_htmx.http import HttpResponseClientRedirect, HttpResponseClientRefresh, HttpResponseStopPolling
 from django_htmx.middleware import HtmxDetails
 
 from deployments import actions, drivers, runtime
@@ -151,7 +151,9 @@ def _telemetry_destinations(service: Service) -> list[str]:
 @require_GET
 @login_required
 def service_status(request: HtmxHttpRequest, service_id: int) -> HttpResponse:
-    """The live region of a service's page: its state and updates; polling stops once every update has ended."""
+    """The live region of a service's page: its state and updates, every second while an update is unfinished and
+    every 10 s otherwise (a change made elsewhere shows too). When the update it followed ends, the whole page is
+    loaded again: the scoring URL, the settings and the recent changes are those of the rollout's end."""
     try:
         service, _ = get_service_for_user(request, service_id)
     except Http404:
@@ -159,10 +161,9 @@ def service_status(request: HtmxHttpRequest, service_id: int) -> HttpResponse:
             raise
         return HttpResponseClientRedirect(gone)
     context = _status_context(service)
-    response = render(request, "deployments/service_detail.html#status", context)
-    if not context["polling"]:
-        response.status_code = HttpResponseStopPolling.status_code
-    return response
+    if request.GET.get("following") and not context["polling"]:
+        return HttpResponseClientRefresh()
+    return render(request, "deployments/service_detail.html#status", context)
 
 
 @require_GET
@@ -170,7 +171,12 @@ def service_status(request: HtmxHttpRequest, service_id: int) -> HttpResponse:
 def service_runtime(request: HtmxHttpRequest, service_id: int) -> HttpResponse:
     """What the service's runtime says of itself, live: requests, latency and what became of the collected rows
     (dropped ones with the reason). Asked of the process on this machine; polling stops for other targets."""
-    service, _ = get_service_for_user(request, service_id)
+    try:
+        service, _ = get_service_for_user(request, service_id)
+    except Http404:
+        if (gone := _list_after_deletion(request, service_id)) is None:
+            raise
+        return HttpResponseClientRedirect(gone)
     local = service.compute_target.kind == ComputeTarget.Kind.LOCAL
     status = None
     if local and service.state != Service.State.DELETING:

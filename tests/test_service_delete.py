@@ -228,8 +228,9 @@ def test_the_page_of_a_deleted_service_leads_members_to_the_list_and_tells_other
     services = reverse("deployments:service-list", args=[service.workspace_id])
 
     client.force_login(alice)
-    poll = client.get(reverse("deployments:service-status", args=[service.pk]), headers={"HX-Request": "true"})
-    assert poll.headers["HX-Redirect"] == services
+    for live in ("deployments:service-status", "deployments:service-runtime"):  # a page left open follows
+        poll = client.get(reverse(live, args=[service.pk]), headers={"HX-Request": "true"})
+        assert poll.headers["HX-Redirect"] == services
     listing = client.get(services)
     assert "churn was deleted." in listing.content.decode()
     assert client.get(reverse("deployments:service-detail", args=[service.pk])).url == services
@@ -237,6 +238,7 @@ def test_the_page_of_a_deleted_service_leads_members_to_the_list_and_tells_other
     client.force_login(charlie)
     assert client.get(reverse("deployments:service-detail", args=[service.pk])).status_code == 404
     assert client.get(reverse("deployments:service-status", args=[service.pk])).status_code == 404
+    assert client.get(reverse("deployments:service-runtime", args=[service.pk])).status_code == 404
 
 
 # --- the page, end to end -------------------------------------------------------------------------------------

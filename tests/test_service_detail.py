@@ -44,13 +44,15 @@ def test_it_polls_while_an_update_is_unfinished(client: Client, alice: Any, serv
     region = client.get(reverse("deployments:service-status", args=[service.pk]), headers={"HX-Request": "true"})
 
     status_url = reverse("deployments:service-status", args=[service.pk])
-    assert f'hx-get="{status_url}" hx-trigger="every 1s"'.encode() in page.content
+    assert f'hx-get="{status_url}?following=1" hx-trigger="every 1s"'.encode() in page.content
     assert region.status_code == 200
     assert b"<html" not in region.content
     assert b"Running" in region.content
 
 
-def test_it_stops_polling_once_every_update_has_ended(client: Client, alice: Any, service: Service) -> None:
+def test_it_reloads_the_page_once_the_update_it_followed_has_ended(
+    client: Client, alice: Any, service: Service
+) -> None:
     ServiceUpdate.objects.create(
         service=service,
         desired_spec={},
@@ -60,10 +62,16 @@ def test_it_stops_polling_once_every_update_has_ended(client: Client, alice: Any
     )
     client.force_login(alice)
 
-    region = client.get(reverse("deployments:service-status", args=[service.pk]), headers={"HX-Request": "true"})
+    status_url = reverse("deployments:service-status", args=[service.pk])
 
-    assert region.status_code == 286
-    assert b"hx-trigger" not in region.content
+    followed = client.get(f"{status_url}?following=1", headers={"HX-Request": "true"})
+    region = client.get(status_url, headers={"HX-Request": "true"})
+
+    # The page that followed the update loads again whole: its scoring URL and recent changes are the end's.
+    assert followed.headers["HX-Refresh"] == "true"
+    # Then it only looks every 10 s, for a change made elsewhere (an update, a deletion).
+    assert region.status_code == 200
+    assert b'hx-trigger="every 10s"' in region.content
     assert b"Image pull failed" in region.content
 
 

@@ -81,7 +81,7 @@ def test_the_page_shows_the_runtimes_requests_and_its_dropped_rows_with_the_reas
         )
         assert state.status == "Healthy", state.reason
         client.force_login(bob)  # a reader sees it too
-        assert "0: 0 answered" in _text(_runtime_page(client, service))
+        assert "Scoring requests 0 Latency no request yet" in _text(_runtime_page(client, service))
 
         for _ in range(3):
             body = json.dumps({"data": [[1, 2], [3, 4]]}).encode()
@@ -93,11 +93,11 @@ def test_the_page_shows_the_runtimes_requests_and_its_dropped_rows_with_the_reas
             timeout=30,
             message="the six input rows in storage",
         )
-        assert "Scoring requests 3: 3 answered, 0 refused (4xx), 0 failed (5xx)" in page
+        assert "Scoring requests 3 (3 answered, 0 refused (4xx), 0 failed (5xx))" in page
         assert "1 of 1 ready" in page
         assert (
-            "Dropped rows 3 3: collect() was given a value that is not a list, numpy array, DataFrame or scalar "
-            "(not_tabular)" in page
+            "Dropped rows 3 3: collect() was given a value it cannot write as rows (rows are a list, a 1-D or 2-D "
+            "numpy array, a DataFrame or a scalar) (not_tabular)" in page
         )
         assert "Storage errors" not in page
         assert len(list(blob_container.list_blobs(name_starts_with=f"{workspace.path}/churn/"))) == 1

@@ -45,7 +45,8 @@ INTERNAL = "internal_error"
 REASONS = (NOT_TABULAR, RAGGED, UNENCODABLE, ROW_TOO_LARGE, QUEUE_FULL, SPOOL_FULL, INTERNAL)
 
 _EXPLAIN = {
-    NOT_TABULAR: "collect() was given a value that is not a list, numpy array, DataFrame or scalar",
+    NOT_TABULAR: "collect() was given a value it cannot write as rows (rows are a list, a 1-D or 2-D numpy array, "
+    "a DataFrame or a scalar)",
     RAGGED: "a row has a different number of columns than the first row of the same collect() call",
     UNENCODABLE: "a cell could not be written as CSV text (a nested list, dict or array, or undecodable text)",
     ROW_TOO_LARGE: "a row is larger than AML_MODEL_DC_MAX_ROW_BYTES",
