@@ -88,9 +88,20 @@ def _status_context(service: Service) -> dict[str, object]:
     return {"service": service, "updates": updates, "polling": any(not u.is_finished for u in updates)}
 
 
+def _service_or_where_it_went(request: HtmxHttpRequest, service_id: int) -> tuple[Service, bool] | HttpResponse:
+    """The service and whether the user may change it, as get_service_for_user; for a service that was deleted
+    (its page left open while it was), a redirect of the page to its workspace's list instead."""
+    try:
+        return get_service_for_user(request, service_id)
+    except Http404:
+        if (gone := _list_after_deletion(request, service_id)) is None:
+            raise
+        return _after_change(request, gone)
+
+
 def _list_after_deletion(request: HtmxHttpRequest, service_id: int) -> str | None:
-    """For the page of a service that was deleted (left open while it was): its workspace's list, with a message
-    that says so; None when there is no such service or the user is not a member of its workspace."""
+    """For the page of a service that was deleted: its workspace's list, with a message that says so; None when
+    there is no such service or the user is not a member of its workspace."""
     event = (
         AuditEvent.objects.filter(
             action=AuditEvent.Action.SERVICE_DELETED,
@@ -110,12 +121,10 @@ def _list_after_deletion(request: HtmxHttpRequest, service_id: int) -> str | Non
 @require_GET
 @login_required
 def service_detail(request: HtmxHttpRequest, service_id: int) -> HttpResponse:
-    try:
-        service, can_write = get_service_for_user(request, service_id)
-    except Http404:
-        if (gone := _list_after_deletion(request, service_id)) is None:
-            raise
-        return redirect(gone)
+    found = _service_or_where_it_went(request, service_id)
+    if isinstance(found, HttpResponse):
+        return found
+    service, can_write = found
     events = AuditEvent.objects.filter(workspace=service.workspace, target_type="service", target_id=service.pk)
     context = {
         **_status_context(service),
@@ -154,12 +163,10 @@ def service_status(request: HtmxHttpRequest, service_id: int) -> HttpResponse:
     """The live region of a service's page: its state and updates, every second while an update is unfinished and
     every 10 s otherwise (a change made elsewhere shows too). When the update it followed ends, the whole page is
     loaded again: the scoring URL, the settings and the recent changes are those of the rollout's end."""
-    try:
-        service, _ = get_service_for_user(request, service_id)
-    except Http404:
-        if (gone := _list_after_deletion(request, service_id)) is None:
-            raise
-        return HttpResponseClientRedirect(gone)
+    found = _service_or_where_it_went(request, service_id)
+    if isinstance(found, HttpResponse):
+        return found
+    service, _ = found
     context = _status_context(service)
     if request.GET.get("following") and not context["polling"]:
         return HttpResponseClientRefresh()
@@ -171,12 +178,10 @@ def service_status(request: HtmxHttpRequest, service_id: int) -> HttpResponse:
 def service_runtime(request: HtmxHttpRequest, service_id: int) -> HttpResponse:
     """What the service's runtime says of itself, live: requests, latency and what became of the collected rows
     (dropped ones with the reason). Asked of the process on this machine; polling stops for other targets."""
-    try:
-        service, _ = get_service_for_user(request, service_id)
-    except Http404:
-        if (gone := _list_after_deletion(request, service_id)) is None:
-            raise
-        return HttpResponseClientRedirect(gone)
+    found = _service_or_where_it_went(request, service_id)
+    if isinstance(found, HttpResponse):
+        return found
+    service, _ = found
     local = service.compute_target.kind == ComputeTarget.Kind.LOCAL
     status = None
     if local and service.state != Service.State.DELETING:

@@ -139,6 +139,14 @@ def collect_rows(rows: list[list[Any]]) -> list[str]:
     return ids
 
 
+@pytest.fixture
+def settings_fast(settings: Any) -> Any:
+    """Rollouts polled every 50 ms and given up after 10 s, for tests that run the update task in-process."""
+    settings.ROLLOUT_POLL_SECONDS = 0.05
+    settings.ROLLOUT_TIMEOUT_SECONDS = 10
+    return settings
+
+
 # --- Redis and a real Celery worker --------------------------------------------------------------------------
 
 
@@ -379,3 +387,11 @@ def browser_type_launch_args(browser_type_launch_args: dict[str, Any]) -> dict[s
             "--no-first-run",
         ],
     }
+
+
+def log_in(page: Any, url: str, username: str) -> None:
+    """Open `url` in Chromium and log in there as one of the personas (password "password")."""
+    page.goto(url)
+    page.get_by_label("Username").fill(username)
+    page.get_by_label("Password").fill("password")
+    page.get_by_role("button", name="Log in").click()

@@ -27,13 +27,6 @@ def service(workspace: Workspace, cluster: ComputeTarget) -> Service:
     )
 
 
-@pytest.fixture
-def settings_fast(settings: Any) -> Any:
-    settings.ROLLOUT_POLL_SECONDS = 0.05
-    settings.ROLLOUT_TIMEOUT_SECONDS = 10
-    return settings
-
-
 def _update(service: Service, actor: Any, **changes: Any) -> ServiceUpdate:
     return actions.do_update_service(service, expected_version=service.version, acting_user=actor, **changes)
 

@@ -11,14 +11,8 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from deployments.models import AuditEvent, Workspace
+from tests.conftest import log_in
 from tests.factories import UserFactory
-
-
-def _log_in(page: Page, url: str, username: str) -> None:
-    page.goto(url)
-    page.get_by_label("Username").fill(username)
-    page.get_by_label("Password").fill("password")
-    page.get_by_role("button", name="Log in").click()
 
 
 def _api_status(url: str, token: str) -> int:
@@ -37,7 +31,7 @@ def test_an_owner_adds_a_member_changes_a_role_and_removes_a_member(
     page: Page, live_server: Any, alice: Any, bob: Any, workspace: Workspace
 ) -> None:
     UserFactory(username="dave")
-    _log_in(page, f"{live_server.url}/w/{workspace.pk}/deployments/", "alice")
+    log_in(page, f"{live_server.url}/w/{workspace.pk}/deployments/", "alice")
     page.get_by_role("link", name="Members").click()
 
     page.get_by_label("User name").fill("dave")
@@ -78,7 +72,7 @@ def test_an_owner_adds_a_member_changes_a_role_and_removes_a_member(
 def test_a_token_made_in_the_browser_works_for_the_api_until_revoked(
     page: Page, live_server: Any, alice: Any, workspace: Workspace
 ) -> None:
-    _log_in(page, live_server.url, "alice")
+    log_in(page, live_server.url, "alice")
     page.get_by_role("link", name="API tokens").click()
     page.get_by_label("Name").fill("laptop <b>")
     page.get_by_role("button", name="Create token").click()

@@ -18,17 +18,10 @@ from playwright.sync_api import Page, expect
 from deployments import actions, tasks
 from deployments.compute.local import LocalDriver
 from deployments.models import AuditEvent, ComputeTarget, Service, ServiceUpdate, Workspace
-from tests.conftest import REPO, wait_until
+from tests.conftest import REPO, log_in, wait_until
 from tests.factories import ComputeTargetFactory, ModelFactory, ServiceFactory
 from tributary_sdk import Webservice, WebserviceException
 from tributary_sdk import Workspace as SdkWorkspace
-
-
-@pytest.fixture
-def settings_fast(settings: Any) -> Any:
-    settings.ROLLOUT_POLL_SECONDS = 0.05
-    settings.ROLLOUT_TIMEOUT_SECONDS = 10
-    return settings
 
 
 @pytest.fixture
@@ -265,11 +258,7 @@ def test_deleting_a_local_service_on_its_page_stops_its_process_and_ends_on_the_
         pid = json.loads((state_dir / f"service-{service.pk}" / "state.json").read_text())["pid"]
         assert Path(f"/proc/{pid}").exists()
 
-        page.goto(live_server.url)
-        page.get_by_label("Username").fill("alice")
-        page.get_by_label("Password").fill("password")
-        page.get_by_role("button", name="Log in").click()
-        page.goto(f"{live_server.url}{reverse('deployments:service-detail', args=[service.pk])}")
+        log_in(page, f"{live_server.url}{reverse('deployments:service-detail', args=[service.pk])}", "alice")
         page.get_by_label("Reason").fill("no longer needed")
         page.once("dialog", lambda dialog: dialog.accept())
         page.get_by_role("button", name="Delete sample").click()
@@ -295,11 +284,7 @@ def test_deleting_a_local_service_on_its_page_stops_its_process_and_ends_on_the_
 @pytest.mark.browser
 @pytest.mark.django_db
 def test_cancelling_the_question_deletes_nothing(page: Page, live_server: Any, alice: Any, service: Service) -> None:
-    page.goto(live_server.url)
-    page.get_by_label("Username").fill("alice")
-    page.get_by_label("Password").fill("password")
-    page.get_by_role("button", name="Log in").click()
-    page.goto(f"{live_server.url}{reverse('deployments:service-detail', args=[service.pk])}")
+    log_in(page, f"{live_server.url}{reverse('deployments:service-detail', args=[service.pk])}", "alice")
     questions = []
 
     def dismiss(dialog: Any) -> None:
