@@ -7,7 +7,8 @@ from typing import Any
 import pytest
 from kubernetes import client as k8s
 
-from deployments.models import ApiToken, ComputeTarget, Service, Workspace
+from deployments.models import ApiToken, ComputeTarget, Service, ServiceUpdate, Workspace
+from tests.conftest import wait_until
 from tests.factories import EXAMPLE_SCRIPT, ModelFactory, ServiceFactory
 from tributary_sdk import AksWebservice, InferenceConfig, Model, Webservice, WebserviceException
 from tributary_sdk import Workspace as SdkWorkspace
@@ -79,9 +80,17 @@ def test_update_without_parameters_is_an_error(ws: SdkWorkspace, workspace: Work
         service.update()
 
 
+def _worked_off(service_name: str) -> None:
+    """Wait until the worker has ended every update of the service: none still writes while the test's rows go."""
+    unfinished = ServiceUpdate.objects.filter(
+        service__name=service_name, status__in=[ServiceUpdate.Status.PENDING, ServiceUpdate.Status.RUNNING]
+    )
+    wait_until(lambda: not unfinished.exists(), timeout=60, message=f"the updates of {service_name} to end")
+
+
 @pytest.mark.django_db(transaction=True)
 def test_update_refuses_settings_it_would_not_apply_and_warns_of_them_beside_others(
-    ws: SdkWorkspace, workspace: Workspace
+    ws: SdkWorkspace, workspace: Workspace, celery_worker: Any
 ) -> None:
     ServiceFactory(workspace=workspace, name="churn", replicas=1)
     service = Webservice(ws, "churn")
@@ -93,10 +102,13 @@ def test_update_refuses_settings_it_would_not_apply_and_warns_of_them_beside_oth
     with pytest.warns(UserWarning, match=r"^Tributary does not apply these settings: memory_gb$"):
         service.update(num_replicas=2, memory_gb=4)
     assert Service.objects.get(name="churn").replicas == 2
+    _worked_off("churn")
 
 
 @pytest.mark.django_db(transaction=True)
-def test_update_changes_the_models_and_what_serves_them(ws: SdkWorkspace, workspace: Workspace) -> None:
+def test_update_changes_the_models_and_what_serves_them(
+    ws: SdkWorkspace, workspace: Workspace, celery_worker: Any
+) -> None:
     ServiceFactory(workspace=workspace, name="churn", image="", models=[ModelFactory(workspace=workspace, version=1)])
     ModelFactory(workspace=workspace, name="best_model", version=2)
     service = Webservice(ws, "churn")
@@ -106,6 +118,7 @@ def test_update_changes_the_models_and_what_serves_them(ws: SdkWorkspace, worksp
     changed = Service.objects.get(name="churn")
     assert [str(m) for m in changed.models.all()] == ["best_model:2"]
     assert changed.entry_script == EXAMPLE
+    _worked_off("churn")
 
 
 @pytest.mark.django_db(transaction=True)
