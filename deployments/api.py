@@ -20,7 +20,7 @@ from django.shortcuts import get_object_or_404
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 
-from deployments import actions
+from deployments import actions, logs
 from deployments.access import get_workspace_for_user, user_id
 from deployments.forms import REASON_MAX_LENGTH, ServiceCreateForm, ServiceEditForm
 from deployments.models import ApiToken, Membership, Service, ServiceUpdate, Workspace
@@ -255,6 +255,19 @@ def service(request: HttpRequest, workspace_id: int, name: str) -> JsonResponse:
     )
     service.refresh_from_db()
     return JsonResponse(_service_json(service), status=202)
+
+
+@api_view("GET")
+def service_logs(request: HttpRequest, workspace_id: int, name: str) -> JsonResponse:
+    """The last `lines` lines (default and most: 5,000, as the legacy get_logs()) of the service's log."""
+    service, _ = _service(request, workspace_id, name)
+    lines = request.GET.get("lines", str(logs.MAX_LINES))
+    if not lines.isdigit() or not 1 <= int(lines) <= logs.MAX_LINES:
+        raise ValueError(f"lines must be a whole number from 1 to {logs.MAX_LINES}.")
+    log = logs.read(service, int(lines))
+    if log.error:
+        return _error(log.error, 502)
+    return JsonResponse({"service": service.name, "lines": log.lines, "log": log.text})
 
 
 def _delete(request: HttpRequest, service: Service, body: dict[str, Any]) -> JsonResponse:

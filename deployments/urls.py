@@ -26,6 +26,7 @@ service_urls = [
     path("services/<int:service_id>/", views.service_detail, name="service-detail"),
     path("services/<int:service_id>/status/", views.service_status, name="service-status"),
     path("services/<int:service_id>/runtime/", views.service_runtime, name="service-runtime"),
+    path("services/<int:service_id>/logs/", views.service_logs, name="service-logs"),
     path("services/<int:service_id>/edit/", views.service_edit, name="service-edit"),
     path("services/<int:service_id>/delete/", views.service_delete, name="service-delete"),
     path("services/<int:service_id>/data/", data_views.service_data, name="service-data"),
@@ -37,6 +38,7 @@ api_urls = [
     path("api/v1/workspaces/", api.workspaces, name="api-workspaces"),
     path("api/v1/workspaces/<int:workspace_id>/services/", api.services, name="api-services"),
     path("api/v1/workspaces/<int:workspace_id>/services/<str:name>/", api.service, name="api-service"),
+    path("api/v1/workspaces/<int:workspace_id>/services/<str:name>/logs/", api.service_logs, name="api-service-logs"),
     path("api/v1/updates/<int:update_id>/", api.update, name="api-update"),
 ]
 

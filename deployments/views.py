@@ -14,7 +14,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from django_htmx.http import HttpResponseClientRedirect, HttpResponseClientRefresh, HttpResponseStopPolling
 from django_htmx.middleware import HtmxDetails
 
-from deployments import actions, drivers, runtime
+from deployments import actions, drivers, logs, runtime
 from deployments import health as health_checks
 from deployments.access import get_membership_for_user, get_service_for_user, get_workspace_for_user, user_id
 from deployments.compute import APP_INSIGHTS_KEY
@@ -137,6 +137,26 @@ def service_detail(request: HtmxHttpRequest, service_id: int) -> HttpResponse:
         "nav": "deployments",
     }
     return render(request, "deployments/service_detail.html", context)
+
+
+@require_GET
+@login_required
+def service_logs(request: HtmxHttpRequest, service_id: int) -> HttpResponse:
+    """The last lines of what the service's processes wrote, refreshed while the page is open."""
+    found = _service_or_where_it_went(request, service_id)
+    if isinstance(found, HttpResponse):
+        return found
+    service, _ = found
+    asked = request.GET.get("lines", "")
+    lines = int(asked) if asked.isdigit() and int(asked) in logs.PAGE_LINES else logs.DEFAULT_PAGE_LINES
+    context = {
+        "service": service,
+        "workspace": service.workspace,
+        "log": logs.read(service, lines),
+        "choices": logs.PAGE_LINES,
+        "nav": "deployments",
+    }
+    return render(request, "deployments/service_logs.html" + ("#log" if request.htmx else ""), context)
 
 
 def _telemetry_destinations(service: Service) -> list[str]:

@@ -73,7 +73,8 @@ on a real cluster, a strategic patch that sends a container with only ``name`` a
 keeps env vars it does not mention (it can't remove one: use a JSON merge patch with the whole list, or JSON Patch).
 
 Remaining gaps (a real cluster differs): no server-side apply (``application/apply-patch+yaml`` gets 415); no
-``scale`` or other subresources besides ``status``; no ReplicaSets, Pods or garbage collection (nothing runs);
+``scale`` or other subresources besides ``status`` and a pod's ``log`` (whose text the test sets with
+``set_pod_log()``); no ReplicaSets, no Pods but those a test creates, no garbage collection (nothing runs);
 no finalizers or graceful deletion (DELETE removes at once); no ``limit``/``continue`` paging (lists return
 everything); no watch bookmarks; ``$setElementOrder``/``$retainKeys``/``$deleteFromPrimitiveList`` directives
 are ignored; validation covers only what is listed above; no RBAC (any holder of the token may do anything);
@@ -119,6 +120,7 @@ HISTORY_VERSIONS = 5  # versions of each object kept in kmock's store (kmock kee
 EVENT_LOG_SIZE = 2000  # watch events kept per resource for watches that resume from a resourceVersion
 
 NAMESPACES = kmock.resource("", "v1", "namespaces")
+PODS = kmock.resource("", "v1", "pods")
 NO_GENERATION_KINDS = {"Service", "Namespace"}
 PROTECTED_NAMESPACES = {"default", "kube-system", "kube-public"}
 # Kinds whose DELETE answers with the deleted object (the others answer with a Status), as the client expects.
@@ -722,6 +724,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
         self._expired_before: dict[kmock.resource, int] = collections.defaultdict(int)
         self._rollout_default = RolloutPlan()
         self._rollout_plans: dict[tuple[str | None, str], RolloutPlan] = {}
+        self._pod_logs: dict[tuple[str | None, str, str], str] = {}  # (namespace, pod, container): its log
         self._rollouts: dict[ObjKey, asyncio.Task[None]] = {}
         self.unexpected_errors: collections.deque[str] = collections.deque(maxlen=50)
         self.recent_requests: collections.deque[str] = collections.deque(maxlen=200)
@@ -803,6 +806,8 @@ class KubeEmulator(kmock.KubernetesEmulator):
         authorized = not self.token or _header(request, "Authorization") == f"Bearer {self.token}"
         if not authorized and request.url.path != "/version":
             raise _error(401, "Unauthorized", "Unauthorized")
+        if request.subresource == "log" and request.action == kmock.action.FETCH:
+            return await self._serve_pod_log(request)
         # Skip KubernetesEmulator._handle: it stores writes before matching any reaction, as plain merges.
         return await super(kmock.KubernetesEmulator, self)._handle(request)
 
@@ -831,7 +836,10 @@ class KubeEmulator(kmock.KubernetesEmulator):
             raise _no_such_resource()
         if not info.namespaced and request.namespace is not None:
             raise _no_such_resource()
-        if request.subresource not in (None, "status") or (request.subresource and "status" not in info.subresources):
+        if request.subresource == "log":  # a pod's log: read only, as on a real API server
+            if resource != PODS or request.action != kmock.action.FETCH:
+                raise _no_such_resource()
+        elif request.subresource not in (None, "status") or (request.subresource and "status" not in info.subresources):
             raise _no_such_resource()
         return resource, info
 
@@ -965,6 +973,32 @@ class KubeEmulator(kmock.KubernetesEmulator):
         if obj is None:
             raise _not_found(resource, request.name)
         return copy.deepcopy(obj)
+
+    async def _serve_pod_log(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
+        """`GET .../pods/<name>/log` as text: what the test gave `set_pod_log()`, honouring `container` and
+        `tailLines`. A pod of more than one container needs `container`, as on a real API server. Served apart
+        from kmock's reactions: their rendering has no text/plain, and a header set by one response stays on the
+        reaction for the next."""
+        resource, _ = self._resolve(request, named=True)
+        assert request.name is not None
+        pod = self._live((resource, request.namespace, request.name))
+        if pod is None:
+            raise _not_found(resource, request.name)
+        containers = [c.get("name") for c in (pod.get("spec") or {}).get("containers") or []]
+        container = request.params.get("container") or (containers[0] if len(containers) == 1 else None)
+        if container is None:
+            raise _bad_request(
+                f"a container name must be specified for pod {request.name}, choose one of: {containers}"
+            )
+        if container not in containers:
+            raise _bad_request(f"container {container} is not valid for pod {request.name}")
+        lines = self._pod_logs.get((request.namespace, request.name, container), "").splitlines(keepends=True)
+        tail = request.params.get("tailLines")
+        if tail is not None:
+            if not tail.isdigit():
+                raise _bad_request(f"invalid tailLines: {tail}")
+            lines = lines[len(lines) - int(tail) :] if int(tail) else []
+        return aiohttp.web.Response(text="".join(lines), content_type="text/plain")
 
     async def _serve_list(self, request: kmock.Request) -> dict[str, Any]:
         resource, info = self._resolve(request)
@@ -1307,6 +1341,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
                 events.clear()
             self._rollout_default = RolloutPlan()
             self._rollout_plans.clear()
+            self._pod_logs.clear()
             self._payloads[:] = self._builtin_payloads
             self.unexpected_errors.clear()
             self.recent_requests.clear()
@@ -1463,6 +1498,14 @@ class KubeTestServer:
             self.emulator.set_rollout(plan, name=name, namespace=namespace)
 
         self._run(apply())
+
+    def set_pod_log(self, namespace: str, pod: str, text: str, *, container: str = "scoring") -> None:
+        """What ``GET .../pods/<pod>/log`` answers for that container (nothing runs here to write it)."""
+
+        async def store() -> None:
+            self.emulator._pod_logs[(namespace, pod, container)] = text
+
+        self._run(store())
 
     def reset(self) -> None:
         """Forget all objects (``default`` namespace stays), rollout plans, user reactions; end open watches."""

@@ -319,6 +319,28 @@ def test_it_serves_services(core: CoreV1Api) -> None:
     assert gone.value.status == 404
 
 
+def test_it_serves_the_log_a_test_gave_a_pods_container_as_text(core: CoreV1Api, kube: KubeTestServer) -> None:
+    containers = [{"name": "scoring", "image": "r.example/s:1"}, {"name": "sidecar", "image": "r.example/p:1"}]
+    core.create_namespaced_pod(NS, {"metadata": {"name": "web-1"}, "spec": {"containers": containers}})
+    kube.set_pod_log(NS, "web-1", "one\ntwo\nthree\n")
+
+    assert core.read_namespaced_pod_log("web-1", NS, container="scoring") == "one\ntwo\nthree\n"
+    assert core.read_namespaced_pod_log("web-1", NS, container="scoring", tail_lines=2) == "two\nthree\n"
+    assert core.read_namespaced_pod_log("web-1", NS, container="sidecar") == ""
+    assert core.read_namespaced_pod("web-1", NS).metadata.name == "web-1"  # JSON again after a text answer
+    for kwargs, status in (({}, 400), ({"container": "nope"}, 400)):  # two containers: one must be named
+        with pytest.raises(ApiException) as refused:
+            core.read_namespaced_pod_log("web-1", NS, **kwargs)
+        assert refused.value.status == status
+    with pytest.raises(ApiException) as missing:
+        core.read_namespaced_pod_log("web-2", NS, container="scoring")
+    assert missing.value.status == 404
+
+    kube.reset()
+    core.create_namespaced_pod(NS, {"metadata": {"name": "web-1"}, "spec": {"containers": containers[:1]}})
+    assert core.read_namespaced_pod_log("web-1", NS) == ""  # reset forgets the logs; one container needs no name
+
+
 def test_it_stores_secrets(core: CoreV1Api, apps: AppsV1Api) -> None:
     core.create_namespaced_secret(
         NS, {"metadata": {"name": "storage"}, "stringData": {"AML_MODEL_DC_STORAGE": "DefaultEndpointsProtocol=http"}}

@@ -59,7 +59,7 @@ def healthy(driver: LocalDriver, spec: DesiredSpec, timeout: float = 30) -> Roll
     def settled() -> RolloutState | None:
         state = driver.rollout_state(spec)
         if state.status == "Failed":
-            pytest.fail(f"the rollout failed: {state.reason}\n{driver.log_tail(spec.service_id)}")
+            pytest.fail(f"the rollout failed: {state.reason}\n{driver.logs(spec, 50)}")
         return state if state.finished else None
 
     return wait_until(settled, timeout=timeout, message=f"update {spec.update_id} to be Healthy")

@@ -197,6 +197,17 @@ class Webservice:
                 return
         raise WebserviceException(self.error or f"Could not delete {self.name}: it is {self.state}.")
 
+    def get_logs(self, num_lines: int = 5000, init: bool = False) -> str:
+        """The last `num_lines` lines (at most 5,000) of what the service wrote: its script's output, the runtime's
+        and the collector's messages; on Kubernetes, pod by pod. Credentials in it show as <hidden>.
+
+        `init=True` asked the legacy SDK for an init container's log; Tributary's services have none (init()'s
+        output is in this log), so it warns and returns the same log."""
+        if init:
+            warnings.warn("Tributary's services have no init container: this is the service's log.", stacklevel=2)
+        path = f"{self._path()}logs/?lines={int(num_lines)}"
+        return str(self.workspace._client.request("GET", path)["log"])
+
     def wait_for_deployment(self, show_output: bool = False, timeout_sec: float | None = None) -> None:
         """Poll until the service is Healthy or Failed; Failed (or the timeout) raises WebserviceException."""
         deadline = time.monotonic() + timeout_sec if timeout_sec else None

@@ -7,6 +7,7 @@ One small interface for every kind of target, so that tasks never know which one
 - `rollout_state(spec)` says where the rollout of that spec stands: Transitioning, Healthy, or Failed with a
   reason. Tasks poll it until it is terminal or their deadline passes.
 - `remove(spec)` stops and deletes what `apply` made; removing what is already gone is not an error.
+- `logs(spec, lines)` is the last lines of what the service's processes wrote ("" when there is nothing yet).
 
 Drivers raise `TransientError` for what may succeed on retry (connection refused, 5xx, 429, a conflict) and
 `PermanentError` for what never will (invalid spec, 403, 404 of the target itself). Secrets never travel in a
@@ -95,3 +96,5 @@ class ComputeDriver(Protocol):
     def rollout_state(self, spec: DesiredSpec) -> RolloutState: ...
 
     def remove(self, spec: DesiredSpec) -> None: ...
+
+    def logs(self, spec: DesiredSpec, lines: int) -> str: ...

@@ -33,6 +33,9 @@ CONTAINER_PORT = 5001  # the legacy scoring containers' port, the scoring image'
 # The probes' own port (SCORING_PROBE_PORT, the scoring image's default): answered however busy the requests are.
 PROBE_PORT = 5002
 MODEL_DIR = "/var/azureml-app/azureml-models"
+CONTAINER_NAME = "scoring"
+# (connect, read) seconds for what a page or an API call waits on: the log of a busy cluster must not hang a page.
+READ_TIMEOUT = (3, 10)
 # An emptyDir: rows spooled during a storage outage survive a container restart within the pod.
 SPOOL_DIR = "/var/lib/tributary/spool"
 
@@ -113,6 +116,27 @@ class KubernetesDriver:
                     if exc.status != 404:
                         raise
 
+    def logs(self, spec: DesiredSpec, lines: int) -> str:
+        """The last lines of each of the service's pods' scoring container, pod by pod, as `kubectl logs` has
+        them; "" when it has no pods."""
+        selector = ",".join(f"{key}={value}" for key, value in _labels(spec).items())
+        with _translated_errors("list the service's pods"):
+            pods = self.core.list_namespaced_pod(
+                self.namespace, label_selector=selector, _request_timeout=READ_TIMEOUT
+            ).items
+        parts = []
+        for name in sorted(str(pod.metadata.name) for pod in pods if pod.metadata):
+            try:
+                text = self.core.read_namespaced_pod_log(
+                    name, self.namespace, container=CONTAINER_NAME, tail_lines=lines, _request_timeout=READ_TIMEOUT
+                )
+            except ApiException as exc:  # a pod whose container has not started yet, say: the others still count
+                text = f"(no log: HTTP {exc.status} {_reason(exc)})"
+            except (urllib3.exceptions.HTTPError, OSError) as exc:
+                raise TransientError(f"Could not read the log of pod {name}: the cluster did not answer.") from exc
+            parts.append(f"==> pod {name} <==\n{text.rstrip()}")
+        return "\n\n".join(parts)
+
     def _read_deployment(self, name: str) -> client.V1Deployment | None:
         try:
             return self.apps.read_namespaced_deployment(name, self.namespace)
@@ -152,7 +176,7 @@ def probe_port_for(current: client.V1Deployment, spec: DesiredSpec) -> int:
     be ready. So while the image stays the same, so do the probes; a new image is probed on PROBE_PORT."""
     template = current.spec.template if current.spec else None
     containers = (template.spec.containers if template and template.spec else None) or []
-    container = next((c for c in containers if c.name == "scoring"), None)
+    container = next((c for c in containers if c.name == CONTAINER_NAME), None)
     if container is None or container.image != spec.image:
         return PROBE_PORT
     probe = container.readiness_probe
@@ -224,7 +248,7 @@ def deployment_manifest(spec: DesiredSpec, *, probe_port: int = PROBE_PORT) -> d
     if probe_port != CONTAINER_PORT:
         ports.append({"name": "probes", "containerPort": probe_port})
     container = {
-        "name": "scoring",
+        "name": CONTAINER_NAME,
         "image": spec.image,
         "ports": ports,
         "env": container_env(spec, probe_port),

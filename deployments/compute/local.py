@@ -5,6 +5,7 @@
     driver.rollout_state(spec)             # Transitioning, Healthy (answers GET /ready) or Failed with the reason
     driver.remove(spec)                    # stop it and forget it
     driver.runtime_status(service_id)      # what the running process says of itself (GET /status), for the portal
+    driver.logs(spec, lines)               # the last lines of its log
 
 One process per service: `python -m scoring` (gunicorn), on its own loopback port, with its own environment, in its
 own session (so it outlives the portal process that started it). `spec.replicas` is its number of worker processes
@@ -62,6 +63,7 @@ from scoring import config as scoring_config
 PASS_THROUGH = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "VIRTUAL_ENV")
 MAX_REASON = 500
 STATUS_MAX_BYTES = 256 * 1024  # a runtime's GET /status: about 150 bytes a worker
+LOG_READ_BYTES = 2 * 1024 * 1024  # logs() reads at most this much of the end of a log: 5,000 lines of 400 bytes
 TELEMETRY_DESTINATIONS = (scoring_config.APPLICATIONINSIGHTS_CONNECTION_STRING, scoring_config.OTLP_ENDPOINT)
 _SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _FAILED = re.compile(r"\bFAILED: (.+?)\s*$")
@@ -221,9 +223,9 @@ class LocalDriver:
             thread.join()
         return stopped
 
-    def log_tail(self, service_id: int, lines: int = 50) -> str:
-        """The last lines of a service's log (what its script printed, the runtime's messages)."""
-        return "\n".join(_tail(self._folder(service_id) / "runtime.log", lines))
+    def logs(self, spec: DesiredSpec, lines: int) -> str:
+        """The last lines of the service's log (what its script printed, the runtime's messages); "" if none."""
+        return "\n".join(_tail(self._folder(spec.service_id) / "runtime.log", lines, max_bytes=LOG_READ_BYTES))
 
     # -- internals -------------------------------------------------------------------------------------------------
 
@@ -537,14 +539,19 @@ def _non_empty(folder: Path) -> bool:
 # -- failure reasons ----------------------------------------------------------------------------------------------
 
 
-def _tail(path: Path, lines: int) -> list[str]:
+def _tail(path: Path, lines: int, max_bytes: int = 64 * 1024) -> list[str]:
+    """The last `lines` lines of the file, from at most its last `max_bytes` (a log can be large)."""
     try:
         with open(path, "rb") as handle:
-            handle.seek(0, os.SEEK_END)
-            handle.seek(max(0, handle.tell() - 64 * 1024))
-            return handle.read().decode("utf-8", errors="replace").splitlines()[-lines:]
+            size = handle.seek(0, os.SEEK_END)
+            start = max(0, size - max_bytes)
+            handle.seek(start)
+            found = handle.read().decode("utf-8", errors="replace").splitlines()
     except OSError:
         return []
+    if start and found:
+        found = found[1:]  # the read began inside this line
+    return found[-lines:]
 
 
 def _log_reason(log_path: Path) -> str:

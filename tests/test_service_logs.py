@@ -1,0 +1,286 @@
+"""A service's log, on its Logs page, in the REST API and by the SDK's get_logs(): what its processes wrote, the
+newest lines last, with credentials hidden. Against a real scoring process on this machine, and against the
+Kubernetes API test server's pods."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+from azure.storage.blob import ContainerClient
+from django.test import Client
+from django.urls import reverse
+from kubernetes import client as k8s
+
+from deployments import actions, drivers
+from deployments.compute.kubernetes import MANAGED_BY, SERVICE_LABEL
+from deployments.models import ApiToken, ComputeTarget, Service, Workspace
+from tests.conftest import REPO, log_in, wait_until
+from tests.factories import ComputeTargetFactory, ModelFactory, ServiceFactory
+from tests.test_scoring_runtime import write_script
+from tributary_sdk import Webservice, WebserviceException
+from tributary_sdk import Workspace as SdkWorkspace
+
+# A script that prints what scripts print: progress, and, carelessly, its storage's connection string and a SAS URL.
+SCRIPT = """
+    import json, os
+    from azureml.monitoring import ModelDataCollector
+
+    def init():
+        global inputs
+        inputs = ModelDataCollector("sample-model", designation="inputs")
+        print("model loaded", flush=True)
+        print("storage:", os.environ["AML_MODEL_DC_STORAGE"], flush=True)
+        print("reading https://acct.blob.core.windows.net/m/model.pkl?sv=2024-01-01&sig=c2VjcmV0LXNpZw%3D%3D", flush=True)
+
+    def run(raw):
+        rows = json.loads(raw)["data"]
+        inputs.collect(rows)
+        print(f"scored {len(rows)} rows", flush=True)
+        return len(rows)
+"""
+
+
+def _auth(user: Any) -> dict[str, str]:
+    return {"Authorization": f"Bearer {ApiToken.issue(user, 'test')[1]}"}
+
+
+def _api_logs(client: Client, service: Service, user: Any, query: str = "") -> Any:
+    url = reverse("deployments:api-service-logs", args=[service.workspace_id, service.name]) + query
+    return client.get(url, headers=_auth(user))
+
+
+def _logs_page(client: Client, service: Service, query: str = "", **headers: str) -> Any:
+    return client.get(reverse("deployments:service-logs", args=[service.pk]) + query, headers=headers)
+
+
+@pytest.mark.django_db
+def test_the_logs_of_a_local_service_show_what_its_script_printed_with_credentials_hidden(
+    client: Client,
+    alice: Any,
+    bob: Any,
+    workspace: Workspace,
+    blob_container: ContainerClient,
+    azurite: str,
+    settings: Any,
+    tmp_path: Path,
+) -> None:
+    settings.VAR_DIR = tmp_path
+    target = ComputeTargetFactory(workspace=workspace, name="this-machine", kind=ComputeTarget.Kind.LOCAL)
+    model = ModelFactory(workspace=workspace, name="sample-model", version=1, path=str(REPO / "examples/sample_model"))
+    service = ServiceFactory(
+        workspace=workspace,
+        name="churn",
+        compute_target=target,
+        models=[model],
+        entry_script=str(write_script(tmp_path, SCRIPT)),
+        collect_model_data=True,
+    )
+    driver = drivers.local_driver(workspace.storage_secret)
+    spec = actions.desired_spec(service, 1)
+    client.force_login(bob)  # a reader may read the log
+    assert "Nothing in the log yet." in _logs_page(client, service).content.decode()
+
+    driver.apply(spec)
+    try:
+        state = wait_until(
+            lambda: (s := driver.rollout_state(spec)).finished and s, timeout=60, message="the service to start"
+        )
+        assert state.status == "Healthy", state.reason
+        for rows in ([[1, 2]], [[1, 2], [3, 4]]):
+            body = json.dumps({"data": rows}).encode()
+            with urllib.request.urlopen(urllib.request.Request(state.scoring_url, data=body), timeout=10) as answer:
+                assert answer.read() == str(len(rows)).encode()
+
+        page = wait_until(
+            lambda: "scored 2 rows" in (text := _logs_page(client, service).content.decode()) and text,
+            timeout=10,
+            message="the script's output in the log",
+        )
+        assert "model loaded" in page
+        assert page.index("scored 1 rows") < page.index("scored 2 rows")  # the newest last
+        assert "storage: &lt;hidden&gt;" in page
+        assert "&amp;sig=&lt;hidden&gt;" in page
+        assert "c2VjcmV0LXNpZw" not in page
+        key = dict(part.split("=", 1) for part in azurite.split(";") if "=" in part)["AccountKey"]
+        assert key not in page
+        assert azurite not in page
+
+        # What the page asks every 5 s: the log's text alone, for the same number of lines.
+        partial = _logs_page(client, service, "?lines=100", **{"HX-Request": "true"}).content.decode()
+        assert "scored 2 rows" in partial
+        assert "<pre" not in partial
+
+        whole = _api_logs(client, service, bob)
+        assert whole.status_code == 200
+        assert "scored 2 rows" in whole.json()["log"]
+        assert key not in json.dumps(whole.json())
+
+        def last_two() -> bool:  # the collector may log meanwhile: compare two reads that saw the same log
+            two = _api_logs(client, service, bob, "?lines=2").json()["log"].splitlines()
+            return len(two) == 2 and two == _api_logs(client, service, bob).json()["log"].splitlines()[-2:]
+
+        wait_until(last_two, timeout=10, message="the log's last two lines")
+    finally:
+        driver.remove(spec)
+
+
+@pytest.mark.django_db
+def test_the_page_offers_a_few_lengths_and_takes_any_other_as_the_default(
+    client: Client, alice: Any, workspace: Workspace, settings: Any, tmp_path: Path
+) -> None:
+    settings.VAR_DIR = tmp_path
+    service = ServiceFactory(workspace=workspace, name="churn")
+    client.force_login(alice)
+
+    for query, shown in (("", 500), ("?lines=2000", 2000), ("?lines=7", 500), ("?lines=abc", 500)):
+        page = _logs_page(client, service, query).content.decode()
+        assert f'<option value="{shown}" selected>' in page, query
+        assert f'?lines={shown}" hx-trigger="every 5s"' in page
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("lines", ["0", "5001", "-1", "ten"])
+def test_the_api_refuses_a_number_of_lines_it_cannot_give(
+    client: Client, alice: Any, workspace: Workspace, lines: str
+) -> None:
+    service = ServiceFactory(workspace=workspace, name="churn")
+
+    response = _api_logs(client, service, alice, f"?lines={lines}")
+
+    assert response.status_code == 400
+    assert response.json() == {"error": "lines must be a whole number from 1 to 5000."}
+
+
+@pytest.mark.django_db
+def test_to_outsiders_the_logs_do_not_exist(client: Client, charlie: Any, workspace: Workspace) -> None:
+    service = ServiceFactory(workspace=workspace, name="churn")
+    client.force_login(charlie)
+
+    assert _logs_page(client, service).status_code == 404
+    assert _api_logs(client, service, charlie).status_code == 404
+
+
+def _pod(kube: Any, name: str, service: str, *, managed: bool = True) -> None:
+    labels = {SERVICE_LABEL: service, **({MANAGED_BY[0]: MANAGED_BY[1]} if managed else {})}
+    pod = {
+        "metadata": {"name": name, "labels": labels},
+        "spec": {"containers": [{"name": "scoring", "image": "registry.example/churn:1"}]},
+    }
+    k8s.CoreV1Api(kube.api_client()).create_namespaced_pod("ml", pod)
+
+
+@pytest.mark.django_db
+def test_the_logs_of_a_kubernetes_service_are_its_pods_logs_pod_by_pod(
+    client: Client, bob: Any, workspace: Workspace, cluster: ComputeTarget, kube: Any
+) -> None:
+    service = ServiceFactory(workspace=workspace, name="churn", compute_target=cluster, image="registry.example/c:1")
+    _pod(kube, "churn-5d8f-b", "churn")
+    _pod(kube, "churn-5d8f-a", "churn")
+    _pod(kube, "fraud-77c4-a", "fraud")  # another service's
+    _pod(kube, "churn-by-hand", "churn", managed=False)  # not made by Tributary
+    kube.set_pod_log("ml", "churn-5d8f-a", "init done\nscored 3 rows\nscored 4 rows\n")
+    kube.set_pod_log("ml", "churn-5d8f-b", "init done\nAccountKey=abc123== in a traceback\n")
+    kube.set_pod_log("ml", "fraud-77c4-a", "fraud's line\n")
+
+    response = _api_logs(client, service, bob, "?lines=2")
+
+    assert response.status_code == 200
+    assert response.json()["log"] == (
+        "==> pod churn-5d8f-a <==\nscored 3 rows\nscored 4 rows\n\n"
+        "==> pod churn-5d8f-b <==\ninit done\nAccountKey=<hidden> in a traceback"
+    )
+    client.force_login(bob)
+    page = _logs_page(client, service).content.decode()
+    assert "==&gt; pod churn-5d8f-a &lt;==" in page
+    assert "pods wrote" in " ".join(page.split())
+    assert "fraud" not in page
+    assert "abc123" not in page
+
+
+@pytest.mark.django_db
+def test_when_the_cluster_does_not_answer_the_page_says_so_and_the_api_answers_502(
+    client: Client, alice: Any, workspace: Workspace, tmp_path: Path
+) -> None:
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "clusters": [{"name": "c", "cluster": {"server": "http://127.0.0.1:9"}}],
+                "users": [{"name": "u", "user": {"token": "t"}}],
+                "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+                "current-context": "x",
+            }
+        )
+    )
+    gone = ComputeTargetFactory(
+        workspace=workspace, name="gone", kind=ComputeTarget.Kind.KUBERNETES, kubeconfig_path=str(kubeconfig)
+    )
+    service = ServiceFactory(workspace=workspace, name="churn", compute_target=gone, image="registry.example/c:1")
+    client.force_login(alice)
+
+    page = _logs_page(client, service)
+    assert page.status_code == 200
+    assert "The log could not be read: Could not list the service&#x27;s pods: the cluster did not answer" in (
+        page.content.decode()
+    )
+    response = _api_logs(client, service, alice)
+    assert response.status_code == 502
+    assert response.json()["error"].startswith("Could not list the service's pods: the cluster did not answer")
+
+
+@pytest.fixture
+def ws(live_server: Any, alice: Any, workspace: Workspace) -> SdkWorkspace:
+    _, key = ApiToken.issue(alice, "notebook")
+    return SdkWorkspace("sub-0001", "rg-ml", "alices-team", url=live_server.url, token=key)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_sdk_gets_the_logs_as_the_legacy_get_logs_did(
+    ws: SdkWorkspace, workspace: Workspace, cluster: ComputeTarget, kube: Any
+) -> None:
+    ServiceFactory(workspace=workspace, name="churn", compute_target=cluster, image="registry.example/churn:1")
+    _pod(kube, "churn-5d8f-a", "churn")
+    kube.set_pod_log("ml", "churn-5d8f-a", "".join(f"line {n}\n" for n in range(6000)))
+    service = Webservice(ws, "churn")
+
+    assert service.get_logs().splitlines()[1:3] == ["line 1000", "line 1001"]  # 5,000 lines by default
+    assert service.get_logs(num_lines=1) == "==> pod churn-5d8f-a <==\nline 5999"
+    with pytest.warns(UserWarning, match="no init container"):
+        assert service.get_logs(num_lines=1, init=True).endswith("line 5999")
+    with pytest.raises(WebserviceException, match="lines must be a whole number from 1 to 5000"):
+        service.get_logs(num_lines=0)
+
+
+@pytest.mark.browser
+@pytest.mark.django_db(transaction=True)
+def test_in_chromium_the_page_follows_the_end_of_the_log_until_the_reader_scrolls_up(
+    page: Any, live_server: Any, alice: Any, workspace: Workspace, settings: Any, tmp_path: Path
+) -> None:
+    from playwright.sync_api import expect
+
+    settings.VAR_DIR = tmp_path
+    service = ServiceFactory(workspace=workspace, name="churn")
+    log = tmp_path / "services" / f"service-{service.pk}" / "runtime.log"
+    log.parent.mkdir(parents=True)
+    log.write_text("".join(f"line {n}\n" for n in range(400)))
+    log_in(page, f"{live_server.url}/services/{service.pk}/logs/", "alice")
+    pre = page.get_by_test_id("log")
+    at_end = "e => e.scrollTop + e.clientHeight >= e.scrollHeight - 8"
+
+    expect(pre).to_contain_text("line 399")
+    assert pre.evaluate(at_end)  # the newest lines are in view
+    with log.open("a") as handle:
+        handle.write("scored 7 rows\n")
+    expect(pre).to_contain_text("scored 7 rows", timeout=15_000)  # refreshed every 5 s
+    assert pre.evaluate(at_end)
+
+    pre.evaluate("e => { e.scrollTop = 100 }")  # the reader goes back to read
+    with log.open("a") as handle:
+        handle.write("scored 8 rows\n")
+    expect(pre).to_contain_text("scored 8 rows", timeout=15_000)
+    assert pre.evaluate("e => e.scrollTop") == 100  # left where the reader is
