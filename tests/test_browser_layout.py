@@ -1,0 +1,70 @@
+"""In Chromium on a phone's screen (390 px wide): every page fits its width, a wide table scrolls in its own box,
+and the top bar's links, Log out included, stay on the screen and on one line with each other."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from playwright.sync_api import Page
+
+from deployments.models import AuditEvent, ServiceUpdate, Workspace
+from tests.conftest import log_in
+from tests.factories import ServiceFactory
+
+PHONE = {"width": 390, "height": 844}
+
+
+@pytest.mark.browser
+@pytest.mark.django_db(transaction=True)
+def test_on_a_phone_every_page_fits_the_screen(
+    page: Page, live_server: Any, alice: Any, workspace: Workspace, settings: Any, tmp_path: Any
+) -> None:
+    settings.VAR_DIR = tmp_path
+    service = ServiceFactory(
+        workspace=workspace,
+        name="customer-churn-prediction-with-a-long-name",
+        scoring_url="http://127.0.0.1:40123/a/rather/long/path/to/the/scoring/endpoint/of/this/service/score",
+    )
+    # An update row and an audit row, the widest tables.
+    ServiceUpdate.objects.create(
+        service=service,
+        desired_spec={},
+        status=ServiceUpdate.Status.FAILED,
+        requested_by=alice,
+        error="Could not apply the Deployment: HTTP 422 Deployment.apps is invalid: spec.template.spec.containers",
+    )
+    AuditEvent.objects.create(
+        actor=alice,
+        actor_name="alice",
+        workspace=workspace,
+        action=AuditEvent.Action.SERVICE_SETTINGS_CHANGED,
+        target_type="service",
+        target_id=service.pk,
+        target_repr=service.name,
+        changes={"collect_model_data": [False, True]},
+        reason="A reason long enough to need more than one line on a phone's narrow screen, as reasons often are",
+    )
+    page.set_viewport_size(PHONE)
+    log_in(page, f"{live_server.url}/", "alice")
+
+    for path in (
+        "/",
+        f"/w/{workspace.pk}/deployments/",
+        f"/services/{service.pk}/",
+        f"/services/{service.pk}/edit/",
+        f"/services/{service.pk}/logs/",
+        f"/w/{workspace.pk}/audit/",
+        f"/w/{workspace.pk}/members/",
+        "/account/tokens/",
+    ):
+        page.goto(f"{live_server.url}{path}")
+        width = page.evaluate("document.documentElement.scrollWidth")
+        assert width <= PHONE["width"], f"{path} is {width} px wide"
+        log_out = page.get_by_role("button", name="Log out").bounding_box()
+        tokens = page.get_by_role("link", name="API tokens").bounding_box()
+        assert log_out is not None
+        assert tokens is not None
+        assert log_out["x"] + log_out["width"] <= PHONE["width"], path
+        # On one line with the link beside it (a button's default margin once put it lower).
+        assert abs((log_out["y"] + log_out["height"] / 2) - (tokens["y"] + tokens["height"] / 2)) <= 1, path
