@@ -5,6 +5,7 @@ from urllib.parse import urlsplit
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.contrib.messages.storage.base import BaseStorage
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
@@ -114,7 +115,12 @@ def _list_after_deletion(request: HtmxHttpRequest, service_id: int) -> str | Non
     )
     if event is None:
         return None
-    messages.info(request, f"{event.target_repr} was deleted.")
+    said = f"{event.target_repr} was deleted."
+    queued = messages.get_messages(request)
+    assert isinstance(queued, BaseStorage)  # the messages middleware is on (a list without it)
+    if all(message.message != said for message in queued):  # the page's other live regions noticed it first
+        messages.info(request, said)
+    queued.used = False  # only looked at: they still show on the list
     return reverse("deployments:service-list", args=[event.workspace_id])
 
 

@@ -221,17 +221,19 @@ def test_the_page_of_a_deleted_service_leads_members_to_the_list_and_tells_other
     services = reverse("deployments:service-list", args=[service.workspace_id])
 
     client.force_login(alice)
-    for live in ("deployments:service-status", "deployments:service-runtime"):  # a page left open follows
+    # A page left open follows; its live regions all notice, and the list says it once.
+    for live in ("deployments:service-status", "deployments:service-runtime", "deployments:service-logs"):
         poll = client.get(reverse(live, args=[service.pk]), headers={"HX-Request": "true"})
         assert poll.headers["HX-Redirect"] == services
     listing = client.get(services)
-    assert "churn was deleted." in listing.content.decode()
+    assert listing.content.decode().count("churn was deleted.") == 1
     assert client.get(reverse("deployments:service-detail", args=[service.pk])).url == services
 
     client.force_login(charlie)
     assert client.get(reverse("deployments:service-detail", args=[service.pk])).status_code == 404
     assert client.get(reverse("deployments:service-status", args=[service.pk])).status_code == 404
     assert client.get(reverse("deployments:service-runtime", args=[service.pk])).status_code == 404
+    assert client.get(reverse("deployments:service-logs", args=[service.pk])).status_code == 404
 
 
 # --- the page, end to end -------------------------------------------------------------------------------------
