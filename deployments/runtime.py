@@ -1,14 +1,19 @@
 """What a service's scoring runtime says of itself (its `GET /status`, see scoring/README.md), shaped for the
-service's page: requests, latency, and what the collector did with the rows, dropped ones first."""
+service's page: requests, latency, and what the collector did with the rows, dropped ones first. On this machine
+it is the service's process; on Kubernetes, each of its pods, through the API server's pod proxy, added up."""
 
 from __future__ import annotations
 
 import re
+from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from collector import tabular
+from deployments import actions, drivers
+from deployments.compute import DriverError
+from deployments.models import ComputeTarget, Service
 
 
 @dataclass(frozen=True)
@@ -39,6 +44,8 @@ class RuntimeFigures:
     drops: tuple[Drop, ...]
     last_error: str  # the collector's newest error, as it logged it
     last_error_at: datetime | None
+    pods: int = 0  # on Kubernetes: the service's pods, and how many of them answered
+    pods_answering: int = 0
 
     @property
     def rows_dropped(self) -> int:
@@ -75,6 +82,67 @@ def figures(status: dict[str, Any]) -> RuntimeFigures | None:
         )
     except (KeyError, TypeError, ValueError, AttributeError):
         return None
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """What the service's page shows of its runtime: the figures, or why there are none."""
+
+    figures: RuntimeFigures | None
+    pods: int = 0  # on Kubernetes, whether or not they answered
+    error: str = ""  # the cluster did not answer, say
+
+
+def of_service(service: Service) -> Runtime:
+    if service.state == Service.State.DELETING:
+        return Runtime(None)
+    if service.compute_target.kind == ComputeTarget.Kind.LOCAL:
+        status = drivers.local_driver().runtime_status(service.pk)
+        return Runtime(figures(status) if status else None)
+    from deployments.compute.kubernetes import KubernetesDriver
+
+    try:
+        driver = drivers.driver_for(service)
+        assert isinstance(driver, KubernetesDriver)
+        statuses = driver.pod_statuses(actions.desired_spec(service, 0))  # names only: no update is meant
+    except DriverError as exc:
+        return Runtime(None, error=str(exc))
+    return Runtime(figures_of_pods(statuses), pods=len(statuses))
+
+
+def figures_of_pods(statuses: dict[str, dict[str, Any] | None]) -> RuntimeFigures | None:
+    """The figures of a Kubernetes service's pods together: counts added up, the slowest pod's latency, the newest
+    error; None when no pod answered."""
+    each = [f for f in (figures(status) for status in statuses.values() if status) if f]
+    if not each:
+        return None
+    dropped: Counter[str] = Counter()
+    for f in each:
+        dropped.update({d.reason: d.rows for d in f.drops})
+    newest = max(each, key=lambda f: f.last_error_at or datetime.min.replace(tzinfo=UTC))
+    latencies = [(f.p50_ms, f.p99_ms) for f in each if f.p99_ms is not None]
+    return RuntimeFigures(
+        workers=sum(f.workers for f in each),
+        workers_ready=sum(f.workers_ready for f in each),
+        workers_restarted=sum(f.workers_restarted for f in each),
+        score_requests=sum(f.score_requests for f in each),
+        answered=sum(f.answered for f in each),
+        refused=sum(f.refused for f in each),
+        failed=sum(f.failed for f in each),
+        p50_ms=max((p50 for p50, _ in latencies if p50 is not None), default=None),
+        p99_ms=max((p99 for _, p99 in latencies if p99 is not None), default=None),
+        # Pods of one rollout may differ for a while: storage if any pod collects into it.
+        collection=next((f.collection for f in each if f.collection == "storage"), each[0].collection),
+        rows_collected=sum(f.rows_collected for f in each),
+        rows_delivered=sum(f.rows_delivered for f in each),
+        spool_bytes=sum(f.spool_bytes for f in each),
+        upload_failures=sum(f.upload_failures for f in each),
+        drops=tuple(Drop(reason, rows, tabular.explain(reason)) for reason, rows in sorted(dropped.items())),
+        last_error=newest.last_error,
+        last_error_at=newest.last_error_at,
+        pods=len(statuses),
+        pods_answering=len(each),
+    )
 
 
 _URL_QUERY = re.compile(r"\?[^\s'\"]*")

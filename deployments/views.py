@@ -12,10 +12,10 @@ from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
-from django_htmx.http import HttpResponseClientRedirect, HttpResponseClientRefresh, HttpResponseStopPolling
+from django_htmx.http import HttpResponseClientRedirect, HttpResponseClientRefresh
 from django_htmx.middleware import HtmxDetails
 
-from deployments import actions, drivers, logs, runtime
+from deployments import actions, logs, runtime
 from deployments import health as health_checks
 from deployments.access import get_membership_for_user, get_service_for_user, get_workspace_for_user, user_id
 from deployments.compute import APP_INSIGHTS_KEY
@@ -203,20 +203,17 @@ def service_status(request: HtmxHttpRequest, service_id: int) -> HttpResponse:
 @login_required
 def service_runtime(request: HtmxHttpRequest, service_id: int) -> HttpResponse:
     """What the service's runtime says of itself, live: requests, latency and what became of the collected rows
-    (dropped ones with the reason). Asked of the process on this machine; polling stops for other targets."""
+    (dropped ones with the reason). Asked of the process on this machine, of each pod on Kubernetes."""
     found = _service_or_where_it_went(request, service_id)
     if isinstance(found, HttpResponse):
         return found
     service, _ = found
-    local = service.compute_target.kind == ComputeTarget.Kind.LOCAL
-    status = None
-    if local and service.state != Service.State.DELETING:
-        status = drivers.local_driver().runtime_status(service.pk)
-    context = {"service": service, "local": local, "runtime": runtime.figures(status) if status else None}
-    response = render(request, "deployments/service_detail.html#runtime", context)
-    if not local:
-        response.status_code = HttpResponseStopPolling.status_code
-    return response
+    context = {
+        "service": service,
+        "local": service.compute_target.kind == ComputeTarget.Kind.LOCAL,
+        "runtime": runtime.of_service(service),
+    }
+    return render(request, "deployments/service_detail.html#runtime", context)
 
 
 @require_http_methods(["GET", "POST"])

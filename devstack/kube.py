@@ -74,7 +74,8 @@ keeps env vars it does not mention (it can't remove one: use a JSON merge patch 
 
 Remaining gaps (a real cluster differs): no server-side apply (``application/apply-patch+yaml`` gets 415); no
 ``scale`` or other subresources besides ``status`` and a pod's ``log`` (whose text the test sets with
-``set_pod_log()``); no ReplicaSets, no Pods but those a test creates, no garbage collection (nothing runs);
+``set_pod_log()``); a pod's ``proxy`` (GET only) to the port on ``status.podIP`` that the request names, where a test
+runs the real program; no ReplicaSets, no Pods but those a test creates, no garbage collection (nothing runs);
 no finalizers or graceful deletion (DELETE removes at once); no ``limit``/``continue`` paging (lists return
 everything); no watch bookmarks; ``$setElementOrder``/``$retainKeys``/``$deleteFromPrimitiveList`` directives
 are ignored; validation covers only what is listed above; no RBAC (any holder of the token may do anything);
@@ -96,6 +97,7 @@ import re
 import socket
 import threading
 import time
+import urllib.parse
 import uuid
 import warnings
 from collections.abc import AsyncIterator, Callable
@@ -121,6 +123,8 @@ EVENT_LOG_SIZE = 2000  # watch events kept per resource for watches that resume 
 
 NAMESPACES = kmock.resource("", "v1", "namespaces")
 PODS = kmock.resource("", "v1", "pods")
+# The API server's pod proxy: /api/v1/namespaces/<ns>/pods/<name>[:<port>]/proxy[/<path>]
+_POD_PROXY = re.compile(r"/api/v1/namespaces/([^/]+)/pods/([^/:]+)(?::(\d+))?/proxy(/.*)?")
 NO_GENERATION_KINDS = {"Service", "Namespace"}
 PROTECTED_NAMESPACES = {"default", "kube-system", "kube-public"}
 # Kinds whose DELETE answers with the deleted object (the others answer with a Status), as the client expects.
@@ -736,6 +740,10 @@ class KubeEmulator(kmock.KubernetesEmulator):
         # Replaces RawHandler.__call__: parses namespace URLs (kmock's parser can't), renders every error as a
         # Kubernetes Status, and keeps only in-flight requests in kmock's log (it scans the whole log per request).
         await raw_request.read()
+        proxied = _POD_PROXY.fullmatch(urllib.parse.unquote(raw_request.path))
+        if proxied:
+            self.recent_requests.append(f"{raw_request.method} {raw_request.path_qs}")
+            return await self._serve_pod_proxy(raw_request, *proxied.groups())
         request: kmock.Request | None = None
         raw_response: aiohttp.web.StreamResponse | None = None
         try:
@@ -973,6 +981,38 @@ class KubeEmulator(kmock.KubernetesEmulator):
         if obj is None:
             raise _not_found(resource, request.name)
         return copy.deepcopy(obj)
+
+    async def _serve_pod_proxy(
+        self, raw_request: aiohttp.web.BaseRequest, namespace: str, pod_name: str, port: str | None, path: str | None
+    ) -> aiohttp.web.StreamResponse:
+        """`GET .../pods/<name>[:<port>]/proxy/<path>`, as the API server's pod proxy: to the pod's
+        `status.podIP` (a test points it at 127.0.0.1, where it runs the real program), that port, that path."""
+        try:
+            if self.token and raw_request.headers.get("Authorization") != f"Bearer {self.token}":
+                raise _error(401, "Unauthorized", "Unauthorized")
+            if raw_request.method != "GET":
+                raise _error(405, "MethodNotAllowed", "the pod proxy of this test server answers GET only")
+            pod = self._live((PODS, namespace, pod_name))
+            if pod is None:
+                raise _not_found(PODS, pod_name)
+            ip = (pod.get("status") or {}).get("podIP")
+            if not ip:
+                raise _error(503, "ServiceUnavailable", f"pod {pod_name} has no IP address yet")
+            if port is None:
+                ports = [p for c in pod["spec"].get("containers") or [] for p in c.get("ports") or []]
+                port = str(ports[0]["containerPort"]) if ports else "80"
+            url = f"http://{ip}:{port}{path or '/'}"
+            try:
+                async with (
+                    aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session,
+                    session.get(url, params=raw_request.query) as answer,
+                ):
+                    body = await answer.read()
+                    return aiohttp.web.Response(body=body, status=answer.status, content_type=answer.content_type)
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise _error(503, "ServiceUnavailable", f"error trying to reach service: {exc}") from exc
+        except kmock.KubernetesError as exc:
+            return await self._render_error(exc)
 
     async def _serve_pod_log(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
         """`GET .../pods/<name>/log` as text: what the test gave `set_pod_log()`, honouring `container` and

@@ -7,6 +7,7 @@ import json
 import re
 import urllib.request
 from datetime import UTC, datetime
+from html import unescape
 from pathlib import Path
 from typing import Any
 
@@ -14,12 +15,14 @@ import pytest
 from azure.storage.blob import ContainerClient
 from django.test import Client
 from django.urls import reverse
+from kubernetes import client as k8s
 
 from deployments import actions, drivers, runtime
 from deployments.models import ComputeTarget, Service, Workspace
+from devstack.services import free_port
 from tests.conftest import REPO, wait_until
 from tests.factories import ComputeTargetFactory, ModelFactory, ServiceFactory
-from tests.test_scoring_runtime import write_script
+from tests.test_scoring_runtime import start_runtime, write_script
 
 # A legacy-shaped script with one collector that works and one that is given what no CSV can hold.
 SCRIPT = """
@@ -48,7 +51,7 @@ def _runtime_page(client: Client, service: Service) -> str:
 def _text(html: str) -> str:
     """The words a user reads: inline tags go, block tags separate."""
     inline = re.sub(r"</?(code|strong|span)\b[^>]*>", "", html)
-    return " ".join(re.sub(r"<[^>]+>", " ", inline).split())
+    return " ".join(unescape(re.sub(r"<[^>]+>", " ", inline)).split())
 
 
 @pytest.mark.django_db
@@ -121,17 +124,65 @@ def test_the_service_page_asks_for_the_figures_after_it_has_loaded(
     assert "Asking the runtime" in page
 
 
+def _pod(kube: Any, name: str, *, status_port: int | None = None, ip: str = "127.0.0.1") -> None:
+    """A pod of the service churn, as its Deployment's would be; with `status_port`, a runtime of this machine
+    answers its probes there (the test server's pod proxy reaches it at the pod's IP)."""
+    probe = {"httpGet": {"path": "/ready", "port": status_port or 5002}}
+    container = {"name": "scoring", "image": "r.example/churn:1", "readinessProbe": probe}
+    labels = {"tributary.dev/service": "churn", "app.kubernetes.io/managed-by": "tributary"}
+    core = k8s.CoreV1Api(kube.api_client())
+    core.create_namespaced_pod(
+        "ml", {"metadata": {"name": name, "labels": labels}, "spec": {"containers": [container]}}
+    )
+    if ip:
+        core.patch_namespaced_pod_status(name, "ml", {"status": {"podIP": ip}})
+
+
 @pytest.mark.django_db
-def test_for_kubernetes_services_it_says_where_the_figures_are_and_stops_asking(
-    client: Client, alice: Any, workspace: Workspace, cluster: ComputeTarget
+def test_for_kubernetes_services_it_adds_up_what_each_pod_says(
+    client: Client, bob: Any, workspace: Workspace, cluster: ComputeTarget, kube: Any, tmp_path: Path
+) -> None:
+    service = ServiceFactory(workspace=workspace, name="churn", compute_target=cluster, image="r.example/churn:1")
+    script = write_script(tmp_path, "def init():\n    pass\n\ndef run(raw):\n    return raw\n")
+    pods = [start_runtime(script, tmp_path), start_runtime(script, tmp_path)]  # what two pods would run
+    try:
+        for pod, name, requests in zip(pods, ("churn-7d4-a", "churn-7d4-b"), (3, 1), strict=True):
+            pod.wait_ready()
+            for _ in range(requests):
+                assert pod.score({"data": 1})[0] == 200
+            _pod(kube, name, status_port=pod.port)
+        _pod(kube, "churn-7d4-c", ip="")  # scheduled, not yet running: it has no address
+        client.force_login(bob)
+
+        page = _text(_runtime_page(client, service))
+        slowest = max(p.status()["latency"]["p99_ms"] for p in pods)
+    finally:
+        for pod in pods:
+            pod.stop()
+
+    assert "Pods 2 of 3 answered" in page
+    assert "Workers 2 of 2 ready" in page
+    assert "Scoring requests 4 (4 answered, 0 refused (4xx), 0 failed (5xx))" in page
+    assert f"p99 {slowest} ms (the slowest pod's)" in page
+    assert "Collected rows collection is off" in page
+    assert "Counted since the service's pods started" in page
+
+
+@pytest.mark.django_db
+def test_for_kubernetes_services_it_says_when_no_pod_answers_or_the_cluster_does_not(
+    client: Client, alice: Any, workspace: Workspace, cluster: ComputeTarget, kube: Any
 ) -> None:
     service = ServiceFactory(workspace=workspace, name="churn", compute_target=cluster, image="r.example/churn:1")
     client.force_login(alice)
+    assert "The service has no pods." in _text(_runtime_page(client, service))
 
-    response = client.get(reverse("deployments:service-runtime", args=[service.pk]), headers={"HX-Request": "true"})
+    _pod(kube, "churn-7d4-a", status_port=free_port())  # nothing listens there
+    assert "None of the service's 1 pods answers" in _text(_runtime_page(client, service))
 
-    assert response.status_code == 286  # htmx: stop polling
-    assert "GET /status" in response.content.decode()
+    Path(cluster.kubeconfig_path).write_text(
+        Path(cluster.kubeconfig_path).read_text().replace(kube.url, "http://127.0.0.1:9")
+    )
+    assert "Could not list the service's pods: the cluster did not answer" in _text(_runtime_page(client, service))
 
 
 @pytest.mark.django_db

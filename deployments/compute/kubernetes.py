@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any, cast
 
@@ -36,6 +37,7 @@ MODEL_DIR = "/var/azureml-app/azureml-models"
 CONTAINER_NAME = "scoring"
 # (connect, read) seconds for what a page or an API call waits on: the log of a busy cluster must not hang a page.
 READ_TIMEOUT = (3, 10)
+STATUS_MAX_BYTES = 256 * 1024  # a runtime's GET /status: about 150 bytes a worker
 # An emptyDir: rows spooled during a storage outage survive a container restart within the pod.
 SPOOL_DIR = "/var/lib/tributary/spool"
 
@@ -116,16 +118,42 @@ class KubernetesDriver:
                     if exc.status != 404:
                         raise
 
+    def pod_statuses(self, spec: DesiredSpec) -> dict[str, dict[str, Any] | None]:
+        """Each of the service's pods' runtime figures (its `GET /status` on the probe port, through the API
+        server's pod proxy), by pod name; None for a pod that does not answer within READ_TIMEOUT."""
+        pods = self._pods(spec)
+        with ThreadPoolExecutor(max_workers=8) as pool:  # each pod may take the whole timeout
+            return dict(zip(pods, pool.map(self._pod_status, pods.keys(), pods.values()), strict=True))
+
+    def _pod_status(self, name: str, pod: client.V1Pod) -> dict[str, Any] | None:
+        try:
+            # Unparsed: the client would make a str of the JSON it parsed (a Python repr).
+            response: Any = self.core.connect_get_namespaced_pod_proxy_with_path(
+                f"{name}:{_status_port(_scoring_container(pod.spec))}",
+                self.namespace,
+                "status",
+                _preload_content=False,
+                _request_timeout=READ_TIMEOUT,
+            )
+            if response.status != 200:
+                return None
+            status = json.loads(response.data[:STATUS_MAX_BYTES])
+        except (ApiException, urllib3.exceptions.HTTPError, OSError, ValueError):
+            return None
+        return status if isinstance(status, dict) else None
+
+    def _pods(self, spec: DesiredSpec) -> dict[str, client.V1Pod]:
+        """The service's pods, by name, in the order of their names."""
+        selector = ",".join(f"{key}={value}" for key, value in _labels(spec).items())
+        with _translated_errors("list the service's pods"):
+            pods = self.core.list_namespaced_pod(self.namespace, label_selector=selector, _request_timeout=READ_TIMEOUT)
+        return dict(sorted((pod.metadata.name, pod) for pod in pods.items if pod.metadata and pod.metadata.name))
+
     def logs(self, spec: DesiredSpec, lines: int) -> str:
         """The last lines of each of the service's pods' scoring container, pod by pod, as `kubectl logs` has
         them; "" when it has no pods."""
-        selector = ",".join(f"{key}={value}" for key, value in _labels(spec).items())
-        with _translated_errors("list the service's pods"):
-            pods = self.core.list_namespaced_pod(
-                self.namespace, label_selector=selector, _request_timeout=READ_TIMEOUT
-            ).items
         parts = []
-        for name in sorted(str(pod.metadata.name) for pod in pods if pod.metadata):
+        for name in self._pods(spec):
             try:
                 text = self.core.read_namespaced_pod_log(
                     name, self.namespace, container=CONTAINER_NAME, tail_lines=lines, _request_timeout=READ_TIMEOUT
@@ -175,13 +203,32 @@ def probe_port_for(current: client.V1Deployment, spec: DesiredSpec) -> int:
     main port, and the runtime in its image may not listen on PROBE_PORT: moved there, its new pods would never
     be ready. So while the image stays the same, so do the probes; a new image is probed on PROBE_PORT."""
     template = current.spec.template if current.spec else None
-    containers = (template.spec.containers if template and template.spec else None) or []
-    container = next((c for c in containers if c.name == CONTAINER_NAME), None)
+    container = _scoring_container(template.spec if template else None)
     if container is None or container.image != spec.image:
         return PROBE_PORT
-    probe = container.readiness_probe
+    return _probed_port(container)
+
+
+def _scoring_container(pod_spec: client.V1PodSpec | None) -> client.V1Container | None:
+    return next((c for c in (pod_spec.containers if pod_spec else None) or [] if c.name == CONTAINER_NAME), None)
+
+
+def _probed_port(container: client.V1Container | None) -> int:
+    """Where a scoring container answers its probes, and `GET /status`: PROBE_PORT, or CONTAINER_PORT in the pods
+    of a service first deployed with an image from before the probe port (see probe_port_for)."""
+    probe = container.readiness_probe if container else None
     port = probe.http_get.port if probe is not None and probe.http_get is not None else None
     return CONTAINER_PORT if port in (CONTAINER_PORT, str(CONTAINER_PORT), "http") else PROBE_PORT
+
+
+def _status_port(container: client.V1Container | None) -> int:
+    """The port on which a pod's scoring container answers its readiness probe, and so `GET /status`."""
+    probe = container.readiness_probe if container else None
+    port = probe.http_get.port if probe is not None and probe.http_get is not None else PROBE_PORT
+    if isinstance(port, str) and not port.isdigit():  # a named port
+        ports = (container.ports if container else None) or []
+        return next((p.container_port for p in ports if p.name == port), PROBE_PORT)
+    return int(port)
 
 
 def _name(spec: DesiredSpec) -> str:
