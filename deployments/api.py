@@ -262,7 +262,7 @@ def service_logs(request: HttpRequest, workspace_id: int, name: str) -> JsonResp
     """The last `lines` lines (default and most: 5,000, as the legacy get_logs()) of the service's log."""
     service, _ = _service(request, workspace_id, name)
     lines = request.GET.get("lines", str(logs.MAX_LINES))
-    if not lines.isdigit() or not 1 <= int(lines) <= logs.MAX_LINES:
+    if not (lines.isascii() and lines.isdecimal() and len(lines) <= 4) or not 1 <= int(lines) <= logs.MAX_LINES:
         raise ValueError(f"lines must be a whole number from 1 to {logs.MAX_LINES}.")
     log = logs.read(service, int(lines))
     if log.error:

@@ -11,6 +11,7 @@ from django.core.paginator import Paginator
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
+from django.utils.cache import patch_vary_headers
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import HttpResponseClientRedirect, HttpResponseClientRefresh
 from django_htmx.middleware import HtmxDetails
@@ -154,7 +155,7 @@ def service_logs(request: HtmxHttpRequest, service_id: int) -> HttpResponse:
         return found
     service, _ = found
     asked = request.GET.get("lines", "")
-    lines = int(asked) if asked.isdigit() and int(asked) in logs.PAGE_LINES else logs.DEFAULT_PAGE_LINES
+    lines = next((n for n in logs.PAGE_LINES if asked == str(n)), logs.DEFAULT_PAGE_LINES)
     context = {
         "service": service,
         "workspace": service.workspace,
@@ -162,7 +163,11 @@ def service_logs(request: HtmxHttpRequest, service_id: int) -> HttpResponse:
         "choices": logs.PAGE_LINES,
         "nav": "deployments",
     }
-    return render(request, "deployments/service_logs.html" + ("#log" if request.htmx else ""), context)
+    response = render(request, "deployments/service_logs.html" + ("#log" if request.htmx else ""), context)
+    # The page and its refreshes share a URL: Back must not show a bare refresh, nor any cache keep the log.
+    patch_vary_headers(response, ["HX-Request"])
+    response["Cache-Control"] = "no-store"
+    return response
 
 
 def _telemetry_destinations(service: Service) -> list[str]:

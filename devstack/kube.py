@@ -728,7 +728,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
         self._expired_before: dict[kmock.resource, int] = collections.defaultdict(int)
         self._rollout_default = RolloutPlan()
         self._rollout_plans: dict[tuple[str | None, str], RolloutPlan] = {}
-        self._pod_logs: dict[tuple[str | None, str, str], str] = {}  # (namespace, pod, container): its log
+        self._pod_logs: dict[tuple[str | None, str, str], bytes] = {}  # (namespace, pod, container): its log
         self._rollouts: dict[ObjKey, asyncio.Task[None]] = {}
         self.unexpected_errors: collections.deque[str] = collections.deque(maxlen=50)
         self.recent_requests: collections.deque[str] = collections.deque(maxlen=200)
@@ -1016,7 +1016,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
 
     async def _serve_pod_log(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
         """`GET .../pods/<name>/log` as text: what the test gave `set_pod_log()`, honouring `container` and
-        `tailLines`. A pod of more than one container needs `container`, as on a real API server. Served apart
+        `tailLines` and `limitBytes`. A pod of more than one container needs `container`, as on a real API server. Served apart
         from kmock's reactions: their rendering has no text/plain, and a header set by one response stays on the
         reaction for the next."""
         resource, _ = self._resolve(request, named=True)
@@ -1032,13 +1032,16 @@ class KubeEmulator(kmock.KubernetesEmulator):
             )
         if container not in containers:
             raise _bad_request(f"container {container} is not valid for pod {request.name}")
-        lines = self._pod_logs.get((request.namespace, request.name, container), "").splitlines(keepends=True)
-        tail = request.params.get("tailLines")
-        if tail is not None:
-            if not tail.isdigit():
-                raise _bad_request(f"invalid tailLines: {tail}")
-            lines = lines[len(lines) - int(tail) :] if int(tail) else []
-        return aiohttp.web.Response(text="".join(lines), content_type="text/plain")
+        lines = self._pod_logs.get((request.namespace, request.name, container), b"").splitlines(keepends=True)
+        for option in ("tailLines", "limitBytes"):
+            if not request.params.get(option, "0").isdecimal():
+                raise _bad_request(f"invalid {option}: {request.params[option]}")
+        if "tailLines" in request.params:
+            lines = lines[-int(request.params["tailLines"]) :] if int(request.params["tailLines"]) else []
+        text = b"".join(lines)
+        if "limitBytes" in request.params:
+            text = text[: int(request.params["limitBytes"])]
+        return aiohttp.web.Response(body=text, content_type="text/plain")
 
     async def _serve_list(self, request: kmock.Request) -> dict[str, Any]:
         resource, info = self._resolve(request)
@@ -1539,11 +1542,12 @@ class KubeTestServer:
 
         self._run(apply())
 
-    def set_pod_log(self, namespace: str, pod: str, text: str, *, container: str = "scoring") -> None:
-        """What ``GET .../pods/<pod>/log`` answers for that container (nothing runs here to write it)."""
+    def set_pod_log(self, namespace: str, pod: str, text: str | bytes, *, container: str = "scoring") -> None:
+        """What ``GET .../pods/<pod>/log`` answers for that container (nothing runs here to write it): text, or
+        bytes as a program may write them (not always UTF-8)."""
 
         async def store() -> None:
-            self.emulator._pod_logs[(namespace, pod, container)] = text
+            self.emulator._pod_logs[(namespace, pod, container)] = text.encode() if isinstance(text, str) else text
 
         self._run(store())
 

@@ -326,6 +326,8 @@ def test_it_serves_the_log_a_test_gave_a_pods_container_as_text(core: CoreV1Api,
 
     assert core.read_namespaced_pod_log("web-1", NS, container="scoring") == "one\ntwo\nthree\n"
     assert core.read_namespaced_pod_log("web-1", NS, container="scoring", tail_lines=2) == "two\nthree\n"
+    assert core.read_namespaced_pod_log("web-1", NS, container="scoring", tail_lines=5) == "one\ntwo\nthree\n"
+    assert core.read_namespaced_pod_log("web-1", NS, container="scoring", limit_bytes=6) == "one\ntw"
     assert core.read_namespaced_pod_log("web-1", NS, container="sidecar") == ""
     assert core.read_namespaced_pod("web-1", NS).metadata.name == "web-1"  # JSON again after a text answer
     for kwargs, status in (({}, 400), ({"container": "nope"}, 400)):  # two containers: one must be named

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from deployments.compute import DesiredSpec, ModelRef, PermanentError, RolloutState
+from deployments.compute import DesiredSpec, ModelRef, PermanentError, RolloutState, local
 from deployments.compute.local import LocalDriver
 from tests.conftest import REPO, wait_until
 from tests.test_scoring_runtime import SLEEPING_SCRIPT, SLOW_INIT_SCRIPT, write_script
@@ -327,3 +327,24 @@ def test_it_refuses_a_spec_it_cannot_run(drivers, changes: dict[str, Any], messa
         driver.apply(sample_spec(**changes))
 
     assert not (driver.state_dir / "service-7" / "state.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("content", "lines", "max_bytes", "tail"),
+    [
+        (b"aaaa\nbbbb\ncccc\n", 5, 10, ["bbbb", "cccc"]),  # the read begins a line: it stays
+        (b"aaaa\nbbbb\ncccc\n", 5, 8, ["cccc"]),  # it begins inside "bbbb": that goes
+        (b"aaaa\nbbbb\ncccc", 2, 100, ["bbbb", "cccc"]),  # no newline at the end
+        (b"x" * 100 + b"\n", 5, 10, ["…" + "x" * 9]),  # one line longer than the read: its end, marked
+        (b"10%\r50%\r100%\ndone\n", 2, 100, ["10%\r50%\r100%", "done"]),  # "\r" does not end a line
+        (b"caf\xc3\xa9\n\xe9t\xe9\n", 5, 100, ["café", "\ufffdt\ufffd"]),  # not UTF-8: replaced, not an error
+        (b"", 5, 100, []),
+    ],
+)
+def test_the_tail_of_a_log_is_its_last_whole_lines(
+    tmp_path: Path, content: bytes, lines: int, max_bytes: int, tail: list[str]
+) -> None:
+    log = tmp_path / "runtime.log"
+    log.write_bytes(content)
+
+    assert local._tail(log, lines, max_bytes=max_bytes) == tail

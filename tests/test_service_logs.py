@@ -5,6 +5,7 @@ Kubernetes API test server's pods."""
 from __future__ import annotations
 
 import json
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from django.test import Client
 from django.urls import reverse
 from kubernetes import client as k8s
 
-from deployments import actions, drivers
+from deployments import actions, drivers, logs
 from deployments.compute.kubernetes import MANAGED_BY, SERVICE_LABEL
 from deployments.models import ApiToken, ComputeTarget, Service, Workspace
 from tests.conftest import REPO, log_in, wait_until
@@ -110,7 +111,10 @@ def test_the_logs_of_a_local_service_show_what_its_script_printed_with_credentia
         assert azurite not in page
 
         # What the page asks every 5 s: the log's text alone, for the same number of lines.
-        partial = _logs_page(client, service, "?lines=100", **{"HX-Request": "true"}).content.decode()
+        refresh = _logs_page(client, service, "?lines=100", **{"HX-Request": "true"})
+        assert refresh["Cache-Control"] == "no-store"
+        assert "HX-Request" in refresh["Vary"]
+        partial = refresh.content.decode()
         assert "scored 2 rows" in partial
         assert "<pre" not in partial
 
@@ -128,6 +132,51 @@ def test_the_logs_of_a_local_service_show_what_its_script_printed_with_credentia
         driver.remove(spec)
 
 
+@pytest.mark.parametrize(
+    ("line", "shown"),
+    [
+        (
+            "AccountName=dev;AccountKey=Eby8vd==;BlobEndpoint=http://x",
+            "AccountName=dev;AccountKey=<hidden>;BlobEndpoint",
+        ),
+        ("GET https://a.blob.core.windows.net/c/b?sv=2020&sig=abc%2Fdef&se=1", "?sv=2020&sig=<hidden>&se=1"),
+        ('headers {"Authorization": "Bearer eyJhbGciOi.x.y"}', '{"Authorization": "Bearer <hidden>"}'),
+        ("send: b'GET / HTTP/1.1\\r\\nauthorization: Bearer eyJhbGciOi.x.y'", "authorization: Bearer <hidden>'"),
+        ("psycopg2.connect(password='s3cret')", "psycopg2.connect(password='<hidden>')"),
+        ("{'password': 'x'}", "{'password': '<hidden>'}"),
+        ('"access_token": "tok-123"', '"access_token": "<hidden>"'),
+        ("AZURE_CLIENT_SECRET=abcdef DB_PASSWORD=hunter2", "AZURE_CLIENT_SECRET=<hidden> DB_PASSWORD=<hidden>"),
+        ("x-api-key: k123", "x-api-key: <hidden>"),
+        ("postgresql://scorer:pw@db:5432/x", "postgresql://scorer:<hidden>@db:5432/x"),
+        ("InstrumentationKey=0000-1111;IngestionEndpoint=https://x/", "InstrumentationKey=<hidden>;IngestionEndpoint"),
+        (
+            "loss=0.3 token_count=5 tokens: 12, Bearer tokens are short",
+            "loss=0.3 token_count=5 tokens: 12, Bearer tokens",
+        ),
+    ],
+)
+def test_credentials_in_the_shapes_logs_quote_them_are_hidden(line: str, shown: str) -> None:
+    assert shown in logs.without_secrets(line)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Authorization:" + " " * 2_000_000,
+        "a_" * 1_000_000,
+        "x" * 2_000_000 + "://",
+        "a://b:" + "c" * 2_000_000,
+        "Bearer " + "A" * 2_000_000,
+        "password=" * 200_000,
+    ],
+    ids=["spaces after a name", "many word starts", "a long scheme", "a URL without @", "a long token", "names"],
+)
+def test_hiding_them_takes_time_in_proportion_to_the_log_whatever_it_holds(text: str) -> None:
+    started = time.perf_counter()
+    logs.without_secrets(text)
+    assert time.perf_counter() - started < 2.0  # about 0.4 s at worst here; quadratic would be hours
+
+
 @pytest.mark.django_db
 def test_the_page_offers_a_few_lengths_and_takes_any_other_as_the_default(
     client: Client, alice: Any, workspace: Workspace, settings: Any, tmp_path: Path
@@ -136,14 +185,20 @@ def test_the_page_offers_a_few_lengths_and_takes_any_other_as_the_default(
     service = ServiceFactory(workspace=workspace, name="churn")
     client.force_login(alice)
 
-    for query, shown in (("", 500), ("?lines=2000", 2000), ("?lines=7", 500), ("?lines=abc", 500)):
+    for query, shown in (
+        ("", 500),
+        ("?lines=2000", 2000),
+        ("?lines=7", 500),
+        ("?lines=abc", 500),
+        ("?lines=%C2%B2", 500),
+    ):
         page = _logs_page(client, service, query).content.decode()
         assert f'<option value="{shown}" selected>' in page, query
-        assert f'?lines={shown}" hx-trigger="every 5s"' in page
+        assert f'?lines={shown}" hx-trigger="every 5s' in page
 
 
 @pytest.mark.django_db
-@pytest.mark.parametrize("lines", ["0", "5001", "-1", "ten"])
+@pytest.mark.parametrize("lines", ["0", "5001", "-1", "ten", "%C2%B2", "9" * 5000])
 def test_the_api_refuses_a_number_of_lines_it_cannot_give(
     client: Client, alice: Any, workspace: Workspace, lines: str
 ) -> None:
@@ -164,6 +219,12 @@ def test_to_outsiders_the_logs_do_not_exist(client: Client, charlie: Any, worksp
     assert _api_logs(client, service, charlie).status_code == 404
 
 
+def _deployed(service: Service) -> Service:
+    """The service with its Deployment on the cluster, as an applied update leaves it."""
+    drivers.driver_for(service).apply(actions.desired_spec(service, 1))
+    return service
+
+
 def _pod(kube: Any, name: str, service: str, *, managed: bool = True) -> None:
     labels = {SERVICE_LABEL: service, **({MANAGED_BY[0]: MANAGED_BY[1]} if managed else {})}
     pod = {
@@ -177,7 +238,9 @@ def _pod(kube: Any, name: str, service: str, *, managed: bool = True) -> None:
 def test_the_logs_of_a_kubernetes_service_are_its_pods_logs_pod_by_pod(
     client: Client, bob: Any, workspace: Workspace, cluster: ComputeTarget, kube: Any
 ) -> None:
-    service = ServiceFactory(workspace=workspace, name="churn", compute_target=cluster, image="registry.example/c:1")
+    service = _deployed(
+        ServiceFactory(workspace=workspace, name="churn", compute_target=cluster, image="r.example/c:1")
+    )
     _pod(kube, "churn-5d8f-b", "churn")
     _pod(kube, "churn-5d8f-a", "churn")
     _pod(kube, "fraud-77c4-a", "fraud")  # another service's
@@ -199,6 +262,53 @@ def test_the_logs_of_a_kubernetes_service_are_its_pods_logs_pod_by_pod(
     assert "pods wrote" in " ".join(page.split())
     assert "fraud" not in page
     assert "abc123" not in page
+
+
+@pytest.mark.django_db
+def test_a_pod_log_that_is_not_utf8_shows_with_replacement_characters(
+    client: Client, alice: Any, workspace: Workspace, cluster: ComputeTarget, kube: Any
+) -> None:
+    service = _deployed(
+        ServiceFactory(workspace=workspace, name="churn", compute_target=cluster, image="r.example/c:1")
+    )
+    _pod(kube, "churn-5d8f-a", "churn")
+    kube.set_pod_log("ml", "churn-5d8f-a", b"caf\xe9 ordered\n")  # Latin-1, as an old library may print it
+    client.force_login(alice)
+
+    page = _logs_page(client, service)
+
+    assert page.status_code == 200
+    assert "caf\ufffd ordered" in page.content.decode()
+
+
+@pytest.mark.django_db
+def test_a_service_of_the_same_name_in_another_workspace_sharing_the_namespace_sees_none_of_its_pods(
+    client: Client, alice: Any, charlie: Any, workspace: Workspace, cluster: ComputeTarget, kube: Any
+) -> None:
+    _deployed(ServiceFactory(workspace=workspace, name="churn", compute_target=cluster, image="r.example/c:1"))
+    _pod(kube, "churn-5d8f-a", "churn")
+    kube.set_pod_log("ml", "churn-5d8f-a", "alice's line\n")
+    theirs = charlie.memberships.get().workspace
+    twin = ServiceFactory(  # its deployment was refused: the Deployment of that name is alice's service's
+        workspace=theirs,
+        name="churn",
+        compute_target=ComputeTargetFactory(
+            workspace=theirs,
+            kind=ComputeTarget.Kind.KUBERNETES,
+            kubeconfig_path=cluster.kubeconfig_path,
+            namespace="ml",
+        ),
+        image="r.example/c:1",
+    )
+
+    response = _api_logs(client, twin, charlie)
+
+    assert response.status_code == 200
+    assert response.json()["log"] == ""
+    client.force_login(charlie)
+    page = _logs_page(client, twin).content.decode()
+    assert "alice" not in page
+    assert "Nothing in the log yet." in page
 
 
 @pytest.mark.django_db
@@ -243,7 +353,7 @@ def ws(live_server: Any, alice: Any, workspace: Workspace) -> SdkWorkspace:
 def test_the_sdk_gets_the_logs_as_the_legacy_get_logs_did(
     ws: SdkWorkspace, workspace: Workspace, cluster: ComputeTarget, kube: Any
 ) -> None:
-    ServiceFactory(workspace=workspace, name="churn", compute_target=cluster, image="registry.example/churn:1")
+    _deployed(ServiceFactory(workspace=workspace, name="churn", compute_target=cluster, image="r.example/churn:1"))
     _pod(kube, "churn-5d8f-a", "churn")
     kube.set_pod_log("ml", "churn-5d8f-a", "".join(f"line {n}\n" for n in range(6000)))
     service = Webservice(ws, "churn")
@@ -258,7 +368,7 @@ def test_the_sdk_gets_the_logs_as_the_legacy_get_logs_did(
 
 @pytest.mark.browser
 @pytest.mark.django_db(transaction=True)
-def test_in_chromium_the_page_follows_the_end_of_the_log_until_the_reader_scrolls_up(
+def test_in_chromium_the_page_follows_the_end_of_the_log_and_waits_while_the_reader_scrolls_up(
     page: Any, live_server: Any, alice: Any, workspace: Workspace, settings: Any, tmp_path: Path
 ) -> None:
     from playwright.sync_api import expect
@@ -279,8 +389,11 @@ def test_in_chromium_the_page_follows_the_end_of_the_log_until_the_reader_scroll
     expect(pre).to_contain_text("scored 7 rows", timeout=15_000)  # refreshed every 5 s
     assert pre.evaluate(at_end)
 
-    pre.evaluate("e => { e.scrollTop = 100 }")  # the reader goes back to read
+    # The reader goes back to read: the refreshes wait, so the text stays put; back at the end, they go on.
+    pre.evaluate("e => { e.scrollTop = 100; e.dispatchEvent(new Event('scroll')) }")
+    assert page.evaluate("window.logFollowing") is False
     with log.open("a") as handle:
         handle.write("scored 8 rows\n")
+    pre.evaluate("e => { e.scrollTop = e.scrollHeight; e.dispatchEvent(new Event('scroll')) }")
     expect(pre).to_contain_text("scored 8 rows", timeout=15_000)
-    assert pre.evaluate("e => e.scrollTop") == 100  # left where the reader is
+    assert pre.evaluate(at_end)

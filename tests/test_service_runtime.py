@@ -143,6 +143,7 @@ def test_for_kubernetes_services_it_adds_up_what_each_pod_says(
     client: Client, bob: Any, workspace: Workspace, cluster: ComputeTarget, kube: Any, tmp_path: Path
 ) -> None:
     service = ServiceFactory(workspace=workspace, name="churn", compute_target=cluster, image="r.example/churn:1")
+    drivers.driver_for(service).apply(actions.desired_spec(service, 1))  # its Deployment, whose pods these are
     script = write_script(tmp_path, "def init():\n    pass\n\ndef run(raw):\n    return raw\n")
     pods = [start_runtime(script, tmp_path), start_runtime(script, tmp_path)]  # what two pods would run
     try:
@@ -173,6 +174,7 @@ def test_for_kubernetes_services_it_says_when_no_pod_answers_or_the_cluster_does
     client: Client, alice: Any, workspace: Workspace, cluster: ComputeTarget, kube: Any
 ) -> None:
     service = ServiceFactory(workspace=workspace, name="churn", compute_target=cluster, image="r.example/churn:1")
+    drivers.driver_for(service).apply(actions.desired_spec(service, 1))  # its Deployment, whose pods these are
     client.force_login(alice)
     assert "The service has no pods." in _text(_runtime_page(client, service))
 

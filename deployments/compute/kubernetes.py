@@ -35,9 +35,12 @@ CONTAINER_PORT = 5001  # the legacy scoring containers' port, the scoring image'
 PROBE_PORT = 5002
 MODEL_DIR = "/var/azureml-app/azureml-models"
 CONTAINER_NAME = "scoring"
-# (connect, read) seconds for what a page or an API call waits on: the log of a busy cluster must not hang a page.
-READ_TIMEOUT = (3, 10)
+# (connect, read) seconds for what a page or an API call waits on, each request tried once (see from_kubeconfig):
+# the list, then the pods in parallel, stay well inside a web worker's 30 s.
+READ_TIMEOUT = (3, 8)
 STATUS_MAX_BYTES = 256 * 1024  # a runtime's GET /status: about 150 bytes a worker
+LOG_READ_BYTES = 2 * 1024 * 1024  # of all the pods' logs together, as the local target's
+MAX_PODS = 50  # the pods whose figures and logs a page shows
 # An emptyDir: rows spooled during a storage outage survive a container restart within the pod.
 SPOOL_DIR = "/var/lib/tributary/spool"
 
@@ -50,11 +53,15 @@ class KubernetesDriver:
 
     @classmethod
     def from_kubeconfig(cls, path: str, *, context: str | None, namespace: str) -> KubernetesDriver:
+        configuration = client.Configuration()
         try:
-            api_client = config.new_client_from_config(config_file=path, context=context or None)
+            config.load_kube_config(config_file=path, context=context or None, client_configuration=configuration)
         except (OSError, config.ConfigException) as exc:
             raise PermanentError(f"Cannot load the kubeconfig of this compute target: {type(exc).__name__}") from exc
-        return cls(api_client=api_client, namespace=namespace)
+        # Each request tried once: urllib3 would try a GET 4 times, so a silent cluster would hold a page 4 times
+        # READ_TIMEOUT; the tasks retry on their own, with backoff.
+        configuration.retries = 0
+        return cls(api_client=client.ApiClient(configuration), namespace=namespace)
 
     def apply(self, spec: DesiredSpec) -> None:
         name = _name(spec)
@@ -143,31 +150,48 @@ class KubernetesDriver:
         return status if isinstance(status, dict) else None
 
     def _pods(self, spec: DesiredSpec) -> dict[str, client.V1Pod]:
-        """The service's pods, by name, in the order of their names."""
-        selector = ",".join(f"{key}={value}" for key, value in _labels(spec).items())
+        """The service's pods, by name, in the order of their names (at most MAX_PODS). None while the Deployment
+        of its name is not this service's: a service of the same name in another workspace sharing the namespace
+        must not read that one's pods, whose labels are the same."""
         with _translated_errors("list the service's pods"):
+            deployment = self._read_deployment(_name(spec), _request_timeout=READ_TIMEOUT)
+            if deployment is None or not _ours(deployment.metadata, spec):
+                return {}
+            selector = ",".join(f"{key}={value}" for key, value in _labels(spec).items())
             pods = self.core.list_namespaced_pod(self.namespace, label_selector=selector, _request_timeout=READ_TIMEOUT)
-        return dict(sorted((pod.metadata.name, pod) for pod in pods.items if pod.metadata and pod.metadata.name))
+        named = sorted((pod.metadata.name, pod) for pod in pods.items if pod.metadata and pod.metadata.name)
+        return dict(named[:MAX_PODS])
 
     def logs(self, spec: DesiredSpec, lines: int) -> str:
         """The last lines of each of the service's pods' scoring container, pod by pod, as `kubectl logs` has
         them; "" when it has no pods."""
-        parts = []
-        for name in self._pods(spec):
-            try:
-                text = self.core.read_namespaced_pod_log(
-                    name, self.namespace, container=CONTAINER_NAME, tail_lines=lines, _request_timeout=READ_TIMEOUT
-                )
-            except ApiException as exc:  # a pod whose container has not started yet, say: the others still count
-                text = f"(no log: HTTP {exc.status} {_reason(exc)})"
-            except (urllib3.exceptions.HTTPError, OSError) as exc:
-                raise TransientError(f"Could not read the log of pod {name}: the cluster did not answer.") from exc
-            parts.append(f"==> pod {name} <==\n{text.rstrip()}")
-        return "\n\n".join(parts)
+        pods = self._pods(spec)
+        limit = LOG_READ_BYTES // max(1, len(pods))
+        with ThreadPoolExecutor(max_workers=8) as pool:  # each pod may take the whole timeout
+            texts = pool.map(lambda name: self._pod_log(name, lines, limit), pods)
+            return "\n\n".join(f"==> pod {name} <==\n{text.rstrip()}" for name, text in zip(pods, texts, strict=True))
 
-    def _read_deployment(self, name: str) -> client.V1Deployment | None:
+    def _pod_log(self, name: str, lines: int, limit_bytes: int) -> str:
         try:
-            return self.apps.read_namespaced_deployment(name, self.namespace)
+            # Unparsed: the client decodes strictly, and a script may print bytes that are not UTF-8.
+            response: Any = self.core.read_namespaced_pod_log(
+                name,
+                self.namespace,
+                container=CONTAINER_NAME,
+                tail_lines=lines,
+                limit_bytes=limit_bytes,
+                _preload_content=False,
+                _request_timeout=READ_TIMEOUT,
+            )
+            return str(response.data.decode("utf-8", errors="replace"))
+        except ApiException as exc:  # a pod whose container has not started yet, say: the others still count
+            return f"(no log: HTTP {exc.status} {_reason(exc)})"
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            return f"(no log: the cluster did not answer: {type(exc).__name__})"
+
+    def _read_deployment(self, name: str, **options: Any) -> client.V1Deployment | None:
+        try:
+            return self.apps.read_namespaced_deployment(name, self.namespace, **options)
         except ApiException as exc:
             if exc.status == 404:
                 return None

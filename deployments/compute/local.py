@@ -540,17 +540,23 @@ def _non_empty(folder: Path) -> bool:
 
 
 def _tail(path: Path, lines: int, max_bytes: int = 64 * 1024) -> list[str]:
-    """The last `lines` lines of the file, from at most its last `max_bytes` (a log can be large)."""
+    """The last `lines` lines of the file, from at most its last `max_bytes` (a log can be large); lines end at
+    "\n" only, as Kubernetes' tailLines counts them (a progress bar's "\r" does not use up the count)."""
     try:
         with open(path, "rb") as handle:
             size = handle.seek(0, os.SEEK_END)
             start = max(0, size - max_bytes)
-            handle.seek(start)
-            found = handle.read().decode("utf-8", errors="replace").splitlines()
+            handle.seek(max(0, start - 1))  # the byte before: whether the read begins a line
+            data = handle.read()
     except OSError:
         return []
-    if start and found:
-        found = found[1:]  # the read began inside this line
+    begins_a_line = start == 0 or data[:1] == b"\n"
+    found = data[1 if start else 0 :].decode("utf-8", errors="replace").split("\n")
+    if found[-1] == "":
+        found.pop()  # the newline that ends the last line
+    if not begins_a_line:
+        # The read began inside this line: it goes, unless it is all there is (one line longer than max_bytes).
+        found = found[1:] if len(found) > 1 else ["…" + line for line in found]
     return found[-lines:]
 
 
