@@ -23,7 +23,7 @@ def test_on_a_phone_every_page_fits_the_screen(
     settings.VAR_DIR = tmp_path
     service = ServiceFactory(
         workspace=workspace,
-        name="customer-churn-prediction-with-a-long-name",
+        name="customer-churn-prediction-eu-2",
         scoring_url="http://127.0.0.1:40123/a/rather/long/path/to/the/scoring/endpoint/of/this/service/score",
     )
     # An update row and an audit row, the widest tables.
