@@ -380,14 +380,20 @@ def test_in_chromium_the_page_follows_the_end_of_the_log_and_waits_while_the_rea
     log.write_text("".join(f"line {n}\n" for n in range(400)))
     log_in(page, f"{live_server.url}/services/{service.pk}/logs/", "alice")
     pre = page.get_by_test_id("log")
-    at_end = "e => e.scrollTop + e.clientHeight >= e.scrollHeight - 8"
+
+    def wait_at_end() -> None:  # the page's script runs after the text shows: wait for it, within a deadline
+        page.wait_for_function(
+            "() => { const e = document.querySelector('pre.log');"
+            " return e.scrollTop > 0 && e.scrollTop + e.clientHeight >= e.scrollHeight - 8 }",
+            timeout=10_000,
+        )
 
     expect(pre).to_contain_text("line 399")
-    assert pre.evaluate(at_end)  # the newest lines are in view
+    wait_at_end()  # the newest lines are in view
     with log.open("a") as handle:
         handle.write("scored 7 rows\n")
     expect(pre).to_contain_text("scored 7 rows", timeout=15_000)  # refreshed every 5 s
-    assert pre.evaluate(at_end)
+    wait_at_end()
 
     # The reader goes back to read: the refreshes wait, so the text stays put; back at the end, they go on.
     pre.evaluate("e => { e.scrollTop = 100; e.dispatchEvent(new Event('scroll')) }")
@@ -396,4 +402,4 @@ def test_in_chromium_the_page_follows_the_end_of_the_log_and_waits_while_the_rea
         handle.write("scored 8 rows\n")
     pre.evaluate("e => { e.scrollTop = e.scrollHeight; e.dispatchEvent(new Event('scroll')) }")
     expect(pre).to_contain_text("scored 8 rows", timeout=15_000)
-    assert pre.evaluate(at_end)
+    wait_at_end()
