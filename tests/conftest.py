@@ -363,6 +363,35 @@ def cluster(workspace: Workspace, kubeconfig: Path) -> Any:
     )
 
 
+def on_cluster(service: Any) -> Any:
+    """The service with its Deployment on the test cluster, as an applied update leaves it."""
+    from deployments import actions, drivers
+
+    drivers.driver_for(service).apply(actions.desired_spec(service, 1))
+    return service
+
+
+def cluster_pod(
+    kube: Any, name: str, service: str, *, managed: bool = True, status_port: int | None = None, ip: str = ""
+) -> None:
+    """A pod in namespace `ml` labelled as the service's Deployment labels its pods (nothing runs pods here).
+    `status_port`: where its scoring container answers its probes; `ip`: its status.podIP, where the test
+    server's pod proxy reaches it (a runtime of this machine at 127.0.0.1)."""
+    from kubernetes import client as k8s
+
+    from deployments.compute.kubernetes import MANAGED_BY, SERVICE_LABEL
+
+    labels = {SERVICE_LABEL: service, **({MANAGED_BY[0]: MANAGED_BY[1]} if managed else {})}
+    probe = {"httpGet": {"path": "/ready", "port": status_port or 5002}}
+    container = {"name": "scoring", "image": "registry.example/churn:1", "readinessProbe": probe}
+    core = k8s.CoreV1Api(kube.api_client())
+    core.create_namespaced_pod(
+        "ml", {"metadata": {"name": name, "labels": labels}, "spec": {"containers": [container]}}
+    )
+    if ip:
+        core.patch_namespaced_pod_status(name, "ml", {"status": {"podIP": ip}})
+
+
 # --- Chromium ------------------------------------------------------------------------------------------------
 
 

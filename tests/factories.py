@@ -71,3 +71,19 @@ class ServiceFactory(factory.django.DjangoModelFactory):
     def models(self, create: bool, extracted: object, **kwargs: object) -> None:
         if create:
             self.models.set(extracted if extracted is not None else [ModelFactory(workspace=self.workspace)])
+
+
+def local_service(workspace: Workspace, entry_script: Path, **settings: object) -> Service:
+    """A service `churn` on this machine (the local target) that serves `entry_script` with the sample model."""
+    target = ComputeTargetFactory(workspace=workspace, name="this-machine", kind=ComputeTarget.Kind.LOCAL)
+    model = ModelFactory(
+        workspace=workspace, name="sample-model", version=1, path=str(EXAMPLE_SCRIPT.parent / "sample_model")
+    )
+    return ServiceFactory(
+        workspace=workspace,
+        name="churn",
+        compute_target=target,
+        models=[model],
+        entry_script=str(entry_script),
+        **settings,
+    )

@@ -14,13 +14,11 @@ import pytest
 from azure.storage.blob import ContainerClient
 from django.test import Client
 from django.urls import reverse
-from kubernetes import client as k8s
 
 from deployments import actions, drivers, logs
-from deployments.compute.kubernetes import MANAGED_BY, SERVICE_LABEL
 from deployments.models import ApiToken, ComputeTarget, Service, Workspace
-from tests.conftest import REPO, log_in, wait_until
-from tests.factories import ComputeTargetFactory, ModelFactory, ServiceFactory
+from tests.conftest import cluster_pod, log_in, on_cluster, wait_until
+from tests.factories import ComputeTargetFactory, ServiceFactory, local_service
 from tests.test_scoring_runtime import write_script
 from tributary_sdk import Webservice, WebserviceException
 from tributary_sdk import Workspace as SdkWorkspace
@@ -70,16 +68,7 @@ def test_the_logs_of_a_local_service_show_what_its_script_printed_with_credentia
     tmp_path: Path,
 ) -> None:
     settings.VAR_DIR = tmp_path
-    target = ComputeTargetFactory(workspace=workspace, name="this-machine", kind=ComputeTarget.Kind.LOCAL)
-    model = ModelFactory(workspace=workspace, name="sample-model", version=1, path=str(REPO / "examples/sample_model"))
-    service = ServiceFactory(
-        workspace=workspace,
-        name="churn",
-        compute_target=target,
-        models=[model],
-        entry_script=str(write_script(tmp_path, SCRIPT)),
-        collect_model_data=True,
-    )
+    service = local_service(workspace, write_script(tmp_path, SCRIPT), collect_model_data=True)
     driver = drivers.local_driver(workspace.storage_secret)
     spec = actions.desired_spec(service, 1)
     client.force_login(bob)  # a reader may read the log
@@ -219,32 +208,17 @@ def test_to_outsiders_the_logs_do_not_exist(client: Client, charlie: Any, worksp
     assert _api_logs(client, service, charlie).status_code == 404
 
 
-def _deployed(service: Service) -> Service:
-    """The service with its Deployment on the cluster, as an applied update leaves it."""
-    drivers.driver_for(service).apply(actions.desired_spec(service, 1))
-    return service
-
-
-def _pod(kube: Any, name: str, service: str, *, managed: bool = True) -> None:
-    labels = {SERVICE_LABEL: service, **({MANAGED_BY[0]: MANAGED_BY[1]} if managed else {})}
-    pod = {
-        "metadata": {"name": name, "labels": labels},
-        "spec": {"containers": [{"name": "scoring", "image": "registry.example/churn:1"}]},
-    }
-    k8s.CoreV1Api(kube.api_client()).create_namespaced_pod("ml", pod)
-
-
 @pytest.mark.django_db
 def test_the_logs_of_a_kubernetes_service_are_its_pods_logs_pod_by_pod(
     client: Client, bob: Any, workspace: Workspace, cluster: ComputeTarget, kube: Any
 ) -> None:
-    service = _deployed(
+    service = on_cluster(
         ServiceFactory(workspace=workspace, name="churn", compute_target=cluster, image="r.example/c:1")
     )
-    _pod(kube, "churn-5d8f-b", "churn")
-    _pod(kube, "churn-5d8f-a", "churn")
-    _pod(kube, "fraud-77c4-a", "fraud")  # another service's
-    _pod(kube, "churn-by-hand", "churn", managed=False)  # not made by Tributary
+    cluster_pod(kube, "churn-5d8f-b", "churn")
+    cluster_pod(kube, "churn-5d8f-a", "churn")
+    cluster_pod(kube, "fraud-77c4-a", "fraud")  # another service's
+    cluster_pod(kube, "churn-by-hand", "churn", managed=False)  # not made by Tributary
     kube.set_pod_log("ml", "churn-5d8f-a", "init done\nscored 3 rows\nscored 4 rows\n")
     kube.set_pod_log("ml", "churn-5d8f-b", "init done\nAccountKey=abc123== in a traceback\n")
     kube.set_pod_log("ml", "fraud-77c4-a", "fraud's line\n")
@@ -268,10 +242,10 @@ def test_the_logs_of_a_kubernetes_service_are_its_pods_logs_pod_by_pod(
 def test_a_pod_log_that_is_not_utf8_shows_with_replacement_characters(
     client: Client, alice: Any, workspace: Workspace, cluster: ComputeTarget, kube: Any
 ) -> None:
-    service = _deployed(
+    service = on_cluster(
         ServiceFactory(workspace=workspace, name="churn", compute_target=cluster, image="r.example/c:1")
     )
-    _pod(kube, "churn-5d8f-a", "churn")
+    cluster_pod(kube, "churn-5d8f-a", "churn")
     kube.set_pod_log("ml", "churn-5d8f-a", b"caf\xe9 ordered\n")  # Latin-1, as an old library may print it
     client.force_login(alice)
 
@@ -285,8 +259,8 @@ def test_a_pod_log_that_is_not_utf8_shows_with_replacement_characters(
 def test_a_service_of_the_same_name_in_another_workspace_sharing_the_namespace_sees_none_of_its_pods(
     client: Client, alice: Any, charlie: Any, workspace: Workspace, cluster: ComputeTarget, kube: Any
 ) -> None:
-    _deployed(ServiceFactory(workspace=workspace, name="churn", compute_target=cluster, image="r.example/c:1"))
-    _pod(kube, "churn-5d8f-a", "churn")
+    on_cluster(ServiceFactory(workspace=workspace, name="churn", compute_target=cluster, image="r.example/c:1"))
+    cluster_pod(kube, "churn-5d8f-a", "churn")
     kube.set_pod_log("ml", "churn-5d8f-a", "alice's line\n")
     theirs = charlie.memberships.get().workspace
     twin = ServiceFactory(  # its deployment was refused: the Deployment of that name is alice's service's
@@ -353,8 +327,8 @@ def ws(live_server: Any, alice: Any, workspace: Workspace) -> SdkWorkspace:
 def test_the_sdk_gets_the_logs_as_the_legacy_get_logs_did(
     ws: SdkWorkspace, workspace: Workspace, cluster: ComputeTarget, kube: Any
 ) -> None:
-    _deployed(ServiceFactory(workspace=workspace, name="churn", compute_target=cluster, image="r.example/churn:1"))
-    _pod(kube, "churn-5d8f-a", "churn")
+    on_cluster(ServiceFactory(workspace=workspace, name="churn", compute_target=cluster, image="r.example/churn:1"))
+    cluster_pod(kube, "churn-5d8f-a", "churn")
     kube.set_pod_log("ml", "churn-5d8f-a", "".join(f"line {n}\n" for n in range(6000)))
     service = Webservice(ws, "churn")
 

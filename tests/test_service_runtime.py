@@ -15,13 +15,12 @@ import pytest
 from azure.storage.blob import ContainerClient
 from django.test import Client
 from django.urls import reverse
-from kubernetes import client as k8s
 
 from deployments import actions, drivers, runtime
 from deployments.models import ComputeTarget, Service, Workspace
 from devstack.services import free_port
-from tests.conftest import REPO, wait_until
-from tests.factories import ComputeTargetFactory, ModelFactory, ServiceFactory
+from tests.conftest import cluster_pod, on_cluster, wait_until
+from tests.factories import ServiceFactory, local_service
 from tests.test_scoring_runtime import start_runtime, write_script
 
 # A legacy-shaped script with one collector that works and one that is given what no CSV can hold.
@@ -65,16 +64,7 @@ def test_the_page_shows_the_runtimes_requests_and_its_dropped_rows_with_the_reas
     tmp_path: Path,
 ) -> None:
     settings.VAR_DIR = tmp_path
-    target = ComputeTargetFactory(workspace=workspace, name="this-machine", kind=ComputeTarget.Kind.LOCAL)
-    model = ModelFactory(workspace=workspace, name="sample-model", version=1, path=str(REPO / "examples/sample_model"))
-    service = ServiceFactory(
-        workspace=workspace,
-        name="churn",
-        compute_target=target,
-        models=[model],
-        entry_script=str(write_script(tmp_path, SCRIPT)),
-        collect_model_data=True,
-    )
+    service = local_service(workspace, write_script(tmp_path, SCRIPT), collect_model_data=True)
     driver = drivers.local_driver(workspace.storage_secret)
     spec = actions.desired_spec(service, 1)
     driver.apply(spec)
@@ -124,26 +114,13 @@ def test_the_service_page_asks_for_the_figures_after_it_has_loaded(
     assert "Asking the runtime" in page
 
 
-def _pod(kube: Any, name: str, *, status_port: int | None = None, ip: str = "127.0.0.1") -> None:
-    """A pod of the service churn, as its Deployment's would be; with `status_port`, a runtime of this machine
-    answers its probes there (the test server's pod proxy reaches it at the pod's IP)."""
-    probe = {"httpGet": {"path": "/ready", "port": status_port or 5002}}
-    container = {"name": "scoring", "image": "r.example/churn:1", "readinessProbe": probe}
-    labels = {"tributary.dev/service": "churn", "app.kubernetes.io/managed-by": "tributary"}
-    core = k8s.CoreV1Api(kube.api_client())
-    core.create_namespaced_pod(
-        "ml", {"metadata": {"name": name, "labels": labels}, "spec": {"containers": [container]}}
-    )
-    if ip:
-        core.patch_namespaced_pod_status(name, "ml", {"status": {"podIP": ip}})
-
-
 @pytest.mark.django_db
 def test_for_kubernetes_services_it_adds_up_what_each_pod_says(
     client: Client, bob: Any, workspace: Workspace, cluster: ComputeTarget, kube: Any, tmp_path: Path
 ) -> None:
-    service = ServiceFactory(workspace=workspace, name="churn", compute_target=cluster, image="r.example/churn:1")
-    drivers.driver_for(service).apply(actions.desired_spec(service, 1))  # its Deployment, whose pods these are
+    service = on_cluster(
+        ServiceFactory(workspace=workspace, name="churn", compute_target=cluster, image="r.example/churn:1")
+    )
     script = write_script(tmp_path, "def init():\n    pass\n\ndef run(raw):\n    return raw\n")
     pods = [start_runtime(script, tmp_path), start_runtime(script, tmp_path)]  # what two pods would run
     try:
@@ -151,8 +128,8 @@ def test_for_kubernetes_services_it_adds_up_what_each_pod_says(
             pod.wait_ready()
             for _ in range(requests):
                 assert pod.score({"data": 1})[0] == 200
-            _pod(kube, name, status_port=pod.port)
-        _pod(kube, "churn-7d4-c", ip="")  # scheduled, not yet running: it has no address
+            cluster_pod(kube, name, "churn", status_port=pod.port, ip="127.0.0.1")
+        cluster_pod(kube, "churn-7d4-c", "churn")  # scheduled, not yet running: it has no address
         client.force_login(bob)
 
         page = _text(_runtime_page(client, service))
@@ -173,12 +150,13 @@ def test_for_kubernetes_services_it_adds_up_what_each_pod_says(
 def test_for_kubernetes_services_it_says_when_no_pod_answers_or_the_cluster_does_not(
     client: Client, alice: Any, workspace: Workspace, cluster: ComputeTarget, kube: Any
 ) -> None:
-    service = ServiceFactory(workspace=workspace, name="churn", compute_target=cluster, image="r.example/churn:1")
-    drivers.driver_for(service).apply(actions.desired_spec(service, 1))  # its Deployment, whose pods these are
+    service = on_cluster(
+        ServiceFactory(workspace=workspace, name="churn", compute_target=cluster, image="r.example/churn:1")
+    )
     client.force_login(alice)
     assert "The service has no pods." in _text(_runtime_page(client, service))
 
-    _pod(kube, "churn-7d4-a", status_port=free_port())  # nothing listens there
+    cluster_pod(kube, "churn-7d4-a", "churn", status_port=free_port(), ip="127.0.0.1")  # nothing listens there
     assert "None of the service's 1 pods answers" in _text(_runtime_page(client, service))
 
     Path(cluster.kubeconfig_path).write_text(
