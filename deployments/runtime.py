@@ -32,7 +32,7 @@ class RuntimeFigures:
     workers_restarted: int
     score_requests: int
     answered: int
-    refused: int  # 4xx: a body run() cannot take, a request id too long
+    refused: int  # 4xx: a body run() cannot take, a request id too long, a missing or wrong key
     failed: int  # 5xx: run() raised, or the runtime could not answer
     p50_ms: float | None
     p99_ms: float | None

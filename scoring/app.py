@@ -3,7 +3,8 @@
     GET  /         liveness: 200 "Healthy" as soon as the worker runs (even while init() works)
     GET  /ready    200 once init() has returned in every worker, then while one is; 503 with the reason before
     GET  /status   JSON: request counts, latency percentiles, the collector's counters, the workers
-    POST /score    the body, as a string, to run(); its return value answered as JSON
+    POST /score    the body, as a string, to run(); its return value answered as JSON (with
+                   SCORING_KEY_HASHES set, only for `Authorization: Bearer <key>` of one of the service's keys)
 
 The script is imported and its init() called in a background thread, so the probes answer during a long model
 load. A score request that arrives before init() has returned waits for it (up to `INIT_WAIT` seconds). run()
@@ -24,6 +25,7 @@ from http import HTTPStatus
 from typing import Any
 
 import collector
+from scoring import config
 from scoring import script as scripts
 from scoring.config import Settings
 from scoring.stats import WorkerStatus
@@ -165,12 +167,29 @@ class ScoringApp:
         bytes_in = 0
         if len(request_id) > MAX_REQUEST_ID:
             response = _error(431, f"x-request-id must not exceed {MAX_REQUEST_ID} characters")
+        elif (refusal := self._key_refusal(environ)) is not None:
+            response = refusal
         else:
             response, bytes_in = self._run(environ, request_id)
             headers = response[1]
             headers.append(("x-request-id", request_id))
             headers.append(("x-ms-request-id", environ.get("HTTP_X_MS_REQUEST_ID") or request_id))
         self.status.requests.score(response[0], time.perf_counter() - started, bytes_in, len(response[2]))
+        return response
+
+    def _key_refusal(self, environ: dict[str, Any]) -> Response | None:
+        """401 unless the service needs no key or the request presents one of its keys (`SCORING_KEY_HASHES`)."""
+        wanted = self.settings.key_hashes
+        if wanted is None:
+            return None
+        scheme, _, key = environ.get("HTTP_AUTHORIZATION", "").strip().partition(" ")
+        if scheme.lower() == "bearer" and key.strip() and config.key_hash(key.strip()) in wanted:
+            return None
+        if scheme:
+            response = _error(401, "the key is not one of this service's keys")
+        else:
+            response = _error(401, "this service needs a key: send it as Authorization: Bearer <key>")
+        response[1].append(("WWW-Authenticate", 'Bearer realm="scoring"'))
         return response
 
     def _run(self, environ: dict[str, Any], request_id: str) -> tuple[Response, int]:
@@ -200,6 +219,8 @@ class ScoringApp:
         except UnicodeDecodeError as exc:
             return _error(400, f"the body cannot be decoded as UTF-8: {exc}"), len(raw)
         headers = _headers(environ) if loaded.wants_headers else None
+        if headers is not None and self.settings.key_hashes is not None:
+            headers.pop("Authorization", None)  # the service's key is the portal's, not the script's
         run_started = time.perf_counter()
         with self._gate, collector.request_context(request_id):
             try:

@@ -24,14 +24,18 @@ sets both. Command-line options of `python -m scoring` win over these variables.
 | `AML_APP_INSIGHTS_ENABLED` | `true`: each request emits an OpenTelemetry span ("Enable AppInsights diagnostics") | off |
 | `APPLICATIONINSIGHTS_CONNECTION_STRING` | with telemetry on: export spans to Azure Monitor; a secret | unset |
 | `OTEL_EXPORTER_OTLP_ENDPOINT` | with telemetry on: export spans over OTLP/HTTP (other `OTEL_*` variables apply too) | unset |
+| `SCORING_KEY_HASHES` | SHA-256 digests (hex, comma-separated) of the keys that `POST /score` accepts as `Authorization: Bearer <key>`; the keys themselves are never given to the runtime. Set but without a valid digest: every scoring request is refused | unset: no key needed |
 
-An invalid value is logged and replaced by its default, except a missing entry script, which stops the runtime.
+An invalid value is logged and replaced by its default, except a missing entry script, which stops the runtime, and
+an invalid key digest, which is left out (never read as "no key needed").
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -51,6 +55,7 @@ LOG_LEVEL = "SCORING_LOG_LEVEL"
 APP_INSIGHTS_ENABLED = "AML_APP_INSIGHTS_ENABLED"
 APPLICATIONINSIGHTS_CONNECTION_STRING = "APPLICATIONINSIGHTS_CONNECTION_STRING"
 OTLP_ENDPOINT = "OTEL_EXPORTER_OTLP_ENDPOINT"
+KEY_HASHES = "SCORING_KEY_HASHES"
 
 ALL = (
     ENTRY_SCRIPT,
@@ -69,12 +74,14 @@ ALL = (
     APP_INSIGHTS_ENABLED,
     APPLICATIONINSIGHTS_CONNECTION_STRING,
     OTLP_ENDPOINT,
+    KEY_HASHES,
 )
 
 log = logging.getLogger("scoring")
 
 _TRUE = {"1", "true", "yes", "on"}
 _LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+_DIGEST = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -95,6 +102,8 @@ class Settings:
     access_log: bool = False
     log_level: str = "INFO"
     app_insights: bool = False
+    # None: no key needed. A set (even empty: every digest given was invalid) that a scoring key's digest must be in.
+    key_hashes: frozenset[str] | None = None
 
 
 def _flag(env: Mapping[str, str], name: str) -> bool:
@@ -114,6 +123,28 @@ def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -
         log.error("scoring: %s=%s is outside [%s, %s]; using %s", name, value, low, high, default)
         return default
     return value
+
+
+def _key_hashes(env: Mapping[str, str]) -> frozenset[str] | None:
+    raw = env.get(KEY_HASHES, "")
+    if not raw.strip():
+        return None
+    given = [part.strip().lower() for part in raw.split(",") if part.strip()]
+    valid = frozenset(d for d in given if _DIGEST.fullmatch(d))
+    if len(valid) < len(given):
+        log.error(
+            "scoring: %s has %d value(s) that are not SHA-256 hex digests; left out",
+            KEY_HASHES,
+            len(given) - len(valid),
+        )
+    if not valid:
+        log.error("scoring: %s has no valid digest: every scoring request will be refused", KEY_HASHES)
+    return valid
+
+
+def key_hash(key: str) -> str:
+    """The digest of a scoring key, as `SCORING_KEY_HASHES` lists it."""
+    return hashlib.sha256(key.encode()).hexdigest()
 
 
 def from_environ(env: Mapping[str, str] | None = None) -> Settings:
@@ -140,6 +171,7 @@ def from_environ(env: Mapping[str, str] | None = None) -> Settings:
         access_log=_flag(env, ACCESS_LOG),
         log_level=level,
         app_insights=_flag(env, APP_INSIGHTS_ENABLED),
+        key_hashes=_key_hashes(env),
     )
 
 

@@ -30,6 +30,7 @@ from azure.storage.blob import ContainerClient
 
 from collector import config as dc
 from devstack import free_port
+from scoring import config as scoring_config
 from tests.conftest import REPO, wait_until
 
 EXAMPLES = REPO / "examples"
@@ -415,6 +416,59 @@ def test_it_passes_the_raw_body_and_request_headers(tmp_path, runtimes) -> None:
     status, _, body = runtime.request("POST", "/score", b"\xff\xfe")
     assert status == 400
     assert "UTF-8" in json.loads(body)["message"]
+
+
+KEYS_SCRIPT = """
+    def init():
+        pass
+
+    def run(data, request_headers):
+        return {"data": data, "authorization": request_headers.get("Authorization")}
+"""
+
+
+def test_with_key_digests_set_it_scores_only_requests_that_present_one_of_the_keys(tmp_path, runtimes) -> None:
+    primary, secondary = "primary-key-" + "p" * 32, "secondary-key-" + "s" * 32
+    digests = f"{scoring_config.key_hash(primary)}, {scoring_config.key_hash(secondary).upper()}"
+    runtime = start_runtime(write_script(tmp_path, KEYS_SCRIPT), tmp_path, env={scoring_config.KEY_HASHES: digests})
+    runtimes.append(runtime)
+    runtime.wait_ready()
+
+    for key in (primary, secondary):
+        status, answer = runtime.score("x", headers={"Authorization": f"Bearer {key}"})
+        # The key is the portal's, not the script's: run() never sees it.
+        assert (status, answer) == (200, {"data": "x", "authorization": None})
+    for headers, said in (
+        ({}, "this service needs a key"),
+        ({"Authorization": "Bearer wrong"}, "not one of this service's keys"),
+        ({"Authorization": f"Basic {primary}"}, "not one of this service's keys"),
+        ({"Authorization": f"Bearer {scoring_config.key_hash(primary)}"}, "not one of this service's keys"),
+    ):
+        status, response_headers, body = runtime.request("POST", "/score", b"x", headers)
+        assert status == 401, headers
+        assert said in json.loads(body)["message"]
+        assert response_headers["www-authenticate"].startswith("Bearer")
+        assert primary not in body.decode()
+    # Probes and figures need no key: the platform asks them.
+    assert runtime.answers("/ready") == 200
+    status, _, body = runtime.request("GET", "/status")
+    assert status == 200
+    assert json.loads(body)["requests"]["score_client_errors"] == 4
+    assert primary not in runtime.log()
+    assert secondary not in runtime.log()
+
+
+def test_key_digests_that_are_all_invalid_refuse_every_request_rather_than_none(tmp_path, runtimes) -> None:
+    runtime = start_runtime(
+        write_script(tmp_path, KEYS_SCRIPT), tmp_path, env={scoring_config.KEY_HASHES: "not-a-digest"}
+    )
+    runtimes.append(runtime)
+    runtime.wait_ready()
+
+    status, _, _ = runtime.request("POST", "/score", b"x", {"Authorization": "Bearer not-a-digest"})
+
+    assert status == 401
+    assert "no valid digest" in runtime.log()
 
 
 SCHEMA_SCRIPT = """
