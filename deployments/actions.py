@@ -17,7 +17,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from collector import config as dc_config
-from deployments import tasks
+from deployments import keys, tasks
 from deployments.compute import DesiredSpec, ModelRef, RolloutState
 from deployments.models import (
     ApiToken,
@@ -25,6 +25,7 @@ from deployments.models import (
     ComputeTarget,
     Membership,
     Model,
+    ScoringKey,
     Service,
     ServiceUpdate,
     Workspace,
@@ -42,6 +43,7 @@ SERVICE_FIELDS = (
     "replicas",
     "collect_model_data",
     "enable_app_insights",
+    "auth_enabled",
 )
 
 
@@ -139,6 +141,7 @@ def desired_spec(service: Service, update_id: int) -> DesiredSpec:
         image=service.image,
         collect_model_data=service.collect_model_data,
         enable_app_insights=service.enable_app_insights,
+        key_hashes=tuple(k.digest for k in service.keys.all()) if service.auth_enabled else (),
         storage_secret=service.workspace.storage_secret,
         environment=_service_environment(service),
         target={"namespace": service.compute_target.namespace}
@@ -180,6 +183,7 @@ def do_deploy_service(
     replicas: int = 1,
     collect_model_data: bool = False,
     enable_app_insights: bool = False,
+    auth_enabled: bool = False,
     reason: str = "",
     request_id: uuid.UUID | None = None,
 ) -> ServiceUpdate:
@@ -195,11 +199,14 @@ def do_deploy_service(
                 replicas=replicas,
                 collect_model_data=collect_model_data,
                 enable_app_insights=enable_app_insights,
+                auth_enabled=auth_enabled,
                 state=Service.State.TRANSITIONING,
             )
     except IntegrityError as exc:
         raise ActionError(f"A service named {name} already exists in this workspace.") from exc
     service.models.set(models)
+    for slot in ScoringKey.Slot:  # both, whether required or not: switching auth on later needs no extra step
+        _set_key(service, slot, keys.generate())
     after = _snapshot(service)
     changes = {name: [None, _display(name, value)] for name, value in after.items()}
     _audit(
@@ -264,6 +271,53 @@ def do_update_service(
         request_id=request_id,
     )
     return _record_update(service, acting_user)
+
+
+def _set_key(service: Service, slot: ScoringKey.Slot, key: str) -> None:
+    ScoringKey.objects.update_or_create(
+        service=service,
+        slot=slot,
+        defaults={"sealed": keys.seal(key), "digest": keys.key_hash(key), "created": timezone.now()},
+    )
+
+
+@transaction.atomic
+def do_regenerate_key(
+    service: Service,
+    slot: ScoringKey.Slot,
+    *,
+    acting_user: Any,
+    key: str | None = None,
+    reason: str = "",
+    request_id: uuid.UUID | None = None,
+) -> ServiceUpdate | None:
+    """Replace one of the service's two scoring keys (with `key`, or a new random one); the other keeps working.
+
+    A service that requires a key is updated to accept the new one (and refuse the old): that update is returned.
+    The audit row says which key, never the key."""
+    service = Service.objects.select_for_update().select_related("workspace").get(pk=service.pk)
+    if service.state == Service.State.DELETING:
+        raise BeingDeleted(service)
+    _set_key(service, slot, keys.check(key) if key is not None else keys.generate())
+    changes: dict[str, list[Any]] = {
+        f"{slot.label.lower()} key": ["old", "new, given by the user" if key is not None else "new, generated"]
+    }
+    update = None
+    if service.auth_enabled:
+        service.state, service.state_reason = Service.State.TRANSITIONING, ""
+        service.save(update_fields=["state", "state_reason", "updated"])
+        update = _record_update(service, acting_user)
+        changes["update"] = [None, update.pk]
+    _audit(
+        service.workspace,
+        AuditEvent.Action.SERVICE_KEY_REGENERATED,
+        service,
+        actor=acting_user,
+        changes=changes,
+        reason=reason,
+        request_id=request_id,
+    )
+    return update
 
 
 @transaction.atomic

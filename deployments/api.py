@@ -20,10 +20,10 @@ from django.shortcuts import get_object_or_404
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 
-from deployments import actions, logs
+from deployments import actions, keys, logs
 from deployments.access import get_workspace_for_user, user_id
 from deployments.forms import REASON_MAX_LENGTH, ServiceCreateForm, ServiceEditForm
-from deployments.models import ApiToken, Membership, Service, ServiceUpdate, Workspace
+from deployments.models import ApiToken, Membership, ScoringKey, Service, ServiceUpdate, Workspace
 from portal.middleware import request_id
 
 View = Callable[..., JsonResponse]
@@ -35,8 +35,9 @@ UPDATABLE = {
     "replicas",
     "collect_model_data",
     "enable_app_insights",
+    "auth_enabled",
 }
-FLAGS = ("collect_model_data", "enable_app_insights")
+FLAGS = ("collect_model_data", "enable_app_insights", "auth_enabled")
 
 
 def _error(message: str, status: int) -> JsonResponse:
@@ -161,6 +162,7 @@ def _service_json(service: Service) -> dict[str, Any]:
         "replicas": service.replicas,
         "collect_model_data": service.collect_model_data,
         "enable_app_insights": service.enable_app_insights,
+        "auth_enabled": service.auth_enabled,
         "version": service.version,
         "latest_update": _update_json(service.updates.first()),
     }
@@ -268,6 +270,37 @@ def service_logs(request: HttpRequest, workspace_id: int, name: str) -> JsonResp
     if log.error:
         return _error(log.error, 502)
     return JsonResponse({"service": service.name, "lines": log.lines, "log": log.text})
+
+
+@api_view("GET", "POST")
+def service_keys(request: HttpRequest, workspace_id: int, name: str) -> JsonResponse:
+    """GET: the service's two scoring keys (as the legacy get_keys()); POST {"key_type": "Primary" or "Secondary",
+    "key": optional}: regenerate one (as regen_key()). Only for those who may change the service."""
+    service, can_write = _service(request, workspace_id, name)
+    if not can_write:
+        raise PermissionDenied
+    if request.method == "GET":
+        try:
+            found = {key.slot: keys.unseal(key.sealed) for key in service.keys.all()}
+        except keys.UnreadableKey as exc:
+            return _error(str(exc), 409)
+        return JsonResponse({"primary_key": found.get("primary"), "secondary_key": found.get("secondary")})
+    body = _body(request)
+    unknown = set(body) - {"key_type", "key", "reason"}
+    if unknown:
+        raise ValueError(f"Unknown parameters: {', '.join(sorted(unknown))}")
+    slot = next((s for s in ScoringKey.Slot if s.label == body.get("key_type")), None)
+    if slot is None:
+        raise ValueError("key_type must be 'Primary' or 'Secondary'.")
+    reason = body.get("reason", "")
+    if not isinstance(reason, str) or len(reason) > REASON_MAX_LENGTH:
+        raise ValueError(f"reason must be a string of at most {REASON_MAX_LENGTH} characters.")
+    update = actions.do_regenerate_key(
+        service, slot, acting_user=request.user, key=body.get("key"), reason=reason, request_id=request_id(request)
+    )
+    service.refresh_from_db()
+    answer = {"service": _service_json(service), "update": _update_json(update)}
+    return JsonResponse(answer, status=202 if update is not None else 200)
 
 
 def _delete(request: HttpRequest, service: Service, body: dict[str, Any]) -> JsonResponse:

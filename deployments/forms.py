@@ -25,12 +25,20 @@ class ServiceSettingsForm(forms.Form):
     replicas = forms.IntegerField(min_value=1, max_value=50, initial=1)
     collect_model_data = forms.BooleanField(required=False, label="Enable model data collection")
     enable_app_insights = forms.BooleanField(required=False, label="Enable AppInsights diagnostics")
+    auth_enabled = forms.BooleanField(
+        required=False,
+        label="Require a key to score",
+        help_text="POST /score then answers only requests with Authorization: Bearer and one of the service's keys.",
+    )
     reason = forms.CharField(
         max_length=REASON_MAX_LENGTH,
         required=False,
         widget=forms.TextInput,
         help_text="Optional: recorded in the audit log.",
     )
+
+    # Under "Advanced settings", as checkboxes (the legacy portal's two, and the key).
+    ADVANCED = ("collect_model_data", "enable_app_insights", "auth_enabled")
 
     def __init__(self, *args: Any, workspace: Workspace, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -63,6 +71,12 @@ class ServiceSettingsForm(forms.Form):
         elif not found:
             self.add_error("entry_script", "No such file on this machine.")
 
+    def basic_fields(self) -> list[forms.BoundField]:
+        return [f for f in self.visible_fields() if f.name not in (*self.ADVANCED, "reason")]
+
+    def advanced_fields(self) -> list[forms.BoundField]:
+        return [self[name] for name in self.ADVANCED]
+
     def settings(self) -> dict[str, Any]:
         """The cleaned settings, as `do_*` actions take them."""
         return {name: self.cleaned_data[name] for name in self.fields if name not in ("reason", "version")}
@@ -88,6 +102,7 @@ class ServiceEditForm(ServiceSettingsForm):
             "replicas": service.replicas,
             "collect_model_data": service.collect_model_data,
             "enable_app_insights": service.enable_app_insights,
+            "auth_enabled": service.auth_enabled,
             "version": service.version,
         }
 
@@ -103,6 +118,8 @@ class ServiceCreateForm(ServiceSettingsForm):
     def __init__(self, *args: Any, workspace: Workspace, **kwargs: Any) -> None:
         super().__init__(*args, workspace=workspace, **kwargs)
         self.workspace = workspace
+        # A new service asks for a key unless the user unticks it (as Azure ML's AKS services did).
+        self.fields["auth_enabled"].initial = True
 
     def clean_name(self) -> str:
         name = self.cleaned_data["name"]

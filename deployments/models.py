@@ -138,6 +138,8 @@ class Service(models.Model):
     replicas = models.PositiveSmallIntegerField(default=1)
     collect_model_data = models.BooleanField(default=False)
     enable_app_insights = models.BooleanField(default=False)
+    # "Require a key to score": POST /score then needs one of the service's ScoringKeys (Azure ML's auth_enabled).
+    auth_enabled = models.BooleanField(default=False)
     state = models.CharField(max_length=20, choices=State.choices, default=State.TRANSITIONING)
     state_reason = models.TextField(blank=True)
     scoring_url = models.CharField(max_length=500, blank=True)
@@ -155,6 +157,27 @@ class Service(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+
+class ScoringKey(models.Model):
+    """One of a service's two keys for POST /score (see deployments.keys): sealed, and its digest for the runtime."""
+
+    class Slot(models.TextChoices):
+        PRIMARY = "primary", "Primary"
+        SECONDARY = "secondary", "Secondary"
+
+    service = models.ForeignKey(Service, models.CASCADE, related_name="keys")
+    slot = models.CharField(max_length=10, choices=Slot.choices)
+    sealed = models.TextField()
+    digest = models.CharField(max_length=64)
+    created = models.DateTimeField()  # when this key was generated (or set): a regeneration moves it
+
+    class Meta:
+        ordering = ["slot"]  # primary, then secondary
+        constraints = [models.UniqueConstraint(fields=["service", "slot"], name="scoring_key_unique_slot")]
+
+    def __str__(self) -> str:
+        return f"{self.get_slot_display()} key of {self.service_id}"
 
 
 class ServiceUpdate(models.Model):
@@ -207,6 +230,7 @@ class AuditEvent(models.Model):
         SERVICE_DELETE_REQUESTED = "service.delete_requested"
         SERVICE_DELETED = "service.deleted"
         SERVICE_DELETE_FAILED = "service.delete_failed"
+        SERVICE_KEY_REGENERATED = "service.key_regenerated"
         MEMBER_ADDED = "member.added"
         MEMBER_ROLE_CHANGED = "member.role_changed"
         MEMBER_REMOVED = "member.removed"

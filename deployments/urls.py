@@ -28,6 +28,7 @@ service_urls = [
     path("services/<int:service_id>/runtime/", views.service_runtime, name="service-runtime"),
     path("services/<int:service_id>/logs/", views.service_logs, name="service-logs"),
     path("services/<int:service_id>/edit/", views.service_edit, name="service-edit"),
+    path("services/<int:service_id>/keys/", views.service_keys, name="service-keys"),
     path("services/<int:service_id>/delete/", views.service_delete, name="service-delete"),
     path("services/<int:service_id>/data/", data_views.service_data, name="service-data"),
     path("services/<int:service_id>/data/summary/", data_views.service_data_summary, name="service-data-summary"),
@@ -39,6 +40,7 @@ api_urls = [
     path("api/v1/workspaces/<int:workspace_id>/services/", api.services, name="api-services"),
     path("api/v1/workspaces/<int:workspace_id>/services/<str:name>/", api.service, name="api-service"),
     path("api/v1/workspaces/<int:workspace_id>/services/<str:name>/logs/", api.service_logs, name="api-service-logs"),
+    path("api/v1/workspaces/<int:workspace_id>/services/<str:name>/keys/", api.service_keys, name="api-service-keys"),
     path("api/v1/updates/<int:update_id>/", api.update, name="api-update"),
 ]
 

@@ -16,7 +16,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from django_htmx.http import HttpResponseClientRedirect, HttpResponseClientRefresh
 from django_htmx.middleware import HtmxDetails
 
-from deployments import actions, logs, runtime
+from deployments import actions, keys, logs, runtime
 from deployments import health as health_checks
 from deployments.access import get_membership_for_user, get_service_for_user, get_workspace_for_user, user_id
 from deployments.compute import APP_INSIGHTS_KEY
@@ -30,7 +30,7 @@ from deployments.forms import (
     ServiceEditForm,
     ServiceFilterForm,
 )
-from deployments.models import ApiToken, AuditEvent, ComputeTarget, Membership, Service
+from deployments.models import ApiToken, AuditEvent, ComputeTarget, Membership, ScoringKey, Service
 from portal.middleware import request_id
 
 SERVICES_PER_PAGE = 50
@@ -253,6 +253,62 @@ def service_edit(request: HtmxHttpRequest, service_id: int) -> HttpResponse:
     template = "deployments/service_edit.html" + ("#service-form" if request.htmx else "")
     context = {"service": service, "workspace": service.workspace, "form": form, "stale": stale, "nav": "deployments"}
     return render(request, template, context)
+
+
+@require_http_methods(["GET", "POST"])
+@login_required
+def service_keys(request: HtmxHttpRequest, service_id: int) -> HttpResponse:
+    """The service's two scoring keys, for those who may change it, and their regeneration (one at a time, so that
+    clients move to the new key while the other still works)."""
+    service, can_write = get_service_for_user(request, service_id)
+    _require_write(can_write)
+    if request.method == "POST":
+        slot = next((s for s in ScoringKey.Slot if s.value == request.POST.get("slot")), None)
+        if slot is None:
+            messages.error(request, "Say which key to regenerate: primary or secondary.")
+        else:
+            _regenerate_key(request, service, slot)
+        return _after_change(request, reverse("deployments:service-keys", args=[service.pk]))
+    shown, unreadable = [], ""
+    for key in service.keys.all():
+        try:
+            shown.append((key, keys.unseal(key.sealed)))
+        except keys.UnreadableKey as exc:  # the page still offers to regenerate it
+            shown.append((key, ""))
+            unreadable = str(exc)
+    context = {
+        "service": service,
+        "workspace": service.workspace,
+        "keys": shown,
+        "unreadable": unreadable,
+        "nav": "deployments",
+    }
+    response = render(request, "deployments/service_keys.html", context)
+    response["Cache-Control"] = "no-store"  # keys: no cache may keep them
+    return response
+
+
+def _regenerate_key(request: HtmxHttpRequest, service: Service, slot: ScoringKey.Slot) -> None:
+    try:
+        update = actions.do_regenerate_key(
+            service,
+            slot,
+            acting_user=request.user,
+            reason=request.POST.get("reason", "")[:REASON_MAX_LENGTH],
+            request_id=request_id(request),
+        )
+    except actions.ActionError as exc:
+        messages.error(request, str(exc))
+        return
+    said = f"Regenerated the {slot.label.lower()} key of {service.name}."
+    if update is not None:
+        messages.success(
+            request, f"{said} The service takes it, and refuses the old one, once update #{update.pk} has finished."
+        )
+    else:
+        messages.success(
+            request, f"{said} The service requires no key yet: Edit → Advanced settings → Require a key to score."
+        )
 
 
 @require_POST

@@ -2,8 +2,10 @@ from pathlib import Path
 
 import factory
 from django.contrib.auth import get_user_model
+from django.utils import timezone
 
-from deployments.models import ComputeTarget, Membership, Model, Service, Workspace
+from deployments import keys
+from deployments.models import ComputeTarget, Membership, Model, ScoringKey, Service, Workspace
 
 # A script the local compute target may run (settings.LOCAL_SCRIPT_DIRS).
 EXAMPLE_SCRIPT = Path(__file__).resolve().parent.parent / "examples" / "score.py"
@@ -71,6 +73,16 @@ class ServiceFactory(factory.django.DjangoModelFactory):
     def models(self, create: bool, extracted: object, **kwargs: object) -> None:
         if create:
             self.models.set(extracted if extracted is not None else [ModelFactory(workspace=self.workspace)])
+
+    @factory.post_generation
+    def scoring_keys(self, create: bool, extracted: object, **kwargs: object) -> None:
+        """Its two keys, as do_deploy_service gives every service."""
+        if create:
+            for slot in ScoringKey.Slot:
+                key = keys.generate()
+                ScoringKey.objects.create(
+                    service=self, slot=slot, sealed=keys.seal(key), digest=keys.key_hash(key), created=timezone.now()
+                )
 
 
 def local_service(workspace: Workspace, entry_script: Path, **settings: object) -> Service:

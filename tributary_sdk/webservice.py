@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
+import urllib.error
+import urllib.request
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -64,6 +67,8 @@ class DeploymentConfiguration:
     enable_app_insights: bool = False
     num_replicas: int = 1
     compute_target: str | None = None
+    # POST /score needs one of the service's keys (get_keys()); AKS services required one by default.
+    auth_enabled: bool = False
 
 
 @dataclass
@@ -82,11 +87,18 @@ class AksWebservice:
         enable_app_insights: bool = False,
         num_replicas: int = 1,
         compute_target: str | None = None,
+        auth_enabled: bool | None = None,
         **_ignored: Any,
     ) -> DeploymentConfiguration:
-        """As in azureml.core; settings that Tributary does not use (cpu_cores, memory_gb, ...) are accepted."""
+        """As in azureml.core (a key is required unless `auth_enabled=False`); settings that Tributary does not use
+        (cpu_cores, memory_gb, ...) are accepted."""
         return DeploymentConfiguration(
-            "kubernetes", collect_model_data, enable_app_insights, num_replicas, compute_target
+            "kubernetes",
+            collect_model_data,
+            enable_app_insights,
+            num_replicas,
+            compute_target,
+            auth_enabled=auth_enabled is not False,
         )
 
 
@@ -96,9 +108,13 @@ class LocalWebservice:
         collect_model_data: bool = False,
         enable_app_insights: bool = False,
         compute_target: str | None = None,
+        auth_enabled: bool = False,
         **_ignored: Any,
     ) -> DeploymentConfiguration:
-        return DeploymentConfiguration("local", collect_model_data, enable_app_insights, 1, compute_target)
+        """A service on the portal's machine; unlike the legacy local services, it may require a key."""
+        return DeploymentConfiguration(
+            "local", collect_model_data, enable_app_insights, 1, compute_target, auth_enabled=auth_enabled
+        )
 
 
 class Webservice:
@@ -129,6 +145,7 @@ class Webservice:
         self.collect_model_data: bool = data["collect_model_data"]
         self.enable_app_insights: bool = data["enable_app_insights"]
         self.compute_type: str = data["compute_type"]
+        self.auth_enabled: bool = data["auth_enabled"]
         self.error: str = data["state_reason"]
 
     def update_deployment_state(self) -> None:
@@ -140,6 +157,7 @@ class Webservice:
         collect_model_data: bool | None = None,
         enable_app_insights: bool | None = None,
         num_replicas: int | None = None,
+        auth_enabled: bool | None = None,
         models: list[Model | str] | None = None,
         inference_config: InferenceConfig | None = None,
         reason: str = "",
@@ -155,6 +173,7 @@ class Webservice:
                 ("collect_model_data", collect_model_data),
                 ("enable_app_insights", enable_app_insights),
                 ("replicas", num_replicas),
+                ("auth_enabled", auth_enabled),
             )
             if value is not None
         }
@@ -208,6 +227,47 @@ class Webservice:
         path = f"{self._path()}logs/?lines={int(num_lines)}"
         return str(self.workspace._client.request("GET", path)["log"])
 
+    def get_keys(self) -> tuple[str, str]:
+        """The primary and secondary keys that POST /score accepts when the service requires a key (for those who
+        may change the service)."""
+        found = self.workspace._client.request("GET", f"{self._path()}keys/")
+        return found["primary_key"], found["secondary_key"]
+
+    def regen_key(self, key: str, set_key: str | None = None) -> None:
+        """Regenerate the 'Primary' or 'Secondary' key (or set it to `set_key`, 32 to 128 printable characters);
+        the other one keeps working. Returns once the service takes the new key and refuses the old one."""
+        body: dict[str, Any] = {"key_type": key}
+        if set_key is not None:
+            body["key"] = set_key
+        answer = self.workspace._client.request("POST", f"{self._path()}keys/", body)
+        self._load(answer["service"])
+        if answer["update"] is not None:
+            self.wait_for_deployment()
+
+    def run(self, input_data: Any) -> Any:
+        """Score: POST `input_data` (a JSON string as the legacy SDK took, or anything json.dumps takes) to the
+        scoring URI, with the primary key when the service requires one; returns the decoded answer."""
+        if not self.scoring_uri:
+            raise WebserviceException(f"{self.name} has no scoring URI yet: it is {self.state}.")
+        body = input_data if isinstance(input_data, str | bytes) else json.dumps(input_data)
+        headers = {"Content-Type": "application/json"}
+        if self.auth_enabled:
+            headers["Authorization"] = f"Bearer {self.get_keys()[0]}"
+        request = urllib.request.Request(
+            self.scoring_uri, data=body.encode() if isinstance(body, str) else body, headers=headers, method="POST"
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=self.workspace._client.timeout) as response:
+                return json.load(response)
+        except urllib.error.HTTPError as exc:
+            detail = exc.read().decode("utf-8", "replace")[:2000]
+            raise WebserviceException(
+                f"Received bad response from service. Response Code: {exc.code}. Response Content: {detail}",
+                status=exc.code,
+            ) from None
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            raise WebserviceException(f"Cannot score with {self.name} at {self.scoring_uri}: {exc}") from None
+
     def wait_for_deployment(self, show_output: bool = False, timeout_sec: float | None = None) -> None:
         """Poll until the service is Healthy or Failed; Failed (or the timeout) raises WebserviceException."""
         deadline = time.monotonic() + timeout_sec if timeout_sec else None
@@ -259,6 +319,7 @@ class Model:
             "replicas": config.num_replicas,
             "collect_model_data": config.collect_model_data,
             "enable_app_insights": config.enable_app_insights,
+            "auth_enabled": config.auth_enabled,
             "reason": reason,
         }
         data = workspace._client.request("POST", f"workspaces/{workspace.id}/services/", body)

@@ -62,6 +62,8 @@ class DesiredSpec:
     image: str = ""
     collect_model_data: bool = False
     enable_app_insights: bool = False
+    # SHA-256 digests of the keys POST /score accepts (SCORING_KEY_HASHES); empty: it needs none. Not secrets.
+    key_hashes: tuple[str, ...] = ()
     # A reference, never the value: an env var name of the worker for the local target, a Secret name for k8s.
     storage_secret: str = ""
     # Non-secret extra environment for the scoring processes.
@@ -75,7 +77,7 @@ class DesiredSpec:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> DesiredSpec:
         models = tuple(ModelRef(**m) for m in data.get("models", ()))
-        return cls(**{**data, "models": models})
+        return cls(**{**data, "models": models, "key_hashes": tuple(data.get("key_hashes", ()))})
 
 
 @dataclass(frozen=True)

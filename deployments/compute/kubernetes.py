@@ -291,6 +291,8 @@ def container_env(spec: DesiredSpec, probe_port: int = PROBE_PORT) -> list[dict[
     plain[runtime.PORT] = str(CONTAINER_PORT)
     if probe_port != CONTAINER_PORT:
         plain[runtime.PROBE_PORT] = str(probe_port)
+    if spec.key_hashes:  # digests, not keys: plain values
+        plain[runtime.KEY_HASHES] = ",".join(spec.key_hashes)
     env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in sorted(plain.items())]
     if spec.collect_model_data and spec.storage_secret:
         env.append(

@@ -1,0 +1,346 @@
+"""Scoring keys ("Require a key to score", Azure ML's auth_enabled): the Keys page, the REST API, the SDK's
+get_keys(), regen_key() and run(), and a local service that refuses requests without one of its keys."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import re
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.apps import apps
+from django.test import Client
+from django.urls import reverse
+
+from deployments import actions, keys
+from deployments.compute import DesiredSpec
+from deployments.compute.kubernetes import container_env
+from deployments.compute.local import LocalDriver
+from deployments.models import ApiToken, AuditEvent, ScoringKey, Service, ServiceUpdate, Workspace
+from scoring import config as scoring_config
+from tests.factories import EXAMPLE_SCRIPT, ServiceFactory, local_service
+from tributary_sdk import InferenceConfig, LocalWebservice, Model, Webservice, WebserviceException
+from tributary_sdk import Workspace as SdkWorkspace
+
+
+@pytest.fixture
+def service(workspace: Workspace) -> Service:
+    return ServiceFactory(workspace=workspace, name="churn", auth_enabled=True)
+
+
+def _keys(service: Service) -> dict[str, str]:
+    return {key.slot: keys.unseal(key.sealed) for key in service.keys.all()}
+
+
+def _keys_page(client: Client, service: Service) -> Any:
+    return client.get(reverse("deployments:service-keys", args=[service.pk]))
+
+
+def _regenerate(client: Client, service: Service, slot: str) -> Any:
+    return client.post(reverse("deployments:service-keys", args=[service.pk]), {"slot": slot}, follow=True)
+
+
+def _api(client: Client, service: Service, user: Any, body: dict[str, Any] | None = None) -> Any:
+    url = reverse("deployments:api-service-keys", args=[service.workspace_id, service.name])
+    headers = {"Authorization": f"Bearer {ApiToken.issue(user, 'test')[1]}"}
+    if body is None:
+        return client.get(url, headers=headers)
+    return client.post(url, json.dumps(body), content_type="application/json", headers=headers)
+
+
+# --- the page -------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_those_who_may_change_a_service_read_its_two_keys_on_a_page_no_cache_keeps(
+    client: Client, carol: Any, service: Service
+) -> None:
+    client.force_login(carol)
+    detail = client.get(reverse("deployments:service-detail", args=[service.pk])).content.decode()
+    found = _keys(service)
+
+    page = _keys_page(client, service)
+
+    assert page.status_code == 200
+    assert page["Cache-Control"] == "no-store"
+    text = page.content.decode()
+    assert found["primary"] in text
+    assert found["secondary"] in text
+    assert found["primary"] != found["secondary"]
+    # The service's page says a key is required and links here, but never holds a key itself.
+    assert "Required" in detail
+    assert reverse("deployments:service-keys", args=[service.pk]) in detail
+    assert found["primary"] not in detail
+
+
+@pytest.mark.django_db
+def test_readers_see_that_a_key_is_required_but_not_the_keys_and_outsiders_see_nothing(
+    client: Client, bob: Any, charlie: Any, service: Service
+) -> None:
+    client.force_login(bob)
+    detail = client.get(reverse("deployments:service-detail", args=[service.pk])).content.decode()
+    assert "Required" in detail
+    assert reverse("deployments:service-keys", args=[service.pk]) not in detail
+    assert _keys_page(client, service).status_code == 403
+    assert _regenerate(client, service, "primary").status_code == 403
+
+    client.force_login(charlie)
+    assert _keys_page(client, service).status_code == 404
+    assert _regenerate(client, service, "primary").status_code == 404
+    assert not AuditEvent.objects.filter(action=AuditEvent.Action.SERVICE_KEY_REGENERATED).exists()
+
+
+@pytest.mark.django_db
+def test_regenerating_a_key_replaces_it_alone_and_updates_the_service_to_accept_only_the_new_one(
+    client: Client, alice: Any, service: Service
+) -> None:
+    client.force_login(alice)
+    before = _keys(service)
+
+    page = _regenerate(client, service, "primary")
+
+    after = _keys(service)
+    assert after["primary"] != before["primary"]
+    assert after["secondary"] == before["secondary"]
+    update = ServiceUpdate.objects.get(service=service)
+    assert f"once update #{update.pk} has finished" in page.content.decode()
+    assert after["primary"] in page.content.decode()  # back on the Keys page, with the new key
+    spec = DesiredSpec.from_json(update.desired_spec)
+    assert spec.key_hashes == (keys.key_hash(after["primary"]), keys.key_hash(after["secondary"]))
+    event = AuditEvent.objects.get(action=AuditEvent.Action.SERVICE_KEY_REGENERATED)
+    assert (event.actor_name, event.changes) == (
+        "alice",
+        {"primary key": ["old", "new, generated"], "update": [None, update.pk]},
+    )
+    # Neither key is anywhere but sealed in its row: not in the spec, the audit log or the row itself.
+    stored = json.dumps(update.desired_spec) + json.dumps(event.changes)
+    stored += "".join(ScoringKey.objects.values_list("sealed", flat=True))
+    for key in (*before.values(), *after.values()):
+        assert key not in stored
+    assert Service.objects.get(pk=service.pk).state == Service.State.TRANSITIONING
+
+
+@pytest.mark.django_db
+def test_a_key_regenerated_while_none_is_required_needs_no_update(
+    client: Client, alice: Any, workspace: Workspace
+) -> None:
+    service = ServiceFactory(workspace=workspace, name="open", auth_enabled=False)
+    client.force_login(alice)
+
+    page = _regenerate(client, service, "secondary")
+
+    assert "The service requires no key yet" in page.content.decode()
+    assert not ServiceUpdate.objects.filter(service=service).exists()
+    assert Service.objects.get(pk=service.pk).state == Service.State.HEALTHY
+
+
+@pytest.mark.django_db
+def test_a_regeneration_that_names_no_key_or_comes_during_deletion_changes_nothing(
+    client: Client, alice: Any, service: Service
+) -> None:
+    client.force_login(alice)
+    before = _keys(service)
+
+    page = _regenerate(client, service, "tertiary")
+    assert "Say which key to regenerate" in page.content.decode()
+
+    Service.objects.filter(pk=service.pk).update(state=Service.State.DELETING)
+    page = _regenerate(client, service, "primary")
+    assert "churn is being deleted" in page.content.decode()
+
+    assert _keys(service) == before
+    assert not AuditEvent.objects.filter(action=AuditEvent.Action.SERVICE_KEY_REGENERATED).exists()
+
+
+@pytest.mark.django_db
+def test_a_new_service_asks_for_a_key_unless_unticked_and_the_edit_switches_it_with_an_audit_row(
+    client: Client, alice: Any, service: Service
+) -> None:
+    client.force_login(alice)
+    create = client.get(reverse("deployments:service-create", args=[service.workspace_id])).content.decode()
+    assert re.search(r'<input type="checkbox" name="auth_enabled"[^>]* checked>', create)
+
+    actions.do_update_service(service, expected_version=service.version, acting_user=alice, auth_enabled=False)
+
+    update = ServiceUpdate.objects.get(service=service)
+    assert DesiredSpec.from_json(update.desired_spec).key_hashes == ()
+    event = AuditEvent.objects.get(action=AuditEvent.Action.SERVICE_SETTINGS_CHANGED)
+    assert event.changes == {"auth_enabled": [True, False]}
+
+
+# --- sealing --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_keys_sealed_under_another_secret_key_say_so_and_can_be_regenerated(
+    client: Client, alice: Any, service: Service, settings: Any
+) -> None:
+    before = _keys(service)
+    old_secret = settings.SECRET_KEY
+    settings.SECRET_KEY = "a-new-secret-key-" + "x" * 40
+    client.force_login(alice)  # a session made under the new secret key
+
+    page = _keys_page(client, service).content.decode()
+    assert "sealed with another SECRET_KEY" in page
+    assert _api(client, service, alice).status_code == 409
+
+    settings.SECRET_KEY_FALLBACKS = [old_secret]  # the documented rotation: the old key still opens them
+    assert _keys(service) == before
+
+    settings.SECRET_KEY_FALLBACKS = []
+    _regenerate(client, service, "primary")
+    assert keys.unseal(service.keys.get(slot="primary").sealed) not in before.values()
+
+
+@pytest.mark.django_db
+def test_services_deployed_before_keys_existed_get_theirs_from_the_migration(workspace: Workspace) -> None:
+    service = ServiceFactory(workspace=workspace, name="older")
+    service.keys.all().delete()
+    migration = importlib.import_module("deployments.migrations.0008_scoring_keys")
+
+    migration.give_every_service_its_keys(apps, None)
+
+    found = _keys(service)
+    assert sorted(found) == ["primary", "secondary"]
+    assert all(len(key) >= keys.MIN_LENGTH for key in found.values())
+    assert not Service.objects.get(pk=service.pk).auth_enabled  # required only once someone says so
+
+
+# --- the REST API ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_the_api_gives_the_keys_to_contributors_only(
+    client: Client, carol: Any, bob: Any, charlie: Any, service: Service
+) -> None:
+    answer = _api(client, service, carol)
+    assert answer.status_code == 200
+    found = _keys(service)
+    assert answer.json() == {"primary_key": found["primary"], "secondary_key": found["secondary"]}
+
+    assert _api(client, service, bob).status_code == 403
+    assert _api(client, service, charlie).status_code == 404
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("body", "said"),
+    [
+        ({"key_type": "Tertiary"}, "key_type must be 'Primary' or 'Secondary'"),
+        ({}, "key_type must be 'Primary' or 'Secondary'"),
+        ({"key_type": "Primary", "key": "short"}, "32 to 128 characters"),
+        ({"key_type": "Primary", "key": "x" * 31 + " "}, "without spaces"),
+        ({"key_type": "Primary", "key": 12345}, "32 to 128 characters"),
+        ({"key_type": "Primary", "colour": "red"}, "Unknown parameters: colour"),
+    ],
+)
+def test_the_api_refuses_a_regeneration_it_cannot_do_and_changes_nothing(
+    client: Client, alice: Any, service: Service, body: dict[str, Any], said: str
+) -> None:
+    before = _keys(service)
+
+    answer = _api(client, service, alice, body)
+
+    assert answer.status_code == 400
+    assert said in answer.json()["error"]
+    assert _keys(service) == before
+    assert not ServiceUpdate.objects.filter(service=service).exists()
+
+
+@pytest.mark.django_db
+def test_the_api_sets_a_key_the_user_chose_and_answers_the_update_that_applies_it(
+    client: Client, alice: Any, service: Service
+) -> None:
+    chosen = "my-own-key-" + "k" * 30
+
+    answer = _api(client, service, alice, {"key_type": "Secondary", "key": chosen, "reason": "rotation"})
+
+    assert answer.status_code == 202
+    update = ServiceUpdate.objects.get(service=service)
+    assert answer.json()["update"]["id"] == update.pk
+    assert answer.json()["service"]["state"] == "Transitioning"
+    assert _keys(service)["secondary"] == chosen
+    event = AuditEvent.objects.get(action=AuditEvent.Action.SERVICE_KEY_REGENERATED)
+    assert event.changes["secondary key"] == ["old", "new, given by the user"]
+    assert event.reason == "rotation"
+
+
+# --- the drivers ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_pods_get_the_keys_digests_not_the_keys(service: Service) -> None:
+    spec = actions.desired_spec(service, 1)
+
+    env = {e["name"]: e.get("value") for e in container_env(spec)}
+
+    found = _keys(service)
+    digests = env[scoring_config.KEY_HASHES].split(",")
+    assert digests == [keys.key_hash(found["primary"]), keys.key_hash(found["secondary"])]
+    assert not any(key in json.dumps(env) for key in found.values())
+    open_service = ServiceFactory(workspace=service.workspace, name="open", auth_enabled=False)
+    assert scoring_config.KEY_HASHES not in {e["name"] for e in container_env(actions.desired_spec(open_service, 2))}
+
+
+# --- end to end: a local service, the SDK, a real Celery worker ------------------------------------------------
+
+
+def _score(url: str, key: str | None) -> int:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    request = urllib.request.Request(url, data=json.dumps({"data": [list(range(10))]}).encode(), headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return int(answer.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_local_service_that_requires_a_key_scores_only_with_one_and_takes_a_regenerated_one(
+    live_server: Any, alice: Any, workspace: Workspace, own_workers: Any, tmp_path: Path
+) -> None:
+    own_workers.start(VAR_DIR=str(tmp_path))
+    local_service(workspace, EXAMPLE_SCRIPT).delete()  # its target and model stay, for the SDK to deploy onto
+    ws = SdkWorkspace("sub-0001", "rg-ml", "alices-team", url=live_server.url, token=ApiToken.issue(alice, "nb")[1])
+    try:
+        service = Model.deploy(
+            ws,
+            "churn",
+            ["sample-model:1"],
+            InferenceConfig(entry_script=str(EXAMPLE_SCRIPT)),
+            deployment_config=LocalWebservice.deploy_configuration(auth_enabled=True),
+            deployment_target="this-machine",
+        )
+        service.wait_for_deployment(timeout_sec=60)
+        assert service.auth_enabled
+
+        # run() sends the key: a JSON string as the legacy SDK took it, or what json.dumps takes.
+        rows = [list(range(10)), list(range(10, 20))]  # the sample model takes 10 features
+        answer = service.run(json.dumps({"data": rows}))
+        assert len(answer) == 2
+        assert service.run({"data": rows}) == answer
+        old_primary, secondary = service.get_keys()
+        assert _score(service.scoring_uri, None) == 401
+        assert _score(service.scoring_uri, "not-a-key") == 401
+        assert _score(service.scoring_uri, old_primary) == 200
+
+        service.regen_key("Primary")  # returns once the service takes the new key
+
+        new_primary, still_secondary = service.get_keys()
+        assert (new_primary != old_primary, still_secondary) == (True, secondary)
+        assert _score(service.scoring_uri, old_primary) == 401
+        assert _score(service.scoring_uri, new_primary) == 200
+        assert _score(service.scoring_uri, secondary) == 200
+        assert service.state == "Healthy"
+        with pytest.raises(WebserviceException, match="key_type must be 'Primary' or 'Secondary'"):
+            service.regen_key("primary key")
+
+        Webservice(ws, "churn").update(auth_enabled=False)
+        Webservice(ws, "churn").wait_for_deployment(timeout_sec=60)
+        assert _score(service.scoring_uri, None) == 200
+    finally:
+        LocalDriver(tmp_path / "services").stop_all()
