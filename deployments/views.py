@@ -92,13 +92,19 @@ def _status_context(service: Service) -> dict[str, object]:
 
 def _service_or_where_it_went(request: HtmxHttpRequest, service_id: int) -> tuple[Service, bool] | HttpResponse:
     """The service and whether the user may change it, as get_service_for_user; for a service that was deleted
-    (its page left open while it was), a redirect of the page to its workspace's list instead."""
+    (its page left open while it was), a redirect of the page to its workspace's list instead. To a live region
+    of a page whose service the user cannot see (any more), a reload of the page: it shows the 404 page."""
     try:
         return get_service_for_user(request, service_id)
     except Http404:
-        if (gone := _list_after_deletion(request, service_id)) is None:
-            raise
-        return _after_change(request, gone)
+        if (gone := _list_after_deletion(request, service_id)) is not None:
+            return _after_change(request, gone)
+        if request.htmx:
+            # htmx swaps nothing of a 404 and polls again, for as long as the page stays open. The page's own
+            # 404 says why, in words that are the same whether the service never existed, was deleted, or is in
+            # a workspace the user is not (or no longer) a member of.
+            return HttpResponseClientRefresh()
+        raise
 
 
 def _list_after_deletion(request: HtmxHttpRequest, service_id: int) -> str | None:

@@ -6,9 +6,14 @@ import pytest
 from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
+from playwright.sync_api import Page, expect
 
-from deployments.models import AuditEvent, Service, ServiceUpdate, Workspace
+from deployments.models import AuditEvent, Membership, Service, ServiceUpdate, Workspace
+from tests.conftest import log_in
 from tests.factories import ServiceFactory
+
+# What a service's pages ask by htmx every few seconds while they are open.
+LIVE_REGIONS = ("deployments:service-status", "deployments:service-runtime", "deployments:service-logs")
 
 
 @pytest.fixture
@@ -104,6 +109,53 @@ def test_it_is_404_for_unknown_services(client: Client, alice: Any) -> None:
     client.force_login(alice)
 
     assert client.get(reverse("deployments:service-detail", args=[999999])).status_code == 404
+
+
+def test_a_page_left_open_on_a_service_the_user_cannot_see_loads_again_as_not_found_whatever_the_cause(
+    client: Client, alice: Any, service: Service
+) -> None:
+    elsewhere = ServiceFactory(name="fraud")  # in another workspace
+    deleted = ServiceFactory(name="spam")  # in another workspace, then deleted there
+    AuditEvent.objects.create(
+        workspace=deleted.workspace,
+        actor_name="system",
+        action=AuditEvent.Action.SERVICE_DELETED,
+        target_type="service",
+        target_id=deleted.pk,
+        target_repr="spam",
+    )
+    deleted_id = deleted.pk
+    deleted.delete()
+    Membership.objects.filter(user=alice, workspace=service.workspace).delete()  # alice left (or was removed)
+    client.force_login(alice)
+
+    for service_id in (service.pk, elsewhere.pk, deleted_id, 999999):
+        for live in LIVE_REGIONS:
+            url = reverse(live, args=[service_id])
+            poll = client.get(url, headers={"HX-Request": "true"})
+            # Not a 404, which htmx would ask again for as long as the page is open: the page loads again, and
+            # shows the 404 page. The same answer whatever the cause, so it tells nothing of other workspaces.
+            assert (poll.status_code, poll.headers.get("HX-Refresh"), poll.content) == (200, "true", b""), url
+            assert client.get(url).status_code == 404, url
+        assert client.get(reverse("deployments:service-detail", args=[service_id])).status_code == 404
+
+
+@pytest.mark.browser
+@pytest.mark.django_db(transaction=True)
+def test_in_chromium_an_open_page_stops_asking_once_its_user_is_no_longer_a_member(
+    page: Page, live_server: Any, alice: Any, service: Service
+) -> None:
+    url = f"{live_server.url}{reverse('deployments:service-detail', args=[service.pk])}"
+    log_in(page, url, "alice")
+    expect(page.get_by_test_id("service-state")).to_have_text("Healthy")
+    expect(page.get_by_role("heading", name="Runtime")).to_be_visible()
+
+    Membership.objects.filter(user=alice, workspace=service.workspace).delete()
+
+    # The next poll (the runtime's, every 5 s) reloads the page, which is now the 404 page, and asks nothing more.
+    expect(page.get_by_role("heading", name="Not found")).to_be_visible(timeout=20_000)
+    assert page.url == url
+    expect(page.locator("[hx-get]")).to_have_count(0)
 
 
 def test_it_says_where_diagnostics_go_or_that_nothing_receives_them(
