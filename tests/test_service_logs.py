@@ -5,6 +5,7 @@ Kubernetes API test server's pods."""
 from __future__ import annotations
 
 import json
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -236,6 +237,64 @@ def test_the_logs_of_a_kubernetes_service_are_its_pods_logs_pod_by_pod(
     assert "pods wrote" in " ".join(page.split())
     assert "fraud" not in page
     assert "abc123" not in page
+
+
+# A kubeconfig's exec plugin (AKS's kubelogin, EKS's aws, GKE's gke-gcloud-auth-plugin): a process that prints a
+# token; this one also notes each time it runs.
+CREDENTIAL_PLUGIN = """
+import json, sys
+with open(sys.argv[1], "a") as runs:
+    runs.write("ran\\n")
+print(json.dumps({"apiVersion": "client.authentication.k8s.io/v1beta1", "kind": "ExecCredential",
+                  "status": {"token": sys.argv[2]}}))
+"""
+
+
+def _kubeconfig_with_plugin(kube: Any, path: Path, runs: Path, token: str) -> None:
+    user = {
+        "exec": {
+            "apiVersion": "client.authentication.k8s.io/v1beta1",
+            "command": sys.executable,
+            "args": ["-c", CREDENTIAL_PLUGIN, str(runs), token],
+        }
+    }
+    path.write_text(json.dumps({**kube.kubeconfig_dict(), "users": [{"name": "tester", "user": user}]}))
+
+
+@pytest.mark.django_db
+def test_the_pages_refreshes_run_the_kubeconfigs_credential_plugin_once_until_the_kubeconfig_changes(
+    client: Client, bob: Any, workspace: Workspace, cluster: ComputeTarget, kube: Any, tmp_path: Path
+) -> None:
+    runs = tmp_path / "plugin-runs"
+    _kubeconfig_with_plugin(kube, Path(cluster.kubeconfig_path), runs, kube.token)
+    service = on_cluster(
+        ServiceFactory(workspace=workspace, name="churn", compute_target=cluster, image="r.example/c:1")
+    )
+    cluster_pod(kube, "churn-5d8f-a", "churn")
+    kube.set_pod_log("ml", "churn-5d8f-a", "scored 3 rows\n")
+    client.force_login(bob)
+
+    def refreshed() -> str:
+        return _logs_page(client, service, **{"HX-Request": "true"}).content.decode()
+
+    def plugin_runs() -> int:
+        return len(runs.read_text().splitlines())
+
+    # The Logs and Runtime sections read the cluster every 5 s for each open page: one client made for the
+    # deployment serves them all, and the plugin ran once.
+    for _ in range(3):
+        assert "scored 3 rows" in refreshed()
+    runtime = client.get(reverse("deployments:service-runtime", args=[service.pk]), headers={"HX-Request": "true"})
+    assert "None of the service's 1 pods answers" in runtime.content.decode()  # it has no IP here
+    assert plugin_runs() == 1
+
+    # A changed kubeconfig (here, credentials the cluster refuses) is read at the next refresh; so is its repair.
+    _kubeconfig_with_plugin(kube, Path(cluster.kubeconfig_path), runs, "revoked")
+    assert "The log could not be read: Could not list the service&#x27;s pods: HTTP 401" in refreshed()
+    _kubeconfig_with_plugin(kube, Path(cluster.kubeconfig_path), runs, kube.token)
+    assert "scored 3 rows" in refreshed()
+    assert "scored 3 rows" in refreshed()
+    assert plugin_runs() == 3
 
 
 @pytest.mark.django_db

@@ -10,10 +10,14 @@ The storage connection string reaches the pods by reference only: `secretKeyRef`
 from __future__ import annotations
 
 import json
+import os
+import threading
+import time
+from collections import OrderedDict
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import urllib3
 from kubernetes import client, config
@@ -43,6 +47,10 @@ LOG_READ_BYTES = 2 * 1024 * 1024  # of all the pods' logs together, as the local
 MAX_PODS = 50  # the pods whose figures and logs a page shows
 # An emptyDir: rows spooled during a storage outage survive a container restart within the pod.
 SPOOL_DIR = "/var/lib/tributary/spool"
+CACHED_CLIENTS = 32  # kubeconfigs (file and context) whose API client a process keeps
+# A kept client is made again after this long even if its kubeconfig has not changed: the credentials it read once
+# (a token file, an exec plugin's token without an expiry) may have been rotated since.
+CLIENT_MAX_AGE = 15 * 60
 
 
 class KubernetesDriver:
@@ -53,15 +61,7 @@ class KubernetesDriver:
 
     @classmethod
     def from_kubeconfig(cls, path: str, *, context: str | None, namespace: str) -> KubernetesDriver:
-        configuration = client.Configuration()
-        try:
-            config.load_kube_config(config_file=path, context=context or None, client_configuration=configuration)
-        except (OSError, config.ConfigException) as exc:
-            raise PermanentError(f"Cannot load the kubeconfig of this compute target: {type(exc).__name__}") from exc
-        # Each request tried once: urllib3 would try a GET 4 times, so a silent cluster would hold a page 4 times
-        # READ_TIMEOUT; the tasks retry on their own, with backoff.
-        configuration.retries = 0
-        return cls(api_client=client.ApiClient(configuration), namespace=namespace)
+        return cls(api_client=_clients.get(path, context or None), namespace=namespace)
 
     def apply(self, spec: DesiredSpec) -> None:
         name = _name(spec)
@@ -196,6 +196,69 @@ class KubernetesDriver:
             if exc.status == 404:
                 return None
             raise
+
+
+class _Kept(NamedTuple):
+    version: tuple[int, ...]  # of the kubeconfig file it was made from (_file_version)
+    made: float  # time.monotonic()
+    api_client: client.ApiClient
+
+
+class _ApiClients:
+    """The API client of each kubeconfig (file and context), kept while the file stays the same (its mtime, size
+    and inode), at most CLIENT_MAX_AGE, for the CACHED_CLIENTS used last.
+
+    Loading a kubeconfig runs its exec plugin, if it has one (AKS's kubelogin, EKS's aws, GKE's plugin: a process,
+    often a call to a token service), and every open page's Runtime and Logs sections read the cluster every 5 s.
+    A client may be shared: its connection pool is thread-safe (the driver reads pods from threads too), and an
+    exec plugin's token that expires is fetched again by the client itself (its refresh_api_key_hook)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.lock = threading.Lock()  # gunicorn's threads share the process's clients
+        self.clients: OrderedDict[tuple[str, str | None], _Kept] = OrderedDict()  # the one used last at the end
+
+    def get(self, path: str, context: str | None) -> client.ApiClient:
+        key, version = (path, context), _file_version(path)
+        with self.lock:
+            kept = self.clients.get(key)
+            if kept is not None and kept.version == version and time.monotonic() - kept.made < CLIENT_MAX_AGE:
+                self.clients.move_to_end(key)
+                return kept.api_client
+        # Made outside the lock: an exec plugin may take seconds, and other kubeconfigs' readers must not wait on
+        # it. Two threads may both make one at first; the last one made is kept.
+        api_client = _new_api_client(path, context)
+        with self.lock:
+            self.clients[key] = _Kept(version, time.monotonic(), api_client)
+            self.clients.move_to_end(key)
+            while len(self.clients) > self.size:
+                self.clients.popitem(last=False)
+        return api_client
+
+
+def _file_version(path: str) -> tuple[int, ...]:
+    """What changes when the file does: an edit changes its mtime (and mostly its size, should two edits fall within
+    one tick of the file system's clock), a file replaced by another (a mounted Secret's is) its inode."""
+    try:
+        stat = os.stat(path)
+    except OSError as exc:
+        raise PermanentError(f"Cannot load the kubeconfig of this compute target: {type(exc).__name__}") from exc
+    return (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+
+
+def _new_api_client(path: str, context: str | None) -> client.ApiClient:
+    configuration = client.Configuration()
+    try:
+        config.load_kube_config(config_file=path, context=context, client_configuration=configuration)
+    except (OSError, config.ConfigException) as exc:
+        raise PermanentError(f"Cannot load the kubeconfig of this compute target: {type(exc).__name__}") from exc
+    # Each request tried once: urllib3 would try a GET 4 times, so a silent cluster would hold a page 4 times
+    # READ_TIMEOUT; the tasks retry on their own, with backoff.
+    configuration.retries = 0
+    return client.ApiClient(configuration)
+
+
+_clients = _ApiClients(CACHED_CLIENTS)
 
 
 def rollout_state_of(deployment: client.V1Deployment, *, scoring_url: str) -> RolloutState:
