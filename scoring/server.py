@@ -36,6 +36,7 @@ from gunicorn import util as gunicorn_util
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
 from gunicorn.errors import HaltServer
+from gunicorn.glogging import Logger
 from gunicorn.workers.gthread import ThreadWorker
 
 import collector
@@ -205,6 +206,17 @@ class ScoringArbiter(Arbiter):
             agent.keep_running()
 
 
+class ScoringLogger(Logger):
+    """gunicorn's logger, without its master's `Listening at: <sockets> (<pid>)` line when the master has no socket
+    to name: with reuse_port each worker listens on a socket of its own, and the line read `Listening at:  (pid)`.
+    The runtime's first line says where it serves (`serving ... on http://host:port`), under the master's pid."""
+
+    def info(self, msg: str, *args: Any, **kwargs: Any) -> None:
+        if msg == "Listening at: %s (%s)" and args and not args[0]:
+            return
+        super().info(msg, *args, **kwargs)
+
+
 BOARD_PREFIX = "tributary-scoring-"
 
 
@@ -250,6 +262,7 @@ class ScoringServer(BaseApplication):
             "bind": [f"[{s.host}]:{s.port}" if ":" in s.host else f"{s.host}:{s.port}"],
             "workers": s.workers,
             "worker_class": "scoring.server.ScoringWorker",  # gthread, able to join the port late
+            "logger_class": "scoring.server.ScoringLogger",
             "threads": s.threads,
             "timeout": s.worker_timeout,
             "graceful_timeout": int(s.graceful_timeout),

@@ -6,6 +6,7 @@ import dataclasses
 import http.server
 import json
 import os
+import re
 import signal
 import threading
 import time
@@ -88,6 +89,20 @@ def test_it_starts_a_service_that_becomes_healthy_and_scores(drivers) -> None:
     status, answer = score(state.scoring_url)
     assert status == 200
     assert len(answer) == 2
+
+
+def test_its_log_says_where_it_serves_and_no_line_with_an_empty_address(drivers) -> None:
+    driver = drivers()
+    spec = sample_spec()
+    driver.apply(spec)
+    url = healthy(driver, spec).scoring_url
+
+    log = driver.logs(spec, 50)  # what the service's Logs page shows
+
+    master = state_file(driver, spec)["pid"]
+    assert f"[{master}] [INFO] scoring: serving {EXAMPLES / 'score.py'} on {url.removesuffix('/score')} " in log
+    # gunicorn's master named no socket there (its workers listen, each on its own): "Listening at:  (<pid>)".
+    assert not re.search(r"Listening at: *\(", log), log
 
 
 def test_it_collects_into_storage_with_the_resolved_secret(drivers, blob_container, azurite) -> None:
