@@ -140,6 +140,20 @@ def test_a_page_left_open_on_a_service_the_user_cannot_see_loads_again_as_not_fo
         assert client.get(reverse("deployments:service-detail", args=[service_id])).status_code == 404
 
 
+def test_a_page_whose_session_has_expired_goes_whole_to_the_log_in_page_and_back_to_itself_after(
+    client: Client, service: Service
+) -> None:
+    page = reverse("deployments:service-detail", args=[service.pk])
+    log_in_then_page = f"{reverse('login')}?next={page}"
+    assert client.get(page).headers["Location"] == log_in_then_page
+    for live in LIVE_REGIONS:
+        url = reverse(live, args=[service.pk])
+        poll = client.get(url, headers={"HX-Request": "true", "HX-Current-URL": f"http://testserver{page}"})
+        # Not the log-in form inside the live region (htmx follows a plain redirect), asked again every 5 s.
+        assert (poll.status_code, poll.headers["HX-Redirect"]) == (200, log_in_then_page), url
+        assert client.get(url).status_code == 302, url  # without htmx, the plain redirect as before
+
+
 @pytest.mark.browser
 @pytest.mark.django_db(transaction=True)
 def test_in_chromium_an_open_page_stops_asking_once_its_user_is_no_longer_a_member(
