@@ -15,6 +15,7 @@ import pytest
 from django.apps import apps
 from django.test import Client
 from django.urls import reverse
+from playwright.sync_api import Page, expect
 
 from deployments import actions, keys
 from deployments.compute import DesiredSpec
@@ -22,6 +23,7 @@ from deployments.compute.kubernetes import container_env
 from deployments.compute.local import LocalDriver
 from deployments.models import ApiToken, AuditEvent, ScoringKey, Service, ServiceUpdate, Workspace
 from scoring import config as scoring_config
+from tests.conftest import log_in
 from tests.factories import EXAMPLE_SCRIPT, ServiceFactory, local_service
 from tributary_sdk import InferenceConfig, LocalWebservice, Model, Webservice, WebserviceException
 from tributary_sdk import Workspace as SdkWorkspace
@@ -344,3 +346,38 @@ def test_a_local_service_that_requires_a_key_scores_only_with_one_and_takes_a_re
         assert _score(service.scoring_uri, None) == 200
     finally:
         LocalDriver(tmp_path / "services").stop_all()
+
+
+# --- in Chromium ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.browser
+@pytest.mark.django_db(transaction=True)
+def test_in_chromium_a_contributor_finds_the_keys_and_regenerates_one_after_a_question(
+    page: Page, live_server: Any, carol: Any, workspace: Workspace
+) -> None:
+    service = ServiceFactory(workspace=workspace, name="churn", auth_enabled=False)  # no update to wait for
+    before = _keys(service)
+    log_in(page, f"{live_server.url}{reverse('deployments:service-detail', args=[service.pk])}", "carol")
+    expect(page.get_by_test_id("auth")).to_contain_text("anyone who reaches the scoring URL may score")
+
+    page.get_by_role("link", name="Keys").click()
+    expect(page.get_by_test_id("primary-key")).to_have_text(before["primary"])
+    expect(page.get_by_test_id("secondary-key")).to_have_text(before["secondary"])
+    questions: list[str] = []
+
+    def answer(dialog: Any) -> None:
+        questions.append(dialog.message)
+        dialog.accept()
+
+    page.once("dialog", answer)
+    page.get_by_role("button", name="Regenerate the secondary key").click()
+
+    expect(page.get_by_text("Regenerated the secondary key of churn.")).to_be_visible()
+    after = _keys(service)
+    expect(page.get_by_test_id("secondary-key")).to_have_text(after["secondary"])
+    assert after["secondary"] != before["secondary"]
+    assert after["primary"] == before["primary"]
+    assert questions == [
+        "Regenerate the secondary key of churn? Clients that send it are refused once the service has been updated."
+    ]
