@@ -95,10 +95,14 @@ def main(argv: list[str] | None = None) -> int:
         collection = "debug (CSV to standard output)"
     elif dc.uploading:
         collection = f"on, to container {dc.container!r}, spooling in {dc.spool_dir}"
+    keys = "none needed"
+    if settings.key_hashes is not None:
+        keys = f"required ({len(settings.key_hashes)} valid digest(s))"
     log.info(
-        "serving %s on http://%s:%s%s with %d worker(s) x %d thread(s); model dir %s; collection %s; telemetry %s",
+        "serving %s on http://%s:%s%s with %d worker(s) x %d thread(s); model dir %s; collection %s; telemetry %s; "
+        "key %s",
         script,
-        settings.host,
+        f"[{settings.host}]" if ":" in settings.host else settings.host,  # an IPv6 address, as a URL writes it
         settings.port,
         f" (probes also on port {settings.probe_port})" if settings.probe_port else "",
         settings.workers,
@@ -106,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         model_dir or "(not set)",
         collection,
         "on" if settings.app_insights else "off",
+        keys,
     )
     from scoring.server import serve  # gunicorn only now: importing the package stays cheap
 

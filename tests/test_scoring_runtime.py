@@ -454,6 +454,7 @@ def test_with_key_digests_set_it_scores_only_requests_that_present_one_of_the_ke
     status, _, body = runtime.request("GET", "/status")
     assert status == 200
     assert json.loads(body)["requests"]["score_client_errors"] == 4
+    assert "key required (2 valid digest(s))" in runtime.log()
     assert primary not in runtime.log()
     assert secondary not in runtime.log()
 
