@@ -381,3 +381,20 @@ def test_in_chromium_a_contributor_finds_the_keys_and_regenerates_one_after_a_qu
     assert questions == [
         "Regenerate the secondary key of churn? Clients that send it are refused once the service has been updated."
     ]
+
+
+@pytest.mark.django_db
+def test_an_api_edit_of_another_setting_leaves_the_key_required(client: Client, alice: Any, service: Service) -> None:
+    url = reverse("deployments:api-service", args=[service.workspace_id, service.name])
+    headers = {"Authorization": f"Bearer {ApiToken.issue(alice, 'test')[1]}"}
+
+    answer = client.patch(
+        url, json.dumps({"collect_model_data": True}), content_type="application/json", headers=headers
+    )
+
+    assert answer.status_code == 202
+    assert answer.json()["auth_enabled"] is True
+    spec = DesiredSpec.from_json(ServiceUpdate.objects.get(service=service).desired_spec)
+    assert len(spec.key_hashes) == 2
+    bad = client.patch(url, json.dumps({"auth_enabled": "no"}), content_type="application/json", headers=headers)
+    assert (bad.status_code, bad.json()["error"]) == (400, "auth_enabled must be true or false.")
