@@ -141,6 +141,7 @@ def desired_spec(service: Service, update_id: int) -> DesiredSpec:
         image=service.image,
         collect_model_data=service.collect_model_data,
         enable_app_insights=service.enable_app_insights,
+        require_key=service.auth_enabled,
         key_hashes=tuple(k.digest for k in service.keys.all()) if service.auth_enabled else (),
         storage_secret=service.workspace.storage_secret,
         environment=_service_environment(service),
@@ -295,7 +296,7 @@ def do_regenerate_key(
 
     A service that requires a key is updated to accept the new one (and refuse the old): that update is returned.
     The audit row says which key, never the key."""
-    service = Service.objects.select_for_update().select_related("workspace").get(pk=service.pk)
+    service = Service.objects.select_for_update(of=("self",)).select_related("workspace").get(pk=service.pk)
     if service.state == Service.State.DELETING:
         raise BeingDeleted(service)
     _set_key(service, slot, keys.check(key) if key is not None else keys.generate())

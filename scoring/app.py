@@ -158,6 +158,8 @@ class ScoringApp:
         doc["model_dir"] = os.environ.get("AZUREML_MODEL_DIR") or None
         doc["workers_configured"] = self.settings.workers
         doc["telemetry"] = self.telemetry
+        # Whether POST /score checks keys: the portal looks for it before it calls a service that needs one Healthy.
+        doc["key_required"] = self.settings.key_hashes is not None
         return doc
 
     def _score(self, environ: dict[str, Any]) -> Response:

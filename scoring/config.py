@@ -24,7 +24,7 @@ sets both. Command-line options of `python -m scoring` win over these variables.
 | `AML_APP_INSIGHTS_ENABLED` | `true`: each request emits an OpenTelemetry span ("Enable AppInsights diagnostics") | off |
 | `APPLICATIONINSIGHTS_CONNECTION_STRING` | with telemetry on: export spans to Azure Monitor; a secret | unset |
 | `OTEL_EXPORTER_OTLP_ENDPOINT` | with telemetry on: export spans over OTLP/HTTP (other `OTEL_*` variables apply too) | unset |
-| `SCORING_KEY_HASHES` | SHA-256 digests (hex, comma-separated) of the keys that `POST /score` accepts as `Authorization: Bearer <key>`; the keys themselves are never given to the runtime. Set but without a valid digest: every scoring request is refused | unset: no key needed |
+| `SCORING_KEY_HASHES` | SHA-256 digests (hex, comma-separated) of the keys that `POST /score` accepts as `Authorization: Bearer <key>`; the keys themselves are never given to the runtime. Set (even blank) but without a valid digest: every scoring request is refused | unset: no key needed |
 
 An invalid value is logged and replaced by its default, except a missing entry script, which stops the runtime, and
 an invalid key digest, which is left out (never read as "no key needed").
@@ -126,8 +126,8 @@ def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -
 
 
 def _key_hashes(env: Mapping[str, str]) -> frozenset[str] | None:
-    raw = env.get(KEY_HASHES, "")
-    if not raw.strip():
+    raw = env.get(KEY_HASHES)
+    if raw is None:  # only unset means "no key needed": set, even blank, a key is required
         return None
     given = [part.strip().lower() for part in raw.split(",") if part.strip()]
     valid = frozenset(d for d in given if _DIGEST.fullmatch(d))

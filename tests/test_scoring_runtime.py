@@ -459,17 +459,18 @@ def test_with_key_digests_set_it_scores_only_requests_that_present_one_of_the_ke
     assert secondary not in runtime.log()
 
 
-def test_key_digests_that_are_all_invalid_refuse_every_request_rather_than_none(tmp_path, runtimes) -> None:
-    runtime = start_runtime(
-        write_script(tmp_path, KEYS_SCRIPT), tmp_path, env={scoring_config.KEY_HASHES: "not-a-digest"}
-    )
+@pytest.mark.parametrize("digests", ["not-a-digest", "", " , "])
+def test_key_digests_that_are_all_invalid_or_none_refuse_every_request_rather_than_none(
+    tmp_path, runtimes, digests
+) -> None:
+    runtime = start_runtime(write_script(tmp_path, KEYS_SCRIPT), tmp_path, env={scoring_config.KEY_HASHES: digests})
     runtimes.append(runtime)
     runtime.wait_ready()
 
-    status, _, _ = runtime.request("POST", "/score", b"x", {"Authorization": "Bearer not-a-digest"})
-
-    assert status == 401
+    for headers in ({}, {"Authorization": "Bearer not-a-digest"}, {"Authorization": "Bearer "}):
+        assert runtime.request("POST", "/score", b"x", headers)[0] == 401
     assert "no valid digest" in runtime.log()
+    assert json.loads(runtime.request("GET", "/status")[2])["key_required"] is True
 
 
 SCHEMA_SCRIPT = """

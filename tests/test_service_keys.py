@@ -3,6 +3,7 @@ get_keys(), regen_key() and run(), and a local service that refuses requests wit
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 import re
@@ -17,14 +18,15 @@ from django.test import Client
 from django.urls import reverse
 from playwright.sync_api import Page, expect
 
-from deployments import actions, keys
+from deployments import actions, drivers, keys
 from deployments.compute import DesiredSpec
 from deployments.compute.kubernetes import container_env
 from deployments.compute.local import LocalDriver
-from deployments.models import ApiToken, AuditEvent, ScoringKey, Service, ServiceUpdate, Workspace
+from deployments.models import ApiToken, AuditEvent, ComputeTarget, ScoringKey, Service, ServiceUpdate, Workspace
 from scoring import config as scoring_config
-from tests.conftest import log_in
+from tests.conftest import cluster_pod, log_in, wait_until
 from tests.factories import EXAMPLE_SCRIPT, ServiceFactory, local_service
+from tests.test_scoring_runtime import start_runtime, write_script
 from tributary_sdk import InferenceConfig, LocalWebservice, Model, Webservice, WebserviceException
 from tributary_sdk import Workspace as SdkWorkspace
 
@@ -284,6 +286,10 @@ def test_pods_get_the_keys_digests_not_the_keys(service: Service) -> None:
     digests = env[scoring_config.KEY_HASHES].split(",")
     assert digests == [keys.key_hash(found["primary"]), keys.key_hash(found["secondary"])]
     assert not any(key in json.dumps(env) for key in found.values())
+    service.keys.all().delete()  # required, but no key to give: every request is refused, none let through
+    assert {e["name"]: e.get("value") for e in container_env(actions.desired_spec(service, 2))}[
+        scoring_config.KEY_HASHES
+    ] == ""
     open_service = ServiceFactory(workspace=service.workspace, name="open", auth_enabled=False)
     assert scoring_config.KEY_HASHES not in {e["name"] for e in container_env(actions.desired_spec(open_service, 2))}
 
@@ -398,3 +404,41 @@ def test_an_api_edit_of_another_setting_leaves_the_key_required(client: Client, 
     assert len(spec.key_hashes) == 2
     bad = client.patch(url, json.dumps({"auth_enabled": "no"}), content_type="application/json", headers=headers)
     assert (bad.status_code, bad.json()["error"]) == (400, "auth_enabled must be true or false.")
+
+
+@pytest.mark.django_db
+def test_a_kubernetes_rollout_that_requires_a_key_is_healthy_only_once_its_pods_say_they_check_keys(
+    workspace: Workspace, cluster: ComputeTarget, kube: Any, tmp_path: Path
+) -> None:
+    service = ServiceFactory(
+        workspace=workspace, name="churn", compute_target=cluster, image="r.example/churn:1", auth_enabled=True
+    )
+    driver = drivers.driver_for(service)
+    spec = actions.desired_spec(service, 1)
+    driver.apply(spec)
+    script = write_script(tmp_path, "def init():\n    pass\n\ndef run(raw):\n    return raw\n")
+    digests = ",".join(spec.key_hashes)
+    checking = start_runtime(script, tmp_path, env={scoring_config.KEY_HASHES: digests})
+    # What an image built on a runtime older than scoring keys does: it ignores SCORING_KEY_HASHES.
+    older = start_runtime(script, tmp_path)
+    try:
+        for runtime in (checking, older):
+            runtime.wait_ready()
+        healthy = wait_until(
+            lambda: (state := driver.rollout_state(spec)).status != "Failed" and state, message="the rollout"
+        )
+        assert healthy.status == "Transitioning"  # no pod has said it checks keys yet
+        assert "Waiting for the pods" in healthy.reason
+
+        cluster_pod(kube, "churn-7d4-a", "churn", status_port=checking.port, ip="127.0.0.1")
+        assert driver.rollout_state(spec).status == "Healthy"
+
+        cluster_pod(kube, "churn-7d4-b", "churn", status_port=older.port, ip="127.0.0.1")
+        state = driver.rollout_state(spec)
+        assert state.status == "Failed"
+        assert "r.example/churn:1 does not check keys" in state.reason
+        # A service that requires no key does not ask.
+        assert driver.rollout_state(dataclasses.replace(spec, require_key=False, key_hashes=())).status == "Healthy"
+    finally:
+        for runtime in (checking, older):
+            runtime.stop()

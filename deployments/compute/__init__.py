@@ -62,7 +62,9 @@ class DesiredSpec:
     image: str = ""
     collect_model_data: bool = False
     enable_app_insights: bool = False
-    # SHA-256 digests of the keys POST /score accepts (SCORING_KEY_HASHES); empty: it needs none. Not secrets.
+    # POST /score needs a key whose SHA-256 digest is in `key_hashes` (SCORING_KEY_HASHES; digests are not
+    # secrets). Its own flag, so that a service that requires a key but has no digest refuses every request.
+    require_key: bool = False
     key_hashes: tuple[str, ...] = ()
     # A reference, never the value: an env var name of the worker for the local target, a Secret name for k8s.
     storage_secret: str = ""

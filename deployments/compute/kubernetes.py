@@ -107,7 +107,32 @@ class KubernetesDriver:
             deployment = self._read_deployment(_name(spec))
         if deployment is None:
             return RolloutState("Failed", "The Deployment is gone from the cluster.")
-        return rollout_state_of(deployment, scoring_url=f"http://{_name(spec)}.{self.namespace}.svc/score")
+        state = rollout_state_of(deployment, scoring_url=f"http://{_name(spec)}.{self.namespace}.svc/score")
+        if state.status == "Healthy" and spec.require_key:
+            return self._checking_keys(spec, state)
+        return state
+
+    def _checking_keys(self, spec: DesiredSpec, healthy: RolloutState) -> RolloutState:
+        """Healthy once every pod that answers says it checks keys. The check is the image's runtime's: one older
+        than scoring keys ignores SCORING_KEY_HASHES and would score for anyone, while the page said a key is
+        required."""
+        # Not the old pods on their way out: they ran without the key.
+        pods = {
+            name: pod
+            for name, pod in self._pods(spec).items()
+            if not (pod.metadata and pod.metadata.deletion_timestamp)
+        }
+        answers = [status for status in self._statuses(pods).values() if status is not None]
+        if any(answer.get("key_required") is not True for answer in answers):
+            return RolloutState(
+                "Failed",
+                f"The scoring runtime in {spec.image} does not check keys (it is older than Tributary's scoring "
+                "keys), so it would score for anyone: rebuild the image on the current runtime, or untick "
+                "Require a key to score.",
+            )
+        if not answers:  # ready pods answer on the probe port: none yet is a moment of the rollout
+            return RolloutState("Transitioning", "Waiting for the pods to say that they check keys.")
+        return healthy
 
     def remove(self, spec: DesiredSpec) -> None:
         """Delete the service's Deployment (its pods stop with SIGTERM: the collector flushes) and Service; those
@@ -128,7 +153,9 @@ class KubernetesDriver:
     def pod_statuses(self, spec: DesiredSpec) -> dict[str, dict[str, Any] | None]:
         """Each of the service's pods' runtime figures (its `GET /status` on the probe port, through the API
         server's pod proxy), by pod name; None for a pod that does not answer within READ_TIMEOUT."""
-        pods = self._pods(spec)
+        return self._statuses(self._pods(spec))
+
+    def _statuses(self, pods: dict[str, client.V1Pod]) -> dict[str, dict[str, Any] | None]:
         with ThreadPoolExecutor(max_workers=8) as pool:  # each pod may take the whole timeout
             return dict(zip(pods, pool.map(self._pod_status, pods.keys(), pods.values()), strict=True))
 
@@ -354,7 +381,7 @@ def container_env(spec: DesiredSpec, probe_port: int = PROBE_PORT) -> list[dict[
     plain[runtime.PORT] = str(CONTAINER_PORT)
     if probe_port != CONTAINER_PORT:
         plain[runtime.PROBE_PORT] = str(probe_port)
-    if spec.key_hashes:  # digests, not keys: plain values
+    if spec.require_key:  # digests, not keys: plain values (none at all: every request is refused)
         plain[runtime.KEY_HASHES] = ",".join(spec.key_hashes)
     env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in sorted(plain.items())]
     if spec.collect_model_data and spec.storage_secret:

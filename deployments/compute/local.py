@@ -331,7 +331,7 @@ class LocalDriver:
                 model_dir=model_dir,
                 workers=spec.replicas,
                 app_insights=spec.enable_app_insights,
-                **({scoring_config.KEY_HASHES: ",".join(spec.key_hashes)} if spec.key_hashes else {}),
+                **({scoring_config.KEY_HASHES: ",".join(spec.key_hashes)} if spec.require_key else {}),
             )
         )
         if not model_dir:
