@@ -207,7 +207,7 @@ def services(request: HttpRequest, workspace_id: int) -> JsonResponse:
     unknown = set(body) - UPDATABLE - {"name", "reason"}
     if unknown:
         raise ValueError(f"Unknown parameters: {', '.join(sorted(unknown))}")
-    defaults = {"replicas": 1}
+    defaults = {"replicas": 1, "auth_enabled": True}  # a key is required unless the caller says otherwise
     form = ServiceCreateForm(_as_form_post({**defaults, **_form_data(workspace, body)}), workspace=workspace)
     if not form.is_valid():
         return _form_errors(form)
@@ -284,12 +284,16 @@ def service_keys(request: HttpRequest, workspace_id: int, name: str) -> JsonResp
             found = {key.slot: keys.unseal(key.sealed) for key in service.keys.all()}
         except keys.UnreadableKey as exc:
             return _error(str(exc), 409)
-        return JsonResponse({"primary_key": found.get("primary"), "secondary_key": found.get("secondary")})
+        response = JsonResponse({"primary_key": found.get("primary"), "secondary_key": found.get("secondary")})
+        response["Cache-Control"] = "no-store"
+        return response
     body = _body(request)
     unknown = set(body) - {"key_type", "key", "reason"}
     if unknown:
         raise ValueError(f"Unknown parameters: {', '.join(sorted(unknown))}")
-    slot = next((s for s in ScoringKey.Slot if s.label == body.get("key_type")), None)
+    key_type = body.get("key_type")
+    # azureml-core capitalised it: "primary" was Primary.
+    slot = next((s for s in ScoringKey.Slot if isinstance(key_type, str) and s.label == key_type.capitalize()), None)
     if slot is None:
         raise ValueError("key_type must be 'Primary' or 'Secondary'.")
     reason = body.get("reason", "")

@@ -287,6 +287,8 @@ def service_keys(request: HtmxHttpRequest, service_id: int) -> HttpResponse:
         "workspace": service.workspace,
         "keys": shown,
         "unreadable": unreadable,
+        # Until the newest update has succeeded, the service may still take the keys it had before.
+        "update": service.updates.first(),
         "nav": "deployments",
     }
     response = render(request, "deployments/service_keys.html", context)
@@ -300,7 +302,6 @@ def _regenerate_key(request: HtmxHttpRequest, service: Service, slot: ScoringKey
             service,
             slot,
             acting_user=request.user,
-            reason=request.POST.get("reason", "")[:REASON_MAX_LENGTH],
             request_id=request_id(request),
         )
     except actions.ActionError as exc:

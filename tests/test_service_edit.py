@@ -29,6 +29,8 @@ def _form(service: Service, **overrides: Any) -> dict[str, Any]:
         data["collect_model_data"] = "on"
     if service.enable_app_insights:
         data["enable_app_insights"] = "on"
+    if service.auth_enabled:
+        data["auth_enabled"] = "on"
     data.update(overrides)
     return {k: v for k, v in data.items() if v is not None}
 

@@ -112,6 +112,7 @@ def test_regenerating_a_key_replaces_it_alone_and_updates_the_service_to_accept_
     assert after["secondary"] == before["secondary"]
     update = ServiceUpdate.objects.get(service=service)
     assert f"once update #{update.pk} has finished" in page.content.decode()
+    assert f"Update #{update.pk} is still being applied" in page.content.decode()
     assert after["primary"] in page.content.decode()  # back on the Keys page, with the new key
     spec = DesiredSpec.from_json(update.desired_spec)
     assert spec.key_hashes == (keys.key_hash(after["primary"]), keys.key_hash(after["secondary"]))
@@ -350,6 +351,12 @@ def test_a_local_service_that_requires_a_key_scores_only_with_one_and_takes_a_re
         Webservice(ws, "churn").update(auth_enabled=False)
         Webservice(ws, "churn").wait_for_deployment(timeout_sec=60)
         assert _score(service.scoring_uri, None) == 200
+
+        read_while_open = Webservice(ws, "churn")
+        Webservice(ws, "churn").update(auth_enabled=True)
+        Webservice(ws, "churn").wait_for_deployment(timeout_sec=60)
+        # Its 401 makes run() read the service again and send the key it now needs.
+        assert read_while_open.run({"data": rows}) == answer
     finally:
         LocalDriver(tmp_path / "services").stop_all()
 
@@ -442,3 +449,72 @@ def test_a_kubernetes_rollout_that_requires_a_key_is_healthy_only_once_its_pods_
     finally:
         for runtime in (checking, older):
             runtime.stop()
+
+
+@pytest.mark.django_db
+def test_the_edit_form_unticked_stops_requiring_a_key_and_ticked_keeps_it(
+    client: Client, alice: Any, service: Service
+) -> None:
+    client.force_login(alice)
+    url = reverse("deployments:service-edit", args=[service.pk])
+    form = {
+        "models": [m.pk for m in service.models.all()],
+        "entry_script": service.entry_script,
+        "replicas": 1,
+        "version": service.version,
+    }
+
+    client.post(url, {**form, "auth_enabled": "on", "replicas": 2})
+    assert Service.objects.get(pk=service.pk).auth_enabled  # another change leaves it on
+    client.post(url, {**form, "version": service.version + 1})  # the box unticked: absent from the post
+
+    assert not Service.objects.get(pk=service.pk).auth_enabled
+    assert AuditEvent.objects.filter(changes__auth_enabled=[True, False]).count() == 1
+
+
+@pytest.mark.django_db
+def test_a_service_deployed_through_the_api_requires_a_key_unless_told_otherwise(
+    client: Client, alice: Any, workspace: Workspace
+) -> None:
+    template = ServiceFactory(workspace=workspace, name="template")
+    url = reverse("deployments:api-services", args=[workspace.pk])
+    headers = {"Authorization": f"Bearer {ApiToken.issue(alice, 'test')[1]}"}
+    body = {
+        "compute_target": template.compute_target.name,
+        "models": [str(m) for m in template.models.all()],
+        "entry_script": str(EXAMPLE_SCRIPT),
+    }
+
+    default = client.post(url, json.dumps({**body, "name": "keyed"}), content_type="application/json", headers=headers)
+    told = client.post(
+        url,
+        json.dumps({**body, "name": "open", "auth_enabled": False}),
+        content_type="application/json",
+        headers=headers,
+    )
+
+    assert (default.status_code, default.json()["auth_enabled"]) == (202, True)
+    assert (told.status_code, told.json()["auth_enabled"]) == (202, False)
+
+
+@pytest.mark.django_db
+def test_readers_cannot_regenerate_a_key_through_the_api(client: Client, bob: Any, service: Service) -> None:
+    before = _keys(service)
+
+    answer = _api(client, service, bob, {"key_type": "Primary"})
+
+    assert answer.status_code == 403
+    assert _keys(service) == before
+
+
+@pytest.mark.django_db
+def test_the_api_takes_the_key_type_in_any_case_as_azureml_core_did(
+    client: Client, alice: Any, service: Service
+) -> None:
+    before = _keys(service)
+
+    answer = _api(client, service, alice, {"key_type": "primary"})
+
+    assert answer.status_code == 202
+    assert _keys(service)["primary"] != before["primary"]
+    assert _api(client, service, alice)["Cache-Control"] == "no-store"

@@ -67,8 +67,9 @@ class DeploymentConfiguration:
     enable_app_insights: bool = False
     num_replicas: int = 1
     compute_target: str | None = None
-    # POST /score needs one of the service's keys (get_keys()); AKS services required one by default.
-    auth_enabled: bool = False
+    # POST /score needs one of the service's keys (get_keys()). None: the portal's default, which requires one
+    # (as Azure ML's AKS services did).
+    auth_enabled: bool | None = None
 
 
 @dataclass
@@ -98,7 +99,7 @@ class AksWebservice:
             enable_app_insights,
             num_replicas,
             compute_target,
-            auth_enabled=auth_enabled is not False,
+            auth_enabled=auth_enabled,
         )
 
 
@@ -108,10 +109,11 @@ class LocalWebservice:
         collect_model_data: bool = False,
         enable_app_insights: bool = False,
         compute_target: str | None = None,
-        auth_enabled: bool = False,
+        auth_enabled: bool | None = None,
         **_ignored: Any,
     ) -> DeploymentConfiguration:
-        """A service on the portal's machine; unlike the legacy local services, it may require a key."""
+        """A service on the portal's machine. Unlike the legacy local services, it requires a key unless
+        `auth_enabled=False`, as every new service does."""
         return DeploymentConfiguration(
             "local", collect_model_data, enable_app_insights, 1, compute_target, auth_enabled=auth_enabled
         )
@@ -145,7 +147,7 @@ class Webservice:
         self.collect_model_data: bool = data["collect_model_data"]
         self.enable_app_insights: bool = data["enable_app_insights"]
         self.compute_type: str = data["compute_type"]
-        self.auth_enabled: bool = data["auth_enabled"]
+        self.auth_enabled: bool = data.get("auth_enabled", False)
         self.error: str = data["state_reason"]
 
     def update_deployment_state(self) -> None:
@@ -250,14 +252,22 @@ class Webservice:
         if not self.scoring_uri:
             raise WebserviceException(f"{self.name} has no scoring URI yet: it is {self.state}.")
         body = input_data if isinstance(input_data, str | bytes) else json.dumps(input_data)
+        data = body.encode() if isinstance(body, str) else body
+        try:
+            return self._score(data)
+        except WebserviceException as exc:
+            if exc.status != 401:
+                raise
+            self.update_deployment_state()  # a key required, or regenerated, since this object was read
+            return self._score(data)
+
+    def _score(self, data: bytes) -> Any:
         headers = {"Content-Type": "application/json"}
         if self.auth_enabled:
             headers["Authorization"] = f"Bearer {self.get_keys()[0]}"
-        request = urllib.request.Request(
-            self.scoring_uri, data=body.encode() if isinstance(body, str) else body, headers=headers, method="POST"
-        )
+        request = urllib.request.Request(self.scoring_uri, data=data, headers=headers, method="POST")
         try:
-            with urllib.request.urlopen(request, timeout=self.workspace._client.timeout) as response:
+            with _NO_REDIRECTS.open(request, timeout=self.workspace._client.timeout) as response:
                 return json.load(response)
         except urllib.error.HTTPError as exc:
             detail = exc.read().decode("utf-8", "replace")[:2000]
@@ -286,6 +296,17 @@ class Webservice:
             time.sleep(1)
         if self.state == "Failed":
             raise WebserviceException(f"Service deployment polling reached non-successful terminal state: {self.error}")
+
+
+class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
+    """A scoring request is answered where it was sent: urllib would follow a redirect as a GET, and carry the
+    key to wherever it points."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None  # the 3xx is raised as an HTTPError: "Received bad response from service"
+
+
+_NO_REDIRECTS = urllib.request.build_opener(_RefuseRedirects)
 
 
 class Model:
@@ -319,9 +340,10 @@ class Model:
             "replicas": config.num_replicas,
             "collect_model_data": config.collect_model_data,
             "enable_app_insights": config.enable_app_insights,
-            "auth_enabled": config.auth_enabled,
             "reason": reason,
         }
+        if config.auth_enabled is not None:
+            body["auth_enabled"] = config.auth_enabled
         data = workspace._client.request("POST", f"workspaces/{workspace.id}/services/", body)
         return Webservice._from_json(workspace, data)
 
