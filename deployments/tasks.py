@@ -81,5 +81,6 @@ def _wait_for_rollout(driver: object, spec: DesiredSpec) -> RolloutState:
         if state.finished:
             return state
         if time.monotonic() > deadline:
-            return RolloutState("Failed", f"The rollout did not finish within {settings.ROLLOUT_TIMEOUT_SECONDS} s.")
+            waited = f"The rollout did not finish within {settings.ROLLOUT_TIMEOUT_SECONDS} s"
+            return RolloutState("Failed", f"{waited}: {state.reason}" if state.reason else f"{waited}.")
         time.sleep(settings.ROLLOUT_POLL_SECONDS)

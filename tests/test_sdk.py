@@ -32,7 +32,10 @@ def test_it_deploys_then_updates_and_follows_the_rollout(
     ws: SdkWorkspace, cluster: ComputeTarget, workspace: Workspace, kube: Any, celery_worker: Any
 ) -> None:
     ModelFactory(workspace=workspace, name="best_model", version=1)
-    config = AksWebservice.deploy_configuration(collect_model_data=True, enable_app_insights=True, cpu_cores=1)
+    # No key: the test cluster runs no pods to say that they check one (tests/test_service_keys.py has that).
+    config = AksWebservice.deploy_configuration(
+        collect_model_data=True, enable_app_insights=True, cpu_cores=1, auth_enabled=False
+    )
 
     service = Model.deploy(
         ws,

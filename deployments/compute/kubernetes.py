@@ -131,7 +131,11 @@ class KubernetesDriver:
                 "Require a key to score.",
             )
         if not answers:  # ready pods answer on the probe port: none yet is a moment of the rollout
-            return RolloutState("Transitioning", "Waiting for the pods to say that they check keys.")
+            return RolloutState(
+                "Transitioning",
+                "Waiting for the pods to say that they check keys (asked through the API server's pod proxy: the "
+                "kubeconfig's user needs pods/proxy get).",
+            )
         return healthy
 
     def remove(self, spec: DesiredSpec) -> None:
