@@ -322,6 +322,25 @@ def do_regenerate_key(
 
 
 @transaction.atomic
+def do_reseal_scoring_keys() -> tuple[int, list[ScoringKey]]:
+    """Seal every service's scoring keys again with the current SECRET_KEY, so that an old one can leave
+    SECRET_KEY_FALLBACKS. The keys themselves do not change (no service is updated, no audit row: nothing a user
+    set moves). Returns how many were sealed again, and the keys that neither the secret key nor a fallback opens
+    (those stay as they were)."""
+    resealed, unreadable = [], []
+    for key in ScoringKey.objects.select_for_update().select_related("service__workspace").order_by("pk"):
+        try:
+            key.sealed = keys.reseal(key.sealed)
+        except keys.UnreadableKey:
+            unreadable.append(key)
+        else:
+            resealed.append(key)
+    ScoringKey.objects.bulk_update(resealed, ["sealed"], batch_size=500)
+    log.info("resealed %d scoring keys; %d could not be opened", len(resealed), len(unreadable))
+    return len(resealed), unreadable
+
+
+@transaction.atomic
 def do_redeploy_service(service: Service, *, acting_user: Any, reason: str = "") -> ServiceUpdate:
     """Apply a service's unchanged settings again, e.g. to start its local processes after the machine restarted."""
     claimed = (

@@ -64,4 +64,13 @@ def unseal(sealed: str) -> str:
         raise UnreadableKey() from exc
 
 
-__all__ = ["MAX_LENGTH", "MIN_LENGTH", "UnreadableKey", "check", "generate", "key_hash", "seal", "unseal"]
+def reseal(sealed: str) -> str:
+    """`sealed` sealed again with the current SECRET_KEY, whichever of it and its fallbacks sealed it (the key's
+    creation time inside the token is kept)."""
+    try:
+        return _fernet().rotate(sealed.encode()).decode()
+    except InvalidToken as exc:
+        raise UnreadableKey() from exc
+
+
+__all__ = ["MAX_LENGTH", "MIN_LENGTH", "UnreadableKey", "check", "generate", "key_hash", "reseal", "seal", "unseal"]

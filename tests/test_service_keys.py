@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import io
 import json
 import re
 import urllib.error
@@ -14,6 +15,7 @@ from typing import Any
 
 import pytest
 from django.apps import apps
+from django.core.management import CommandError, call_command
 from django.test import Client
 from django.urls import reverse
 from playwright.sync_api import Page, expect
@@ -199,6 +201,34 @@ def test_keys_sealed_under_another_secret_key_say_so_and_can_be_regenerated(
     settings.SECRET_KEY_FALLBACKS = []
     _regenerate(client, service, "primary")
     assert keys.unseal(service.keys.get(slot="primary").sealed) not in before.values()
+
+
+@pytest.mark.django_db
+def test_the_reseal_command_lets_the_old_secret_key_go_and_names_the_keys_no_secret_opens(
+    service: Service, workspace: Workspace, settings: Any
+) -> None:
+    old_secret = settings.SECRET_KEY
+    lost = ServiceFactory(workspace=workspace, name="lost")
+    settings.SECRET_KEY = "a-secret-key-long-gone-" + "y" * 40  # lost's secondary key is sealed under this one
+    ScoringKey.objects.filter(pk=lost.keys.get(slot="secondary").pk).update(sealed=keys.seal(keys.generate()))
+    settings.SECRET_KEY = old_secret
+    before = _keys(service)
+    digests = {k.slot: k.digest for k in service.keys.all()}
+    updates = ServiceUpdate.objects.count()
+    settings.SECRET_KEY, settings.SECRET_KEY_FALLBACKS = "a-new-secret-key-" + "x" * 40, [old_secret]
+    out = io.StringIO()
+
+    with pytest.raises(CommandError, match=rf"1 key\(s\) open with neither.*{workspace.name} / lost: secondary"):
+        call_command("reseal_scoring_keys", stdout=out)
+
+    assert "Sealed 3 scoring key(s) with the current SECRET_KEY." in out.getvalue()
+    settings.SECRET_KEY_FALLBACKS = []  # the old secret key gone: the resealed keys still open, unchanged
+    assert _keys(service) == before
+    assert {k.slot: k.digest for k in service.keys.all()} == digests
+    assert keys.unseal(lost.keys.get(slot="primary").sealed)
+    with pytest.raises(keys.UnreadableKey):
+        keys.unseal(lost.keys.get(slot="secondary").sealed)
+    assert ServiceUpdate.objects.count() == updates  # no service moves: its keys did not change
 
 
 @pytest.mark.django_db
