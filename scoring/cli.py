@@ -95,6 +95,12 @@ def main(argv: list[str] | None = None) -> int:
         collection = "debug (CSV to standard output)"
     elif dc.uploading:
         collection = f"on, to container {dc.container!r}, spooling in {dc.spool_dir}"
+    from scoring.server import port_problem, serve  # gunicorn only now: importing the package stays cheap
+
+    problem = port_problem(settings)
+    if problem:
+        log.error("FAILED: %s", problem)
+        return 2
     keys = "none needed"
     if settings.key_hashes is not None:
         keys = f"required ({len(settings.key_hashes)} valid digest(s))"
@@ -112,7 +118,5 @@ def main(argv: list[str] | None = None) -> int:
         "on" if settings.app_insights else "off",
         keys,
     )
-    from scoring.server import serve  # gunicorn only now: importing the package stays cheap
-
     serve(settings)
     return 0

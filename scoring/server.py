@@ -67,8 +67,10 @@ def _fatal(reason: str) -> None:
 
 def drain_seconds(graceful_timeout: float) -> int:
     """How long a stopping worker waits for its requests in flight: the graceful timeout less a quarter of it (at
-    least 2 s), so that its flush (worker_exit) runs before the master's deadline, when it kills what is left."""
-    return max(0, int(graceful_timeout - max(2.0, graceful_timeout / 4)))
+    least 2 s) and one second more, so that its flush (worker_exit) runs before the master's deadline, when it kills
+    what is left. The one second: gthread's loop checks its deadline between waits of up to a second, so a request
+    that outlasts the drain keeps the worker up to a second beyond it."""
+    return max(0, int(graceful_timeout - max(2.0, graceful_timeout / 4) - 1))
 
 
 def _post_fork(server: Any, worker: Any) -> None:
@@ -367,15 +369,18 @@ def port_in_use(host: str, port: int) -> bool:
     return False
 
 
-def serve(settings: Settings) -> None:
-    """Run the server until it is stopped (exits the process with gunicorn's status)."""
+def port_problem(settings: Settings) -> str | None:
+    """Why the runtime cannot listen where `settings` say, if it cannot (checked before it says it serves)."""
     if settings.probe_port == settings.port:
-        log.error("FAILED: the probe port must differ from the port (%s)", settings.port)
-        sys.exit(2)
+        return f"the probe port must differ from the port ({settings.port})"
     for port in (settings.port, settings.probe_port):
         if port and port_in_use(settings.host, port):
-            log.error("FAILED: port %s on %s is in use", port, settings.host)
-            sys.exit(2)
+            return f"port {port} on {settings.host} is in use"
+    return None
+
+
+def serve(settings: Settings) -> None:
+    """Run the server until it is stopped (exits the process with gunicorn's status)."""
     server = ScoringServer(settings)
     try:
         server.run()

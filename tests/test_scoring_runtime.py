@@ -900,3 +900,4 @@ def test_it_refuses_a_port_that_is_taken(tmp_path, runtimes) -> None:
 
     assert second.process.wait(30) == 2
     assert f"FAILED: port {first.port} on 127.0.0.1 is in use" in second.log()
+    assert "serving" not in second.log()  # it never said it did
