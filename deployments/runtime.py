@@ -13,6 +13,7 @@ from typing import Any
 from collector import tabular
 from deployments import actions, drivers
 from deployments.compute import DriverError
+from deployments.logs import without_secrets
 from deployments.models import ComputeTarget, Service
 
 
@@ -75,7 +76,7 @@ def figures(status: dict[str, Any]) -> RuntimeFigures | None:
             drops=tuple(
                 Drop(reason, int(rows), tabular.explain(reason)) for reason, rows in sorted(dropped.items()) if rows
             ),
-            last_error=_without_url_queries(str(collector.get("last_error") or "")),
+            last_error=_without_secrets(str(collector.get("last_error") or "")),
             last_error_at=datetime.fromtimestamp(collector["last_error_at"], UTC)
             if collector.get("last_error_at")
             else None,
@@ -148,6 +149,7 @@ def figures_of_pods(statuses: dict[str, dict[str, Any] | None]) -> RuntimeFigure
 _URL_QUERY = re.compile(r"\?[^\s'\"]*")
 
 
-def _without_url_queries(message: str) -> str:
-    # A storage error may quote a URL, and a SAS token is its query: readers see this page.
-    return _URL_QUERY.sub("?…", message)
+def _without_secrets(message: str) -> str:
+    # Readers see this page. A storage error may quote a URL, and a SAS token is its query: gone whole. The rest is
+    # redacted as the service's log is (an account key or a connection string in the message).
+    return without_secrets(_URL_QUERY.sub("?…", message))

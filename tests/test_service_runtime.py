@@ -173,18 +173,24 @@ def test_to_outsiders_the_figures_do_not_exist(client: Client, charlie: Any, wor
     assert client.get(reverse("deployments:service-runtime", args=[service.pk])).status_code == 404
 
 
-def test_a_storage_error_is_shown_without_the_query_of_a_url_in_it() -> None:
-    status = {
+def _status_with_storage_error(message: str) -> dict[str, Any]:
+    return {
         "requests": {"score_requests": 1, "score_ok": 1, "score_client_errors": 0, "score_errors": 0},
         "latency": {"p50_ms": 1.0, "p99_ms": 2.0},
         "workers": [{"ready": True}],
         "collector": {
             "mode": "upload",
             "upload_failures": 2,
-            "last_error": "Server refused https://acct.blob.core.windows.net/modeldata?sv=2024&sig=SECRET'",
+            "last_error": message,
             "last_error_at": 1_764_000_000.0,
         },
     }
+
+
+def test_a_storage_error_is_shown_without_the_query_of_a_url_in_it() -> None:
+    status = _status_with_storage_error(
+        "Server refused https://acct.blob.core.windows.net/modeldata?sv=2024&sig=SECRET'"
+    )
 
     figures = runtime.figures(status)
 
@@ -192,3 +198,19 @@ def test_a_storage_error_is_shown_without_the_query_of_a_url_in_it() -> None:
     assert figures.last_error == "Server refused https://acct.blob.core.windows.net/modeldata?…'"
     assert figures.last_error_at == datetime(2025, 11, 24, 16, 0, tzinfo=UTC)
     assert runtime.figures({"requests": "not a status document"}) is None
+
+
+def test_a_storage_error_is_shown_without_a_credential_in_it() -> None:
+    # As the service's log is: readers see both.
+    status = _status_with_storage_error(
+        "Connection string rejected: DefaultEndpointsProtocol=https;AccountName=acct;AccountKey=c2VjcmV0a2V5;"
+    )
+
+    figures = runtime.figures(status)
+
+    assert figures is not None
+    assert "c2VjcmV0a2V5" not in figures.last_error
+    assert (
+        figures.last_error
+        == "Connection string rejected: DefaultEndpointsProtocol=https;AccountName=acct;AccountKey=<hidden>;"
+    )
