@@ -75,7 +75,7 @@ keeps env vars it does not mention (it can't remove one: use a JSON merge patch 
 Remaining gaps (a real cluster differs): no server-side apply (``application/apply-patch+yaml`` gets 415); no
 ``scale`` or other subresources besides ``status`` and a pod's ``log`` (whose text the test sets with
 ``set_pod_log()``); a pod's ``proxy`` (GET only) to the port on ``status.podIP`` that the request names, where a test
-runs the real program; no ReplicaSets, no Pods but those a test creates, no garbage collection (nothing runs);
+runs the real program (``emulator.pod_proxy_forbidden = True`` answers 403, as RBAC would); no ReplicaSets, no Pods but those a test creates, no garbage collection (nothing runs);
 no finalizers or graceful deletion (DELETE removes at once); no ``limit``/``continue`` paging (lists return
 everything); no watch bookmarks; ``$setElementOrder``/``$retainKeys``/``$deleteFromPrimitiveList`` directives
 are ignored; validation covers only what is listed above; no RBAC (any holder of the token may do anything);
@@ -729,6 +729,9 @@ class KubeEmulator(kmock.KubernetesEmulator):
         self._rollout_default = RolloutPlan()
         self._rollout_plans: dict[tuple[str | None, str], RolloutPlan] = {}
         self._pod_logs: dict[tuple[str | None, str, str], bytes] = {}  # (namespace, pod, container): its log
+        # The one RBAC rule emulated: the token's user may not `get` the `pods/proxy` subresource (a deploying
+        # service account often may create Deployments but not reach pods). Set by a test; reset() clears it.
+        self.pod_proxy_forbidden = False
         self._rollouts: dict[ObjKey, asyncio.Task[None]] = {}
         self.unexpected_errors: collections.deque[str] = collections.deque(maxlen=50)
         self.recent_requests: collections.deque[str] = collections.deque(maxlen=200)
@@ -992,6 +995,15 @@ class KubeEmulator(kmock.KubernetesEmulator):
                 raise _error(401, "Unauthorized", "Unauthorized")
             if raw_request.method != "GET":
                 raise _error(405, "MethodNotAllowed", "the pod proxy of this test server answers GET only")
+            if self.pod_proxy_forbidden:  # worded as a real API server words it
+                raise _error(
+                    403,
+                    "Forbidden",
+                    f'pods "{pod_name}" is forbidden: User "system:serviceaccount:{namespace}:deployer" cannot get '
+                    f'resource "pods/proxy" in API group "" in the namespace "{namespace}"',
+                    name=pod_name,
+                    kind="pods",
+                )
             pod = self._live((PODS, namespace, pod_name))
             if pod is None:
                 raise _not_found(PODS, pod_name)
@@ -1385,6 +1397,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
             self._rollout_default = RolloutPlan()
             self._rollout_plans.clear()
             self._pod_logs.clear()
+            self.pod_proxy_forbidden = False
             self._payloads[:] = self._builtin_payloads
             self.unexpected_errors.clear()
             self.recent_requests.clear()

@@ -21,6 +21,7 @@ from django.urls import reverse
 from playwright.sync_api import Page, expect
 
 from deployments import actions, drivers, keys
+from deployments import runtime as service_runtime
 from deployments.compute import DesiredSpec
 from deployments.compute.kubernetes import container_env
 from deployments.compute.local import LocalDriver
@@ -479,6 +480,29 @@ def test_a_kubernetes_rollout_that_requires_a_key_is_healthy_only_once_its_pods_
     finally:
         for runtime in (checking, older):
             runtime.stop()
+
+
+@pytest.mark.django_db
+def test_a_kubernetes_rollout_that_requires_a_key_fails_at_once_when_the_pod_proxy_is_forbidden(
+    workspace: Workspace, cluster: ComputeTarget, kube: Any
+) -> None:
+    # Without pods/proxy the pods cannot be asked: the update says so now rather than at its deadline, minutes on.
+    service = ServiceFactory(
+        workspace=workspace, name="churn", compute_target=cluster, image="r.example/churn:1", auth_enabled=True
+    )
+    driver = drivers.driver_for(service)
+    spec = actions.desired_spec(service, 1)
+    driver.apply(spec)
+    cluster_pod(kube, "churn-7d4-a", "churn", ip="127.0.0.1")
+    kube.emulator.pod_proxy_forbidden = True
+
+    state = wait_until(lambda: (state := driver.rollout_state(spec)).status != "Transitioning" and state)
+
+    assert state.status == "Failed"
+    assert 'cannot get resource "pods/proxy"' in state.reason
+    assert "the kubeconfig's user needs pods/proxy get" in state.reason
+    # The service page's runtime figures say the same, instead of "no pod answers".
+    assert "needs pods/proxy get" in service_runtime.of_service(service).error
 
 
 @pytest.mark.django_db

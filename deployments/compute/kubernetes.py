@@ -122,7 +122,14 @@ class KubernetesDriver:
             for name, pod in self._pods(spec).items()
             if not (pod.metadata and pod.metadata.deletion_timestamp)
         }
-        answers = [status for status in self._statuses(pods).values() if status is not None]
+        try:
+            answers = [status for status in self._statuses(pods).values() if status is not None]
+        except PermanentError as exc:
+            return RolloutState(
+                "Failed",
+                f"{exc} A service that requires a key asks its pods whether they check keys: grant that, or untick "
+                "Require a key to score.",
+            )
         if any(answer.get("key_required") is not True for answer in answers):
             return RolloutState(
                 "Failed",
@@ -156,7 +163,8 @@ class KubernetesDriver:
 
     def pod_statuses(self, spec: DesiredSpec) -> dict[str, dict[str, Any] | None]:
         """Each of the service's pods' runtime figures (its `GET /status` on the probe port, through the API
-        server's pod proxy), by pod name; None for a pod that does not answer within READ_TIMEOUT."""
+        server's pod proxy), by pod name; None for a pod that does not answer within READ_TIMEOUT. PermanentError
+        when the kubeconfig's user may not use the pod proxy."""
         return self._statuses(self._pods(spec))
 
     def _statuses(self, pods: dict[str, client.V1Pod]) -> dict[str, dict[str, Any] | None]:
@@ -176,7 +184,14 @@ class KubernetesDriver:
             if response.status != 200:
                 return None
             status = json.loads(response.data[:STATUS_MAX_BYTES])
-        except (ApiException, urllib3.exceptions.HTTPError, OSError, ValueError):
+        except ApiException as exc:
+            if exc.status == 403:  # RBAC: every pod would say the same, now and on every later poll
+                raise PermanentError(
+                    f"Could not read the pods' status through the API server's pod proxy: HTTP 403 {_reason(exc)} "
+                    "(the kubeconfig's user needs pods/proxy get)."
+                ) from exc
+            return None
+        except (urllib3.exceptions.HTTPError, OSError, ValueError):
             return None
         return status if isinstance(status, dict) else None
 
