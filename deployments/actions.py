@@ -44,6 +44,10 @@ SERVICE_FIELDS = (
     "collect_model_data",
     "enable_app_insights",
     "auth_enabled",
+    "cpu_cores",
+    "memory_gb",
+    "cpu_cores_limit",
+    "memory_gb_limit",
 )
 
 
@@ -143,12 +147,31 @@ def desired_spec(service: Service, update_id: int) -> DesiredSpec:
         enable_app_insights=service.enable_app_insights,
         require_key=service.auth_enabled,
         key_hashes=tuple(k.digest for k in service.keys.all()) if service.auth_enabled else (),
+        resources=container_resources(service),
         storage_secret=service.workspace.storage_secret,
         environment=_service_environment(service),
         target={"namespace": service.compute_target.namespace}
         if service.compute_target.kind == ComputeTarget.Kind.KUBERNETES
         else {},
     )
+
+
+def container_resources(service: Service) -> dict[str, dict[str, str]]:
+    """The service's CPU cores and memory GB as a Kubernetes container's `resources`: whole millicores and
+    megabytes (GB as Azure ML's memory_gb, 10^9 bytes)."""
+    resources: dict[str, dict[str, str]] = {}
+    for kind, cpu, memory in (
+        ("requests", service.cpu_cores, service.memory_gb),
+        ("limits", service.cpu_cores_limit, service.memory_gb_limit),
+    ):
+        quantities = {}
+        if cpu is not None:
+            quantities["cpu"] = f"{round(cpu * 1000)}m"
+        if memory is not None:
+            quantities["memory"] = f"{round(memory * 1000)}M"
+        if quantities:
+            resources[kind] = quantities
+    return resources
 
 
 def _service_environment(service: Service) -> dict[str, str]:
@@ -185,6 +208,10 @@ def do_deploy_service(
     collect_model_data: bool = False,
     enable_app_insights: bool = False,
     auth_enabled: bool = False,
+    cpu_cores: float | None = None,
+    memory_gb: float | None = None,
+    cpu_cores_limit: float | None = None,
+    memory_gb_limit: float | None = None,
     reason: str = "",
     request_id: uuid.UUID | None = None,
 ) -> ServiceUpdate:
@@ -201,6 +228,10 @@ def do_deploy_service(
                 collect_model_data=collect_model_data,
                 enable_app_insights=enable_app_insights,
                 auth_enabled=auth_enabled,
+                cpu_cores=cpu_cores,
+                memory_gb=memory_gb,
+                cpu_cores_limit=cpu_cores_limit,
+                memory_gb_limit=memory_gb_limit,
                 state=Service.State.TRANSITIONING,
             )
     except IntegrityError as exc:

@@ -36,8 +36,13 @@ UPDATABLE = {
     "collect_model_data",
     "enable_app_insights",
     "auth_enabled",
+    "cpu_cores",
+    "memory_gb",
+    "cpu_cores_limit",
+    "memory_gb_limit",
 }
 FLAGS = ("collect_model_data", "enable_app_insights", "auth_enabled")
+RESOURCES = ServiceCreateForm.RESOURCES  # numbers, or null for none
 
 
 def _error(message: str, status: int) -> JsonResponse:
@@ -119,6 +124,10 @@ def _form_data(workspace: Workspace, values: dict[str, Any]) -> dict[str, Any]:
         if flag in data and not isinstance(data[flag], bool):
             # A form reads any text but "false" and "0" as on: "no" must not switch collection on.
             raise ValueError(f"{flag} must be true or false.")
+    for name in RESOURCES:
+        value = data.get(name)
+        if name in data and value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raise ValueError(f"{name} must be a number, or null for none.")
     if "models" in data:
         data["models"] = _model_ids(workspace, data["models"])
     if "compute_target" in data:
@@ -163,6 +172,7 @@ def _service_json(service: Service) -> dict[str, Any]:
         "collect_model_data": service.collect_model_data,
         "enable_app_insights": service.enable_app_insights,
         "auth_enabled": service.auth_enabled,
+        **{name: getattr(service, name) for name in RESOURCES},
         "version": service.version,
         "latest_update": _update_json(service.updates.first()),
     }

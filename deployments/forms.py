@@ -30,6 +30,11 @@ class ServiceSettingsForm(forms.Form):
         label="Require a key to score",
         help_text="POST /score then answers only requests with Authorization: Bearer and one of the service's keys.",
     )
+    # Azure ML's cpu_cores, memory_gb and their limits: Kubernetes only (see Service). Whole millicores and MB.
+    cpu_cores = forms.FloatField(required=False, min_value=0.001, max_value=1000, label="CPU cores")
+    memory_gb = forms.FloatField(required=False, min_value=0.001, max_value=10_000, label="Memory (GB)")
+    cpu_cores_limit = forms.FloatField(required=False, min_value=0.001, max_value=1000, label="CPU cores, at most")
+    memory_gb_limit = forms.FloatField(required=False, min_value=0.001, max_value=10_000, label="Memory (GB), at most")
     reason = forms.CharField(
         max_length=REASON_MAX_LENGTH,
         required=False,
@@ -39,6 +44,8 @@ class ServiceSettingsForm(forms.Form):
 
     # Under "Advanced settings", as checkboxes (the legacy portal's two, and the key).
     ADVANCED = ("collect_model_data", "enable_app_insights", "auth_enabled")
+    # In a group of their own: what each pod asks of the cluster (requests) and may use at most (limits).
+    RESOURCES = ("cpu_cores", "memory_gb", "cpu_cores_limit", "memory_gb_limit")
 
     def __init__(self, *args: Any, workspace: Workspace, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -52,7 +59,20 @@ class ServiceSettingsForm(forms.Form):
             self.add_error("image", "A Kubernetes compute target runs a scoring image: name one.")
         if target is not None and target.kind == ComputeTarget.Kind.LOCAL:
             self._check_local_script(data.get("entry_script", ""))
+            for name in self.RESOURCES:
+                if data.get(name) is not None:
+                    self.add_error(name, "The local compute target runs processes without requests or limits.")
+        self._check_resources(data)
         return data
+
+    def _check_resources(self, data: dict[str, Any]) -> None:
+        for name in self.RESOURCES:
+            value = data.get(name)
+            if value is not None:
+                data[name] = round(value, 3)  # what is applied: whole millicores, whole MB
+        for request, limit in (("cpu_cores", "cpu_cores_limit"), ("memory_gb", "memory_gb_limit")):
+            if data.get(request) is not None and data.get(limit) is not None and data[limit] < data[request]:
+                self.add_error(limit, "The most a pod may use cannot be less than what it requests.")
 
     def _check_local_script(self, entry_script: str) -> None:
         if not entry_script:
@@ -72,10 +92,13 @@ class ServiceSettingsForm(forms.Form):
             self.add_error("entry_script", "No such file on this machine.")
 
     def basic_fields(self) -> list[forms.BoundField]:
-        return [f for f in self.visible_fields() if f.name not in (*self.ADVANCED, "reason")]
+        return [f for f in self.visible_fields() if f.name not in (*self.ADVANCED, *self.RESOURCES, "reason")]
 
     def advanced_fields(self) -> list[forms.BoundField]:
         return [self[name] for name in self.ADVANCED]
+
+    def resource_fields(self) -> list[forms.BoundField]:
+        return [self[name] for name in self.RESOURCES]
 
     def settings(self) -> dict[str, Any]:
         """The cleaned settings, as `do_*` actions take them."""
@@ -103,6 +126,10 @@ class ServiceEditForm(ServiceSettingsForm):
             "collect_model_data": service.collect_model_data,
             "enable_app_insights": service.enable_app_insights,
             "auth_enabled": service.auth_enabled,
+            "cpu_cores": service.cpu_cores,
+            "memory_gb": service.memory_gb,
+            "cpu_cores_limit": service.cpu_cores_limit,
+            "memory_gb_limit": service.memory_gb_limit,
             "version": service.version,
         }
 

@@ -140,6 +140,13 @@ class Service(models.Model):
     enable_app_insights = models.BooleanField(default=False)
     # "Require a key to score": POST /score then needs one of the service's ScoringKeys (Azure ML's auth_enabled).
     auth_enabled = models.BooleanField(default=False)
+    # Kubernetes only: what the scoring container requests and may use at most, as Azure ML's cpu_cores, memory_gb,
+    # cpu_cores_limit and memory_gb_limit (GB of 10^9 bytes). Unset: nothing of its own (the namespace's
+    # LimitRange, if any, decides).
+    cpu_cores = models.FloatField(null=True, blank=True)
+    memory_gb = models.FloatField(null=True, blank=True)
+    cpu_cores_limit = models.FloatField(null=True, blank=True)
+    memory_gb_limit = models.FloatField(null=True, blank=True)
     state = models.CharField(max_length=20, choices=State.choices, default=State.TRANSITIONING)
     state_reason = models.TextField(blank=True)
     scoring_url = models.CharField(max_length=500, blank=True)
@@ -157,6 +164,19 @@ class Service(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    def resources_text(self) -> str:
+        """Its resources as its page says them: "requests 0.5 CPU cores, 1 GB; at most 2 GB"; "" if none."""
+        parts = []
+        for what, cpu, memory in (
+            ("requests", self.cpu_cores, self.memory_gb),
+            ("at most", self.cpu_cores_limit, self.memory_gb_limit),
+        ):
+            amounts = [f"{cpu:g} CPU core{'' if cpu == 1 else 's'}"] if cpu is not None else []
+            amounts += [f"{memory:g} GB"] if memory is not None else []
+            if amounts:
+                parts.append(f"{what} {', '.join(amounts)}")
+        return "; ".join(parts)
 
 
 class ScoringKey(models.Model):

@@ -22,6 +22,11 @@ def ws(live_server: Any, alice: Any, workspace: Workspace) -> SdkWorkspace:
     return SdkWorkspace("sub-0001", "rg-ml", "alices-team", url=live_server.url, token=key)
 
 
+def _resources(kube: Any, name: str) -> dict[str, Any]:
+    deployment = kube.get_object("apps/v1/deployments", "ml", name)
+    return deployment["spec"]["template"]["spec"]["containers"][0].get("resources", {})
+
+
 def _env(kube: Any, name: str) -> dict[str, str]:
     deployment = k8s.AppsV1Api(kube.api_client()).read_namespaced_deployment(name, "ml")
     return {e.name: e.value for e in deployment.spec.template.spec.containers[0].env}
@@ -34,7 +39,7 @@ def test_it_deploys_then_updates_and_follows_the_rollout(
     ModelFactory(workspace=workspace, name="best_model", version=1)
     # No key: the test cluster runs no pods to say that they check one (tests/test_service_keys.py has that).
     config = AksWebservice.deploy_configuration(
-        collect_model_data=True, enable_app_insights=True, cpu_cores=1, auth_enabled=False
+        collect_model_data=True, enable_app_insights=True, cpu_cores=0.5, memory_gb=1.5, auth_enabled=False
     )
 
     service = Model.deploy(
@@ -49,13 +54,19 @@ def test_it_deploys_then_updates_and_follows_the_rollout(
     service.wait_for_deployment(timeout_sec=60)
     assert service.state == "Healthy"
     assert _env(kube, "churn")["AML_MODEL_DC_STORAGE_ENABLED"] == "true"
+    assert _resources(kube, "churn") == {"requests": {"cpu": "500m", "memory": "1500M"}}
 
     again = Webservice(ws, "churn")
-    again.update(collect_model_data=False)
+    assert (again.cpu_cores, again.memory_gb, again.cpu_cores_limit) == (0.5, 1.5, None)
+    again.update(collect_model_data=False, cpu_cores_limit=2, memory_gb_limit=4)
     again.wait_for_deployment(timeout_sec=60)
 
     assert (again.state, again.collect_model_data, again.enable_app_insights) == ("Healthy", False, True)
     assert _env(kube, "churn")["AML_MODEL_DC_STORAGE_ENABLED"] == "false"
+    assert _resources(kube, "churn") == {
+        "requests": {"cpu": "500m", "memory": "1500M"},
+        "limits": {"cpu": "2000m", "memory": "4000M"},
+    }
 
 
 @pytest.mark.django_db(transaction=True)
@@ -98,12 +109,12 @@ def test_update_refuses_settings_it_would_not_apply_and_warns_of_them_beside_oth
     ServiceFactory(workspace=workspace, name="churn", replicas=1)
     service = Webservice(ws, "churn")
 
-    with pytest.raises(WebserviceException, match=r"^Tributary does not apply these settings: cpu_cores, tags$"):
-        service.update(tags={"team": "risk"}, cpu_cores=2, description=None)
+    with pytest.raises(WebserviceException, match=r"^Tributary does not apply these settings: gpu_cores, tags$"):
+        service.update(tags={"team": "risk"}, gpu_cores=1, description=None)
     assert Service.objects.get(name="churn").version == 1
 
-    with pytest.warns(UserWarning, match=r"^Tributary does not apply these settings: memory_gb$"):
-        service.update(num_replicas=2, memory_gb=4)
+    with pytest.warns(UserWarning, match=r"^Tributary does not apply these settings: autoscale_enabled$"):
+        service.update(num_replicas=2, autoscale_enabled=True)
     assert Service.objects.get(name="churn").replicas == 2
     _worked_off("churn")
 

@@ -70,6 +70,19 @@ class DeploymentConfiguration:
     # POST /score needs one of the service's keys (get_keys()). None: the portal's default, which requires one
     # (as Azure ML's AKS services did).
     auth_enabled: bool | None = None
+    # Kubernetes: what each pod requests and may use at most (GB of 10^9 bytes). None: nothing of its own (Azure
+    # ML requested 0.1 cores and 0.5 GB when not told).
+    cpu_cores: float | None = None
+    memory_gb: float | None = None
+    cpu_cores_limit: float | None = None
+    memory_gb_limit: float | None = None
+
+    def resources(self) -> dict[str, float]:
+        return {
+            name: value
+            for name in ("cpu_cores", "memory_gb", "cpu_cores_limit", "memory_gb_limit")
+            if (value := getattr(self, name)) is not None
+        }
 
 
 @dataclass
@@ -89,10 +102,14 @@ class AksWebservice:
         num_replicas: int = 1,
         compute_target: str | None = None,
         auth_enabled: bool | None = None,
+        cpu_cores: float | None = None,
+        memory_gb: float | None = None,
+        cpu_cores_limit: float | None = None,
+        memory_gb_limit: float | None = None,
         **_ignored: Any,
     ) -> DeploymentConfiguration:
         """As in azureml.core (a key is required unless `auth_enabled=False`); settings that Tributary does not use
-        (cpu_cores, memory_gb, ...) are accepted."""
+        (autoscale_*, tags, ...) are accepted."""
         return DeploymentConfiguration(
             "kubernetes",
             collect_model_data,
@@ -100,6 +117,10 @@ class AksWebservice:
             num_replicas,
             compute_target,
             auth_enabled=auth_enabled,
+            cpu_cores=cpu_cores,
+            memory_gb=memory_gb,
+            cpu_cores_limit=cpu_cores_limit,
+            memory_gb_limit=memory_gb_limit,
         )
 
 
@@ -148,6 +169,10 @@ class Webservice:
         self.enable_app_insights: bool = data["enable_app_insights"]
         self.compute_type: str = data["compute_type"]
         self.auth_enabled: bool = data.get("auth_enabled", False)
+        self.cpu_cores: float | None = data.get("cpu_cores")
+        self.memory_gb: float | None = data.get("memory_gb")
+        self.cpu_cores_limit: float | None = data.get("cpu_cores_limit")
+        self.memory_gb_limit: float | None = data.get("memory_gb_limit")
         self.error: str = data["state_reason"]
 
     def update_deployment_state(self) -> None:
@@ -160,6 +185,10 @@ class Webservice:
         enable_app_insights: bool | None = None,
         num_replicas: int | None = None,
         auth_enabled: bool | None = None,
+        cpu_cores: float | None = None,
+        memory_gb: float | None = None,
+        cpu_cores_limit: float | None = None,
+        memory_gb_limit: float | None = None,
         models: list[Model | str] | None = None,
         inference_config: InferenceConfig | None = None,
         reason: str = "",
@@ -167,8 +196,8 @@ class Webservice:
     ) -> None:
         """Change settings; the portal applies them in the background (follow with `wait_for_deployment()`).
 
-        The legacy signature's other settings (cpu_cores, autoscale_*, tags, ...) mean nothing to Tributary: given
-        beside a setting it applies, each is named in a warning; given alone, they are refused."""
+        The legacy signature's other settings (autoscale_*, tags, ...) mean nothing to Tributary: given beside a
+        setting it applies, each is named in a warning; given alone, they are refused."""
         changes: dict[str, Any] = {
             key: value
             for key, value in (
@@ -176,6 +205,10 @@ class Webservice:
                 ("enable_app_insights", enable_app_insights),
                 ("replicas", num_replicas),
                 ("auth_enabled", auth_enabled),
+                ("cpu_cores", cpu_cores),
+                ("memory_gb", memory_gb),
+                ("cpu_cores_limit", cpu_cores_limit),
+                ("memory_gb_limit", memory_gb_limit),
             )
             if value is not None
         }
@@ -344,6 +377,7 @@ class Model:
         }
         if config.auth_enabled is not None:
             body["auth_enabled"] = config.auth_enabled
+        body.update(config.resources())
         data = workspace._client.request("POST", f"workspaces/{workspace.id}/services/", body)
         return Webservice._from_json(workspace, data)
 

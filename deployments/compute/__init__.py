@@ -66,6 +66,9 @@ class DesiredSpec:
     # secrets). Its own flag, so that a service that requires a key but has no digest refuses every request.
     require_key: bool = False
     key_hashes: tuple[str, ...] = ()
+    # Kubernetes only: the scoring container's `resources`, as Kubernetes quantities, e.g.
+    # {"requests": {"cpu": "500m", "memory": "1000M"}, "limits": {...}}; empty: it asks for none.
+    resources: dict[str, dict[str, str]] = field(default_factory=dict)
     # A reference, never the value: an env var name of the worker for the local target, a Secret name for k8s.
     storage_secret: str = ""
     # Non-secret extra environment for the scoring processes.

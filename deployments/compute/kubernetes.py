@@ -438,6 +438,8 @@ def deployment_manifest(spec: DesiredSpec, *, probe_port: int = PROBE_PORT) -> d
         "readinessProbe": {"httpGet": {"path": "/ready", "port": probe_port}, "periodSeconds": 5},
         "livenessProbe": {"httpGet": {"path": "/", "port": probe_port}, "periodSeconds": 10},
     }
+    if spec.resources:
+        container["resources"] = spec.resources
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",

@@ -249,6 +249,8 @@ class LocalDriver:
             raise PermanentError(f"entry script {script} does not exist on this machine")
         if not 1 <= spec.replicas <= 64:
             raise PermanentError(f"replicas must be between 1 and 64 on the local target, not {spec.replicas}")
+        if spec.resources:
+            raise PermanentError("the local target runs processes without CPU or memory requests or limits")
         for model in spec.models:
             for what, value in (("model name", model.name), ("model version", model.version)):
                 if not _SEGMENT.match(str(value)):
@@ -275,6 +277,7 @@ class LocalDriver:
         """Everything the process runs with; a change means a restart. The secret is in it only as a hash."""
         data = spec.to_json()
         data.pop("update_id")
+        data.pop("resources")  # always empty here (_validate): no restart of processes started before it existed
         try:
             script_hash = hashlib.sha256(script.read_bytes()).hexdigest()
         except OSError as exc:
