@@ -3,6 +3,8 @@
     GET  /         liveness: 200 "Healthy" as soon as the worker runs (even while init() works)
     GET  /ready    200 once init() has returned in every worker, then while one is; 503 with the reason before
     GET  /status   JSON: request counts, latency percentiles, the collector's counters, the workers
+    GET  /swagger.json  the API document of a run() with inference_schema decorators (`?version=2`, `3`, `3.1`);
+                   404 saying why for other scripts. No key needed, as with azmlinfsrv: it describes, it does not score
     POST /score    the body, as a string, to run(); its return value answered as JSON (with
                    SCORING_KEY_HASHES set, only for `Authorization: Bearer <key>` of one of the service's keys)
 
@@ -23,9 +25,10 @@ import uuid
 from collections.abc import Callable, Iterable
 from http import HTTPStatus
 from typing import Any
+from urllib.parse import parse_qs
 
 import collector
-from scoring import config
+from scoring import config, swagger
 from scoring import script as scripts
 from scoring.config import Settings
 from scoring.stats import WorkerStatus
@@ -82,6 +85,9 @@ class ScoringApp:
         self.telemetry = telemetry
         self.script: scripts.EntryScript | None = None
         self.failure = ""
+        # GET /swagger.json: the encoded documents by version, built once after init(); or why there are none.
+        self.swagger: dict[str, bytes] = {}
+        self.no_swagger = ""
         self._ready = threading.Event()
         self._on_fatal = on_fatal
         # One run() at a time by default, as the legacy runtime: scripts keep module globals and are rarely thread-safe.
@@ -114,10 +120,27 @@ class ScoringApp:
             if self._on_fatal is not None:
                 self._on_fatal(reason)
             return
+        self._build_swagger(loaded)
         self.script = loaded
         self.status.note_ready()
         self._ready.set()
         log.info("init() returned in %.2fs; ready", time.monotonic() - started)
+
+    def _build_swagger(self, loaded: scripts.EntryScript) -> None:
+        if not loaded.schema_decorated:
+            self.no_swagger = swagger.NOT_DECORATED
+            return
+        title = os.environ.get(collector.config.SERVICE_NAME) or "ML service"  # azmlinfsrv's default title
+        try:
+            documents = swagger.generate(loaded.run, title=title, key_required=self.settings.key_hashes is not None)
+            self.swagger = {v: json.dumps(d, default=_json_default).encode() for v, d in documents.items()}
+        except Exception as exc:
+            # The service scores all the same: only its document is missing, and a 404 says why (a 500 would invite
+            # retries of what fails every time).
+            log.error("cannot generate the swagger document from run()'s decorators", exc_info=exc)
+            self.no_swagger = (
+                f"Swagger not found: generating it from run()'s decorators raised {type(exc).__name__}: {exc}"
+            )
 
     def wait_ready(self, timeout: float | None) -> bool:
         """Wait for init() to return (None: for as long as it takes): True if it did, False if it failed."""
@@ -149,7 +172,22 @@ class ScoringApp:
             return 200, [_TEXT], b"Ready", ""
         if path == "/status":
             return 200, [_JSON], json.dumps(self.status_document()).encode(), ""
+        if path == "/swagger.json":
+            return self._swagger(environ)
         return _error(404, f"no such path: {path}")
+
+    def _swagger(self, environ: dict[str, Any]) -> Response:
+        if self.failure:
+            return _error(503, self.failure)
+        if self.script is None:  # the document comes from the loaded script; /ready says when that is
+            return _error(503, "init() has not returned yet")
+        if self.no_swagger:
+            return _error(404, self.no_swagger)
+        asked = parse_qs(environ.get("QUERY_STRING", "")).get("version", [swagger.DEFAULT_VERSION])[0]
+        refusal = swagger.unavailable_version(asked, self.swagger)
+        if refusal is not None:
+            return _error(404, refusal)
+        return 200, [_JSON], self.swagger[swagger.VERSIONS[asked]], ""
 
     def status_document(self) -> dict[str, Any]:
         doc = self.status.status()

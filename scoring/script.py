@@ -42,6 +42,11 @@ class EntryScript:
     # With @input_schema: run()'s parameters, (name, default or inspect.Parameter.empty); None otherwise.
     schema_params: list[tuple[str, Any]] | None
 
+    @property
+    def schema_decorated(self) -> bool:
+        """run() has inference_schema decorators: its parameters are passed by name, and it has a swagger document."""
+        return self.schema_params is not None
+
     def call(self, body: str, headers: Mapping[str, str] | None) -> Any:
         """Call run() with a request body; raises BadInput when a schema-decorated run() cannot take it."""
         if self.schema_params is None:

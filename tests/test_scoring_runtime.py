@@ -503,6 +503,121 @@ def test_it_serves_inference_schema_decorated_scripts(tmp_path, runtimes) -> Non
     assert "JSON object" in answer["message"]
 
 
+def swagger(runtime: Runtime, query: str = "") -> tuple[int, Any]:
+    status, headers, body = runtime.request("GET", f"/swagger.json{query}")
+    assert headers["content-type"] == "application/json"
+    return status, json.loads(body)
+
+
+def test_it_describes_a_decorated_run_in_swagger_2_by_default_and_in_openapi_3(tmp_path, runtimes) -> None:
+    runtime = start_runtime(write_script(tmp_path, SCHEMA_SCRIPT), tmp_path, env={dc.SERVICE_NAME: "churn"})
+    runtimes.append(runtime)
+    runtime.wait_ready()
+
+    status, document = swagger(runtime)
+
+    assert status == 200
+    assert (document["swagger"], document["info"]["title"]) == ("2.0", "churn")
+    service_input = document["definitions"]["ServiceInput"]
+    assert service_input["properties"]["data"]["items"] == {
+        "type": "array",
+        "items": {"type": "number", "format": "double"},
+    }
+    assert service_input["properties"]["scale"] == {"type": "number", "format": "double"}
+    assert service_input["example"] == {"data": [[1.0, 2.0]], "scale": 1.0}
+    assert document["definitions"]["ServiceOutput"] == {
+        "type": "array",
+        "items": {"type": "number", "format": "double"},
+        "example": [1.0],
+    }
+    score = document["paths"]["/score"]["post"]
+    assert score["parameters"][0]["schema"] == {"$ref": "#/definitions/ServiceInput"}
+    assert "security" not in score  # this service needs no key
+    assert "securityDefinitions" not in document
+    # What the document says to send is what the service takes.
+    assert runtime.score(service_input["example"]) == (200, [3.0])
+
+    status, openapi = swagger(runtime, "?version=3")
+    assert (status, openapi["openapi"]) == (200, "3.0.3")
+    assert openapi["components"]["schemas"]["ServiceInput"] == service_input
+    assert swagger(runtime, "?version=3.1")[1]["openapi"] == "3.1.0"
+    assert swagger(runtime, "?version=2.0")[1] == document
+    assert swagger(runtime, "?version=4") == (
+        404,
+        {"message": "Swagger version [4] is not valid. Supported versions: [2.0, 3.0, 3.1]."},
+    )
+
+
+def test_its_swagger_needs_no_key_and_says_that_scoring_needs_one(tmp_path, runtimes) -> None:
+    env = {scoring_config.KEY_HASHES: scoring_config.key_hash("k" * 32)}
+    runtime = start_runtime(write_script(tmp_path, SCHEMA_SCRIPT), tmp_path, env=env)
+    runtimes.append(runtime)
+    runtime.wait_ready()
+
+    status, document = swagger(runtime)
+
+    assert status == 200
+    assert runtime.score({"data": [[1.0, 2.0]]})[0] == 401
+    assert document["securityDefinitions"]["Bearer"]["name"] == "Authorization"
+    assert document["paths"]["/score"]["post"]["security"] == [{"Bearer": []}]
+    assert swagger(runtime, "?version=3")[1]["components"]["securitySchemes"]["Bearer"]["in"] == "header"
+
+
+UNDECORATED_SCRIPT = """
+    import sys
+
+    def init():
+        pass
+
+    def run(raw_data):
+        return sorted(name for name in sys.modules if name.startswith("inference_schema"))
+"""
+
+
+def test_without_decorators_there_is_no_swagger_and_inference_schema_stays_unimported(tmp_path, runtimes) -> None:
+    runtime = start_runtime(write_script(tmp_path, UNDECORATED_SCRIPT), tmp_path)
+    runtimes.append(runtime)
+    runtime.wait_ready()
+
+    status, answer = swagger(runtime)
+
+    assert status == 404
+    assert answer["message"].startswith("Swagger not found: run() has no inference_schema decorators")
+    assert runtime.score("{}") == (200, [])
+
+
+FAILING_SCHEMA_SCRIPT = (
+    SCHEMA_SCRIPT
+    + """
+    import inference_schema.schema_util
+
+    def _broken(run):
+        raise ValueError("no schema today")
+
+    inference_schema.schema_util.get_output_schema = _broken
+"""
+)
+
+
+def test_when_its_swagger_cannot_be_generated_it_says_why_and_still_scores(tmp_path, runtimes) -> None:
+    runtime = start_runtime(write_script(tmp_path, FAILING_SCHEMA_SCRIPT), tmp_path)
+    runtimes.append(runtime)
+    runtime.wait_ready()
+
+    first, second = swagger(runtime), swagger(runtime)
+
+    assert (
+        first
+        == second
+        == (
+            404,
+            {"message": "Swagger not found: generating it from run()'s decorators raised ValueError: no schema today"},
+        )
+    )
+    assert runtime.score({"data": [[1.0, 2.0]]}) == (200, [3.0])
+    assert runtime.log().count("cannot generate the swagger document") == 1  # once, not per request
+
+
 # --- readiness, status, failures, shutdown -------------------------------------------------------------------
 
 SLOW_INIT_SCRIPT = """
