@@ -163,6 +163,7 @@ def _service_json(service: Service) -> dict[str, Any]:
         "state": service.state,
         "state_reason": service.state_reason,
         "scoring_uri": service.scoring_url,
+        "swagger_uri": service.swagger_url,
         "compute_target": service.compute_target.name,
         "compute_type": service.compute_target.kind,
         "models": [str(m) for m in service.models.all()],

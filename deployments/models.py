@@ -178,6 +178,13 @@ class Service(models.Model):
                 parts.append(f"{what} {', '.join(amounts)}")
         return "; ".join(parts)
 
+    @property
+    def swagger_url(self) -> str:
+        """The runtime's GET /swagger.json beside its POST /score ("" while the scoring URL is unknown). It answers a
+        document only for a script whose run() has inference_schema decorators (scoring/README.md)."""
+        base, _, last = self.scoring_url.rpartition("/")
+        return f"{base}/swagger.json" if base and last == "score" else ""
+
 
 class ScoringKey(models.Model):
     """One of a service's two keys for POST /score (see deployments.keys): sealed, and its digest for the runtime."""

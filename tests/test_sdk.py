@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import urllib.request
 from typing import Any
 
 import pytest
@@ -10,6 +12,7 @@ from kubernetes import client as k8s
 from deployments.models import ApiToken, ComputeTarget, Service, ServiceUpdate, Workspace
 from tests.conftest import wait_until
 from tests.factories import EXAMPLE_SCRIPT, ModelFactory, ServiceFactory
+from tests.test_scoring_runtime import SCHEMA_SCRIPT, start_runtime, write_script
 from tributary_sdk import AksWebservice, InferenceConfig, Model, Webservice, WebserviceException
 from tributary_sdk import Workspace as SdkWorkspace
 
@@ -148,3 +151,25 @@ def test_it_reports_server_errors_clearly(
     with pytest.raises(WebserviceException, match="No workspace 'alices-team' that this token may see"):
         Webservice(outsider, "churn")
     assert key not in repr(outsider._client)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_swagger_uri_is_where_the_service_serves_its_swagger_document(
+    ws: SdkWorkspace, workspace: Workspace, tmp_path: Any
+) -> None:
+    runtime = start_runtime(write_script(tmp_path, SCHEMA_SCRIPT), tmp_path)
+    try:
+        runtime.wait_ready()
+        ServiceFactory(workspace=workspace, name="churn", scoring_url=f"http://127.0.0.1:{runtime.port}/score")
+        ServiceFactory(workspace=workspace, name="fraud", state=Service.State.TRANSITIONING, scoring_url="")
+
+        service = Webservice(ws, "churn")
+        with urllib.request.urlopen(service.swagger_uri, timeout=10) as answer:  # no key: a swagger is no secret
+            document = json.load(answer)
+
+        assert service.swagger_uri == f"http://127.0.0.1:{runtime.port}/swagger.json"
+        assert set(document["definitions"]["ServiceInput"]["properties"]) == {"data", "scale"}
+        assert Webservice(ws, "fraud").swagger_uri is None  # no scoring URI yet, as azureml.core said
+        assert ws.webservices["churn"].swagger_uri == service.swagger_uri
+    finally:
+        runtime.stop()

@@ -33,6 +33,19 @@ def test_it_shows_settings_state_and_scoring_url(client: Client, bob: Any, servi
     assert ">Edit</a>" not in content  # bob only reads
 
 
+def test_it_shows_the_swagger_url_beside_a_known_scoring_url(
+    client: Client, bob: Any, service: Service, workspace: Workspace
+) -> None:
+    starting = ServiceFactory(workspace=workspace, state=Service.State.TRANSITIONING, scoring_url="")
+    client.force_login(bob)
+
+    shown = client.get(reverse("deployments:service-detail", args=[service.pk])).content.decode()
+    not_yet = client.get(reverse("deployments:service-detail", args=[starting.pk])).content.decode()
+
+    assert '<dd data-testid="swagger-url"><code>http://127.0.0.1:9001/swagger.json</code>' in shown
+    assert "swagger-url" not in not_yet
+
+
 def test_it_shows_edit_to_writers(client: Client, alice: Any, service: Service) -> None:
     client.force_login(alice)
 

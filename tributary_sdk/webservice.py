@@ -165,6 +165,9 @@ class Webservice:
         self._data = data
         self.state: str = data["state"]
         self.scoring_uri: str = data["scoring_uri"]
+        # GET of the service's swagger document, as azureml.core's: None while there is no scoring URI (a portal
+        # older than swagger_uri gives none either). Served for scripts with inference_schema decorators, no key needed.
+        self.swagger_uri: str | None = data.get("swagger_uri") or None
         self.collect_model_data: bool = data["collect_model_data"]
         self.enable_app_insights: bool = data["enable_app_insights"]
         self.compute_type: str = data["compute_type"]
