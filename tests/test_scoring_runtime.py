@@ -645,6 +645,7 @@ def test_it_is_live_at_once_and_ready_only_after_init(tmp_path, runtimes) -> Non
     status, _, body = runtime.request("GET", "/ready")
     assert status == 503
     assert json.loads(body)["message"] == "init() has not returned yet"
+    assert runtime.request("GET", "/swagger.json")[0] == 503  # its swagger, if any, comes from the loaded script
 
     release.touch()
     runtime.wait_ready()
