@@ -16,7 +16,6 @@ from django.conf import settings
 from django.core.exceptions import PermissionDenied, RequestDataTooBig
 from django.db import transaction
 from django.http import Http404, HttpRequest, JsonResponse
-from django.shortcuts import get_object_or_404
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 
@@ -181,9 +180,11 @@ def _service_json(service: Service) -> dict[str, Any]:
 
 def _service(request: HttpRequest, workspace_id: int, name: str) -> tuple[Service, bool]:
     workspace, can_write = get_workspace_for_user(request, workspace_id)
-    service = get_object_or_404(
-        Service.objects.select_related("compute_target", "workspace"), workspace=workspace, name=name
+    service = (
+        Service.objects.select_related("compute_target", "workspace").filter(workspace=workspace, name=name).first()
     )
+    if service is None:  # Django's own message ("No Service matches the given query.") would reach SDK users
+        raise Http404(f"No service {name!r} in this workspace.")
     return service, can_write
 
 

@@ -192,6 +192,16 @@ def test_outsiders_get_404(client: Client, charlie: Any, service: Service) -> No
     assert client.get(url, headers=_auth(charlie)).status_code == 404
 
 
+def test_an_unknown_service_is_named_in_the_404(client: Client, alice: Any, service: Service) -> None:
+    # The SDK shows this message as is (Webservice(ws, "nope")): it must say what was not found, in the API's words.
+    url = reverse("deployments:api-service", args=[service.workspace_id, "nope"])
+
+    response = client.get(url, headers=_auth(alice))
+
+    assert response.status_code == 404
+    assert response.json() == {"error": "No service 'nope' in this workspace."}
+
+
 def test_it_deploys(client: Client, alice: Any, workspace: Workspace) -> None:
     ComputeTargetFactory(workspace=workspace, name="local")
     ModelFactory(workspace=workspace, name="best_model", version=2)
