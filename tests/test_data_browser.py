@@ -439,3 +439,20 @@ def test_a_join_stops_at_its_read_limit_and_says_so(
 
     assert response.context["result"].gave_up
     assert b"that day holds more than one search may read" in response.content
+
+
+def test_a_join_form_error_names_the_field_as_the_page_labels_it(client: Client, alice: Any, service: Service) -> None:
+    client.force_login(alice)
+
+    response = client.get(
+        reverse("deployments:service-data-join", args=[service.pk]), {"correlation_id": "", "day": "2026-13-45"}
+    )
+
+    assert response.status_code == 200
+    assert response.context["result"] is None
+    page = response.content.decode()
+    # Not Django's error dict, which names the form's internal fields ("correlation_id", "day").
+    assert "<li>correlation_id" not in page
+    assert "<li>day" not in page
+    assert "Correlation or request id: This field is required." in page
+    assert "Day: Enter a valid date." in page
