@@ -68,3 +68,61 @@ def test_on_a_phone_every_page_fits_the_screen(
         assert log_out["x"] + log_out["width"] <= PHONE["width"], path
         # On one line with the link beside it (a button's default margin once put it lower).
         assert abs((log_out["y"] + log_out["height"] / 2) - (tokens["y"] + tokens["height"] / 2)) <= 1, path
+
+
+BROKEN_WORDS = """cell => {
+  // The words (between spaces) of the cell that are split over two lines.
+  const broken = [];
+  const walker = document.createTreeWalker(cell, NodeFilter.SHOW_TEXT);
+  for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+    for (const match of node.data.matchAll(/\\S+/g)) {
+      const range = document.createRange();
+      range.setStart(node, match.index);
+      range.setEnd(node, match.index + match[0].length);
+      const tops = [];
+      for (const rect of range.getClientRects()) {
+        if (rect.width > 0 && !tops.some(top => Math.abs(top - rect.top) < 4)) tops.push(rect.top);
+      }
+      if (tops.length > 1) broken.push(match[0]);
+    }
+  }
+  return broken;
+}"""
+
+
+@pytest.mark.browser
+@pytest.mark.django_db(transaction=True)
+def test_on_a_desktop_the_audit_tables_break_no_short_word(
+    page: Page, live_server: Any, alice: Any, workspace: Workspace, settings: Any, tmp_path: Any
+) -> None:
+    # Who and Action once broke mid-word ("syste|m", "service.update_succeed|ed") at 1280 px: every cell of the
+    # table could break anywhere, so the long Changes and Reason cells squeezed the short ones.
+    settings.VAR_DIR = tmp_path
+    service = ServiceFactory(workspace=workspace, name="customer-churn-prediction-eu-2")
+    common = {"workspace": workspace, "target_type": "service", "target_id": service.pk, "target_repr": service.name}
+    AuditEvent.objects.create(
+        actor=None,
+        actor_name="system",
+        action=AuditEvent.Action.SERVICE_UPDATE_SUCCEEDED,
+        changes={"update": [None, 1]},
+        **common,
+    )
+    AuditEvent.objects.create(
+        actor=alice,
+        actor_name="alice",
+        action=AuditEvent.Action.SERVICE_CREATED,
+        changes={"entry_script": [None, "/srv/scripts/customer-churn/score.py"], "models": [None, ["churn:1"]]},
+        # A reason may be one long URL: it still wraps inside its cell rather than widening the page.
+        reason="https://tickets.example.org/browse/" + "ML-4242/" * 20,
+        **common,
+    )
+    page.set_viewport_size({"width": 1280, "height": 900})
+    log_in(page, f"{live_server.url}/", "alice")
+
+    for path in (f"/w/{workspace.pk}/audit/", f"/services/{service.pk}/"):
+        page.goto(f"{live_server.url}{path}")
+        assert page.evaluate("document.documentElement.scrollWidth") <= 1280, path
+        for row in page.locator("table.audit tbody tr").all():
+            for column in (1, 2, 3):  # When, Who, Action
+                cell = row.locator("td").nth(column - 1)
+                assert cell.evaluate(BROKEN_WORDS) == [], path
