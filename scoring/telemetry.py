@@ -78,7 +78,7 @@ class Telemetry:
         try:
             self.provider.shutdown()
         except Exception as exc:
-            log.warning("scoring: telemetry did not shut down cleanly: %s", exc)
+            log.warning("telemetry did not shut down cleanly: %s", exc)
 
 
 def setup(service_name: str, exporter: Any = None) -> Telemetry | None:
@@ -111,7 +111,7 @@ def setup(service_name: str, exporter: Any = None) -> Telemetry | None:
         names.append("otlp")
     if not names:
         log.warning(
-            "scoring: %s is on but neither %s nor %s is set: no telemetry is sent",
+            "%s is on but neither %s nor %s is set: no telemetry is sent",
             config.APP_INSIGHTS_ENABLED,
             config.APPLICATIONINSIGHTS_CONNECTION_STRING,
             config.OTLP_ENDPOINT,

@@ -241,3 +241,22 @@ def test_it_configures_the_azure_monitor_exporter(monkeypatch) -> None:
     assert built is not None
     assert built.exporters == ["InMemorySpanExporter", "azure-monitor"]
     built.shutdown()
+
+
+def test_its_warning_that_nothing_receives_telemetry_names_the_logger_once(monkeypatch, caplog) -> None:
+    # The runtime's log format already starts each line with the logger's name; the Logs page once showed
+    # "scoring: scoring: AML_APP_INSIGHTS_ENABLED is on but ...".
+    import logging
+
+    from scoring import telemetry
+    from scoring.cli import LOG_FORMAT
+
+    monkeypatch.delenv(config.APPLICATIONINSIGHTS_CONNECTION_STRING, raising=False)
+    monkeypatch.delenv(config.OTLP_ENDPOINT, raising=False)
+
+    with caplog.at_level(logging.WARNING, logger="scoring"):
+        assert telemetry.setup("svc") is None
+
+    lines = [logging.Formatter(LOG_FORMAT).format(record) for record in caplog.records]
+    assert any("no telemetry is sent" in line for line in lines)
+    assert not any("scoring: scoring:" in line for line in lines)
