@@ -270,6 +270,9 @@ def do_update_service(
     # Claims the edit: of two edits made from the same version, exactly one passes this conditional UPDATE.
     claimed = Service.objects.filter(pk=service.pk, version=expected_version).update(version=F("version") + 1)
     if not claimed:
+        # A delete also moves the version on; saying so beats "make your change again", which can never succeed.
+        if Service.objects.filter(pk=service.pk, state=Service.State.DELETING).exists():
+            raise BeingDeleted(service)
         raise StaleEdit()
     service.refresh_from_db()
     if service.state == Service.State.DELETING:

@@ -180,6 +180,30 @@ def test_a_service_being_deleted_refuses_edits_a_second_delete_and_a_restart(
     assert list(service.updates.values_list("kind", flat=True)) == ["remove"]
 
 
+@pytest.mark.django_db
+def test_an_edit_form_opened_before_the_delete_says_the_service_is_being_deleted(
+    client: Client, service: Service, alice: Any
+) -> None:
+    # Not "Someone else changed this service since you opened the form ... make your change again": the change can
+    # never be made, whatever the user does with the form.
+    opened_at = service.version
+    actions.do_delete_service(service, acting_user=alice)
+    client.force_login(alice)
+
+    response = client.post(
+        reverse("deployments:service-edit", args=[service.pk]),
+        {"models": [m.pk for m in service.models.all()], "image": service.image, "replicas": 3, "version": opened_at},
+    )
+
+    assert response.status_code == 200
+    assert b"churn is being deleted: it can no longer be changed." in response.content
+    assert b"Someone else changed this service" not in response.content
+    with pytest.raises(actions.BeingDeleted):
+        actions.do_update_service(service, expected_version=opened_at, acting_user=alice, replicas=3)
+    service.refresh_from_db()
+    assert (service.state, service.replicas) == (Service.State.DELETING, 1)
+
+
 # --- who may delete -----------------------------------------------------------------------------------------------
 
 
