@@ -204,3 +204,23 @@ def test_it_says_where_diagnostics_go_or_that_nothing_receives_them(
     assert "secret-key" not in content
     assert "token-" not in content
     assert "no-telemetry-destination" not in content
+
+
+def test_every_page_of_a_service_leads_back_to_the_workspaces_first(
+    client: Client, alice: Any, service: Service, blob_container: Any
+) -> None:
+    # The service, its logs and the audit log started their trail at Workspaces; Edit, Keys, Collected rows, Join
+    # a request and Deploy a service started it at the workspace, one step short.
+    client.force_login(alice)
+    home = reverse("deployments:home")
+    for name, args in (
+        ("deployments:service-detail", [service.pk]),
+        ("deployments:service-edit", [service.pk]),
+        ("deployments:service-keys", [service.pk]),
+        ("deployments:service-data-summary", [service.pk]),
+        ("deployments:service-data-join", [service.pk]),
+        ("deployments:service-create", [service.workspace_id]),
+    ):
+        page = client.get(reverse(name, args=args)).content.decode()
+        trail = page.split('<nav class="crumbs" aria-label="Breadcrumb">', 1)[1].split("</nav>", 1)[0]
+        assert trail.strip().startswith(f'<a href="{home}">Workspaces</a>'), name
