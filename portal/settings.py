@@ -54,7 +54,6 @@ SECRET_KEY_FALLBACKS = envlist("SECRET_KEY_FALLBACKS", "")
 
 ALLOWED_HOSTS = envlist("ALLOWED_HOSTS", "127.0.0.1,localhost")
 CSRF_TRUSTED_ORIGINS = envlist("CSRF_TRUSTED_ORIGINS", "")
-SITE_ROOT = envstr("SITE_ROOT", "http://127.0.0.1:8000")
 
 INSTALLED_APPS = [
     "django.contrib.admin",

@@ -142,6 +142,7 @@ def test_a_key_regenerated_while_none_is_required_needs_no_update(
     page = _regenerate(client, service, "secondary")
 
     assert "The service requires no key yet" in page.content.decode()
+    assert "Once a key is required, a client sends it so:" in page.content.decode()  # the curl example's header
     assert not ServiceUpdate.objects.filter(service=service).exists()
     assert Service.objects.get(pk=service.pk).state == Service.State.HEALTHY
 
