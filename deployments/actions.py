@@ -48,6 +48,10 @@ SERVICE_FIELDS = (
     "memory_gb",
     "cpu_cores_limit",
     "memory_gb_limit",
+    "autoscale_enabled",
+    "autoscale_min_replicas",
+    "autoscale_max_replicas",
+    "autoscale_target_utilization",
 )
 
 
@@ -148,6 +152,7 @@ def desired_spec(service: Service, update_id: int) -> DesiredSpec:
         require_key=service.auth_enabled,
         key_hashes=tuple(k.digest for k in service.keys.all()) if service.auth_enabled else (),
         resources=container_resources(service),
+        autoscale=_autoscale(service),
         storage_secret=service.workspace.storage_secret,
         environment=_service_environment(service),
         target={"namespace": service.compute_target.namespace}
@@ -172,6 +177,16 @@ def container_resources(service: Service) -> dict[str, dict[str, str]]:
         if quantities:
             resources[kind] = quantities
     return resources
+
+
+def _autoscale(service: Service) -> dict[str, int]:
+    if not service.autoscale_enabled:
+        return {}
+    return {
+        "min_replicas": service.autoscale_min_replicas,
+        "max_replicas": service.autoscale_max_replicas,
+        "target_cpu_utilization": service.autoscale_target_utilization,
+    }
 
 
 def _service_environment(service: Service) -> dict[str, str]:
@@ -212,6 +227,10 @@ def do_deploy_service(
     memory_gb: float | None = None,
     cpu_cores_limit: float | None = None,
     memory_gb_limit: float | None = None,
+    autoscale_enabled: bool = False,
+    autoscale_min_replicas: int = 1,
+    autoscale_max_replicas: int = 10,
+    autoscale_target_utilization: int = 70,
     reason: str = "",
     request_id: uuid.UUID | None = None,
 ) -> ServiceUpdate:
@@ -232,6 +251,10 @@ def do_deploy_service(
                 memory_gb=memory_gb,
                 cpu_cores_limit=cpu_cores_limit,
                 memory_gb_limit=memory_gb_limit,
+                autoscale_enabled=autoscale_enabled,
+                autoscale_min_replicas=autoscale_min_replicas,
+                autoscale_max_replicas=autoscale_max_replicas,
+                autoscale_target_utilization=autoscale_target_utilization,
                 state=Service.State.TRANSITIONING,
             )
     except IntegrityError as exc:

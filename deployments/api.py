@@ -39,9 +39,11 @@ UPDATABLE = {
     "memory_gb",
     "cpu_cores_limit",
     "memory_gb_limit",
+    *ServiceCreateForm.AUTOSCALE,
 }
-FLAGS = ("collect_model_data", "enable_app_insights", "auth_enabled")
+FLAGS = ("collect_model_data", "enable_app_insights", "auth_enabled", "autoscale_enabled")
 RESOURCES = ServiceCreateForm.RESOURCES  # numbers, or null for none
+WHOLE_NUMBERS = ServiceCreateForm.AUTOSCALE[1:]
 
 
 def _error(message: str, status: int) -> JsonResponse:
@@ -127,6 +129,9 @@ def _form_data(workspace: Workspace, values: dict[str, Any]) -> dict[str, Any]:
         value = data.get(name)
         if name in data and value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
             raise ValueError(f"{name} must be a number, or null for none.")
+    for name in WHOLE_NUMBERS:
+        if name in data and (isinstance(data[name], bool) or not isinstance(data[name], int)):
+            raise ValueError(f"{name} must be a whole number.")
     if "models" in data:
         data["models"] = _model_ids(workspace, data["models"])
     if "compute_target" in data:
@@ -173,6 +178,7 @@ def _service_json(service: Service) -> dict[str, Any]:
         "enable_app_insights": service.enable_app_insights,
         "auth_enabled": service.auth_enabled,
         **{name: getattr(service, name) for name in RESOURCES},
+        **{name: getattr(service, name) for name in ServiceCreateForm.AUTOSCALE},
         "version": service.version,
         "latest_update": _update_json(service.updates.first()),
     }

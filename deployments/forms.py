@@ -22,7 +22,9 @@ class ServiceSettingsForm(forms.Form):
         max_length=500, required=False, help_text="Path of score.py on this machine (the local compute target)."
     )
     image = forms.CharField(max_length=500, required=False, help_text="Scoring image (Kubernetes compute targets).")
-    replicas = forms.IntegerField(min_value=1, max_value=50, initial=1)
+    replicas = forms.IntegerField(
+        min_value=1, max_value=50, initial=1, help_text="How many copies serve it; while it autoscales, unused."
+    )
     collect_model_data = forms.BooleanField(required=False, label="Enable model data collection")
     enable_app_insights = forms.BooleanField(required=False, label="Enable AppInsights diagnostics")
     auth_enabled = forms.BooleanField(
@@ -35,6 +37,18 @@ class ServiceSettingsForm(forms.Form):
     memory_gb = forms.FloatField(required=False, min_value=0.001, max_value=10_000, label="Memory (GB)")
     cpu_cores_limit = forms.FloatField(required=False, min_value=0.001, max_value=1000, label="CPU cores, at most")
     memory_gb_limit = forms.FloatField(required=False, min_value=0.001, max_value=10_000, label="Memory (GB), at most")
+    # Azure ML's autoscale_*: Kubernetes only, a HorizontalPodAutoscaler on the pods' CPU use (see Service).
+    autoscale_enabled = forms.BooleanField(required=False, label="Autoscale the replicas")
+    # Their initial values are a new service's (Service's defaults, Azure ML's).
+    autoscale_min_replicas = forms.IntegerField(
+        required=False, min_value=1, max_value=50, initial=1, label="Fewest replicas"
+    )
+    autoscale_max_replicas = forms.IntegerField(
+        required=False, min_value=1, max_value=50, initial=10, label="Most replicas"
+    )
+    autoscale_target_utilization = forms.IntegerField(
+        required=False, min_value=1, max_value=100, initial=70, label="Target CPU use (% of requested)"
+    )
     reason = forms.CharField(
         max_length=REASON_MAX_LENGTH,
         required=False,
@@ -46,6 +60,12 @@ class ServiceSettingsForm(forms.Form):
     ADVANCED = ("collect_model_data", "enable_app_insights", "auth_enabled")
     # In a group of their own: what each pod asks of the cluster (requests) and may use at most (limits).
     RESOURCES = ("cpu_cores", "memory_gb", "cpu_cores_limit", "memory_gb_limit")
+    AUTOSCALE = (
+        "autoscale_enabled",
+        "autoscale_min_replicas",
+        "autoscale_max_replicas",
+        "autoscale_target_utilization",
+    )
 
     def __init__(self, *args: Any, workspace: Workspace, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -62,8 +82,27 @@ class ServiceSettingsForm(forms.Form):
             for name in self.RESOURCES:
                 if data.get(name) is not None:
                     self.add_error(name, "The local compute target runs processes without requests or limits.")
+            if data.get("autoscale_enabled"):
+                self.add_error("autoscale_enabled", "The local compute target runs a fixed number of processes.")
         self._check_resources(data)
+        self._check_autoscale(data)
         return data
+
+    def _check_autoscale(self, data: dict[str, Any]) -> None:
+        # Left empty (or not posted: an older client), a number keeps what it was, or the default of a new service.
+        for name in self.AUTOSCALE[1:]:
+            if data.get(name) is None and name not in self.errors:
+                data[name] = self.initial.get(name, self.fields[name].initial)
+        low, high = data.get("autoscale_min_replicas"), data.get("autoscale_max_replicas")
+        if low is not None and high is not None and high < low:
+            self.add_error("autoscale_max_replicas", "The most replicas cannot be fewer than the fewest.")
+        if data.get("autoscale_enabled") and data.get("cpu_cores") is None and "cpu_cores" not in self.errors:
+            target = data.get("compute_target")
+            if target is not None and target.kind == ComputeTarget.Kind.KUBERNETES:
+                self.add_error(
+                    "cpu_cores",
+                    "Autoscaling compares the pods' CPU use with what each requests: give the CPU cores to request.",
+                )
 
     def _check_resources(self, data: dict[str, Any]) -> None:
         for name in self.RESOURCES:
@@ -92,13 +131,18 @@ class ServiceSettingsForm(forms.Form):
             self.add_error("entry_script", "No such file on this machine.")
 
     def basic_fields(self) -> list[forms.BoundField]:
-        return [f for f in self.visible_fields() if f.name not in (*self.ADVANCED, *self.RESOURCES, "reason")]
+        grouped = (*self.ADVANCED, *self.RESOURCES, *self.AUTOSCALE, "reason")
+        return [f for f in self.visible_fields() if f.name not in grouped]
 
     def advanced_fields(self) -> list[forms.BoundField]:
         return [self[name] for name in self.ADVANCED]
 
     def resource_fields(self) -> list[forms.BoundField]:
         return [self[name] for name in self.RESOURCES]
+
+    def autoscale_fields(self) -> list[forms.BoundField]:
+        """The numbers of autoscaling (its checkbox is shown on its own)."""
+        return [self[name] for name in self.AUTOSCALE[1:]]
 
     def settings(self) -> dict[str, Any]:
         """The cleaned settings, as `do_*` actions take them."""
@@ -130,6 +174,7 @@ class ServiceEditForm(ServiceSettingsForm):
             "memory_gb": service.memory_gb,
             "cpu_cores_limit": service.cpu_cores_limit,
             "memory_gb_limit": service.memory_gb_limit,
+            **{name: getattr(service, name) for name in ServiceSettingsForm.AUTOSCALE},
             "version": service.version,
         }
 

@@ -147,6 +147,13 @@ class Service(models.Model):
     memory_gb = models.FloatField(null=True, blank=True)
     cpu_cores_limit = models.FloatField(null=True, blank=True)
     memory_gb_limit = models.FloatField(null=True, blank=True)
+    # Kubernetes only: a HorizontalPodAutoscaler keeps the pods' average CPU use near `autoscale_target_utilization`
+    # percent of what each requests (cpu_cores), with min to max replicas; `replicas` is then unused. Azure ML's
+    # autoscale_* settings (its own autoscaler counted requests in flight; Kubernetes' counts CPU).
+    autoscale_enabled = models.BooleanField(default=False)
+    autoscale_min_replicas = models.PositiveSmallIntegerField(default=1)
+    autoscale_max_replicas = models.PositiveSmallIntegerField(default=10)
+    autoscale_target_utilization = models.PositiveSmallIntegerField(default=70)
     state = models.CharField(max_length=20, choices=State.choices, default=State.TRANSITIONING)
     state_reason = models.TextField(blank=True)
     scoring_url = models.CharField(max_length=500, blank=True)
@@ -177,6 +184,15 @@ class Service(models.Model):
             if amounts:
                 parts.append(f"{what} {', '.join(amounts)}")
         return "; ".join(parts)
+
+    def scaling_text(self) -> str:
+        """How many replicas it runs, as its page says it: "2", or "1 to 10, at 70% of the requested CPU"."""
+        if not self.autoscale_enabled:
+            return str(self.replicas)
+        return (
+            f"{self.autoscale_min_replicas} to {self.autoscale_max_replicas}, autoscaled at "
+            f"{self.autoscale_target_utilization}% of the requested CPU"
+        )
 
     @property
     def swagger_url(self) -> str:

@@ -86,12 +86,26 @@ def figures(status: dict[str, Any]) -> RuntimeFigures | None:
 
 
 @dataclass(frozen=True)
+class Autoscaler:
+    """What a Kubernetes service's HorizontalPodAutoscaler says it sees and does (its status)."""
+
+    replicas: int | None = None  # the pods it counts now
+    desired: int | None = None  # what it last decided
+    cpu_utilization: int | None = None  # the pods' average CPU use, in % of what each requests
+    # Why it cannot scale as asked (the cluster's own words: no metrics server, no CPU request...), or why there is
+    # nothing to say (it is not there yet, the cluster did not answer).
+    problem: str = ""
+    limited: str = ""  # it would go beyond its fewest or most replicas
+
+
+@dataclass(frozen=True)
 class Runtime:
     """What the service's page shows of its runtime: the figures, or why there are none."""
 
     figures: RuntimeFigures | None
     pods: int = 0  # on Kubernetes, whether or not they answered
     error: str = ""  # the cluster did not answer, say
+    autoscaler: Autoscaler | None = None  # on Kubernetes, of a service that autoscales
 
 
 def of_service(service: Service) -> Runtime:
@@ -105,10 +119,49 @@ def of_service(service: Service) -> Runtime:
     try:
         driver = drivers.driver_for(service)
         assert isinstance(driver, KubernetesDriver)
-        statuses = driver.pod_statuses(actions.desired_spec(service, 0))  # names only: no update is meant
+        spec = actions.desired_spec(service, 0)  # names only: no update is meant
+        statuses = driver.pod_statuses(spec)
     except DriverError as exc:
         return Runtime(None, error=str(exc))
-    return Runtime(figures_of_pods(statuses), pods=len(statuses))
+    scaler = None
+    if service.autoscale_enabled:
+        try:
+            scaler = autoscaler_of(driver.autoscaler(spec))
+        except DriverError as exc:
+            scaler = Autoscaler(problem=str(exc))
+    return Runtime(figures_of_pods(statuses), pods=len(statuses), autoscaler=scaler)
+
+
+def autoscaler_of(hpa: Any) -> Autoscaler:
+    """The page's view of a HorizontalPodAutoscaler (autoscaling/v2, as the client reads it), or of none."""
+    if hpa is None:
+        return Autoscaler(problem="The cluster has no autoscaler for this service: the service's update makes it.")
+    status = hpa.status
+    if status is None:
+        return Autoscaler(problem="The autoscaler has not said anything yet.")
+    cpu = None
+    for metric in status.current_metrics or []:
+        if metric.type == "Resource" and metric.resource and metric.resource.name == "cpu":
+            cpu = metric.resource.current.average_utilization if metric.resource.current else None
+    conditions = {c.type: c for c in status.conditions or []}
+    # AbleToScale and ScalingActive False: it cannot do its job (the metrics API is missing, a pod requests no
+    # CPU...); ScalingLimited True: it wants more, or fewer, replicas than its bounds allow.
+    problem = next(
+        (
+            f"{c.reason}: {c.message}" if c.message else str(c.reason)
+            for kind in ("AbleToScale", "ScalingActive")
+            if (c := conditions.get(kind)) is not None and c.status == "False"
+        ),
+        "",
+    )
+    limited = conditions.get("ScalingLimited")
+    return Autoscaler(
+        replicas=status.current_replicas,
+        desired=status.desired_replicas,
+        cpu_utilization=cpu,
+        problem=problem,
+        limited=(limited.message or str(limited.reason)) if limited is not None and limited.status == "True" else "",
+    )
 
 
 def figures_of_pods(statuses: dict[str, dict[str, Any] | None]) -> RuntimeFigures | None:

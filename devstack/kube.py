@@ -75,7 +75,8 @@ keeps env vars it does not mention (it can't remove one: use a JSON merge patch 
 Remaining gaps (a real cluster differs): no server-side apply (``application/apply-patch+yaml`` gets 415); no
 ``scale`` or other subresources besides ``status`` and a pod's ``log`` (whose text the test sets with
 ``set_pod_log()``); a pod's ``proxy`` (GET only) to the port on ``status.podIP`` that the request names, where a test
-runs the real program (``emulator.pod_proxy_forbidden = True`` answers 403, as RBAC would); no ReplicaSets, no Pods but those a test creates, no garbage collection (nothing runs);
+runs the real program (``emulator.pod_proxy_forbidden = True`` answers 403, as RBAC would); no ReplicaSets, no Pods but those a test creates, no HorizontalPodAutoscaler controller (an autoscaler's
+``status`` is what a test writes to it), no garbage collection (nothing runs);
 no finalizers or graceful deletion (DELETE removes at once); no ``limit``/``continue`` paging (lists return
 everything); no watch bookmarks; ``$setElementOrder``/``$retainKeys``/``$deleteFromPrimitiveList`` directives
 are ignored; validation covers only what is listed above; no RBAC (any holder of the token may do anything);

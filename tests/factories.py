@@ -99,3 +99,29 @@ def local_service(workspace: Workspace, entry_script: Path, **settings: object) 
         entry_script=str(entry_script),
         **settings,
     )
+
+
+def edit_form(service: Service, **changes: object) -> dict[str, object]:
+    """The service's edit form as the page posts it, with `changes` made: every setting at the service's value, a
+    ticked box as "on" and an unticked one absent (change it to False), an empty number as "". A change to None
+    leaves that field out of the post."""
+    from deployments.forms import ServiceSettingsForm
+
+    data: dict[str, object] = {
+        "compute_target": service.compute_target_id,
+        "models": [m.pk for m in service.models.all()],
+        "entry_script": service.entry_script,
+        "image": service.image,
+        "replicas": service.replicas,
+        "version": service.version,
+    }
+    for name in (*ServiceSettingsForm.ADVANCED, *ServiceSettingsForm.RESOURCES, *ServiceSettingsForm.AUTOSCALE):
+        value = getattr(service, name)
+        data[name] = "" if value is None else value
+    data.update(changes)
+    # `is`, not `in`: a change to 0 is a number to post (0 == False).
+    return {
+        name: "on" if value is True else value
+        for name, value in data.items()
+        if value is not None and value is not False
+    }

@@ -13,7 +13,7 @@ from deployments.models import ApiToken, ComputeTarget, Service, ServiceUpdate, 
 from tests.conftest import wait_until
 from tests.factories import EXAMPLE_SCRIPT, ModelFactory, ServiceFactory
 from tests.test_scoring_runtime import SCHEMA_SCRIPT, start_runtime, write_script
-from tributary_sdk import AksWebservice, InferenceConfig, Model, Webservice, WebserviceException
+from tributary_sdk import AksWebservice, AutoScaler, InferenceConfig, Model, Webservice, WebserviceException
 from tributary_sdk import Workspace as SdkWorkspace
 
 EXAMPLE = str(EXAMPLE_SCRIPT)
@@ -73,6 +73,51 @@ def test_it_deploys_then_updates_and_follows_the_rollout(
 
 
 @pytest.mark.django_db(transaction=True)
+def test_it_deploys_a_service_that_autoscales_then_fixes_its_replicas(
+    ws: SdkWorkspace, cluster: ComputeTarget, workspace: Workspace, kube: Any, celery_worker: Any
+) -> None:
+    ModelFactory(workspace=workspace, name="best_model", version=1)
+    with pytest.raises(WebserviceException, match="autoscale enabled and num_replicas provided"):
+        AksWebservice.deploy_configuration(autoscale_enabled=True, num_replicas=3)
+    config = AksWebservice.deploy_configuration(
+        cpu_cores=0.5,
+        autoscale_enabled=True,
+        autoscale_min_replicas=2,
+        autoscale_max_replicas=8,
+        autoscale_target_utilization=50,
+        auth_enabled=False,
+    )
+
+    service = Model.deploy(
+        ws,
+        "churn",
+        ["best_model:1"],
+        InferenceConfig(image="registry.example/churn:1"),
+        config,
+        deployment_target="aks",
+    )
+    service.wait_for_deployment(timeout_sec=60)
+
+    assert service.state == "Healthy"
+    assert service.autoscaler == AutoScaler(
+        autoscale_enabled=True, max_replicas=8, min_replicas=2, target_utilization=50
+    )
+    hpa = kube.get_object("autoscaling/v2/horizontalpodautoscalers", "ml", "churn")
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 8)
+    with pytest.raises(WebserviceException, match="autoscale enabled and num_replicas provided"):
+        service.update(autoscale_enabled=True, num_replicas=3)
+
+    service.update(autoscale_enabled=False, num_replicas=3)
+    service.wait_for_deployment(timeout_sec=60)
+
+    assert service.autoscaler is not None
+    assert service.autoscaler.autoscale_enabled is False
+    assert service.num_replicas == 3
+    assert kube.get_object("autoscaling/v2/horizontalpodautoscalers", "ml", "churn") is None
+    assert kube.get_object("apps/v1/deployments", "ml", "churn")["spec"]["replicas"] == 3
+
+
+@pytest.mark.django_db(transaction=True)
 def test_it_raises_when_the_rollout_fails(
     ws: SdkWorkspace, cluster: ComputeTarget, workspace: Workspace, kube: Any, celery_worker: Any
 ) -> None:
@@ -116,8 +161,8 @@ def test_update_refuses_settings_it_would_not_apply_and_warns_of_them_beside_oth
         service.update(tags={"team": "risk"}, gpu_cores=1, description=None)
     assert Service.objects.get(name="churn").version == 1
 
-    with pytest.warns(UserWarning, match=r"^Tributary does not apply these settings: autoscale_enabled$"):
-        service.update(num_replicas=2, autoscale_enabled=True)
+    with pytest.warns(UserWarning, match=r"^Tributary does not apply these settings: autoscale_refresh_seconds$"):
+        service.update(num_replicas=2, autoscale_refresh_seconds=5)
     assert Service.objects.get(name="churn").replicas == 2
     _worked_off("churn")
 

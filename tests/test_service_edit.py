@@ -8,31 +8,12 @@ from django.urls import reverse
 
 from deployments import actions, tasks
 from deployments.models import AuditEvent, ComputeTarget, Service, ServiceUpdate, Workspace
-from tests.factories import ComputeTargetFactory, ServiceFactory
+from tests.factories import ComputeTargetFactory, ServiceFactory, edit_form
 
 
 @pytest.fixture
 def service(workspace: Workspace) -> Service:
     return ServiceFactory(workspace=workspace, name="churn", collect_model_data=True, enable_app_insights=False)
-
-
-def _form(service: Service, **overrides: Any) -> dict[str, Any]:
-    data: dict[str, Any] = {
-        "compute_target": service.compute_target_id,
-        "models": [m.pk for m in service.models.all()],
-        "entry_script": service.entry_script,
-        "image": service.image,
-        "replicas": service.replicas,
-        "version": service.version,
-    }
-    if service.collect_model_data:
-        data["collect_model_data"] = "on"
-    if service.enable_app_insights:
-        data["enable_app_insights"] = "on"
-    if service.auth_enabled:
-        data["auth_enabled"] = "on"
-    data.update(overrides)
-    return {k: v for k, v in data.items() if v is not None}
 
 
 def test_it_shows_the_legacy_labels(client: Client, alice: Any, service: Service) -> None:
@@ -54,7 +35,7 @@ def test_it_unchecking_clears_the_flag_records_the_update_and_audits(
     queued: list[int] = []
     monkeypatch.setattr(tasks.apply_service_update, "delay", queued.append)
     client.force_login(alice)
-    data = _form(service, collect_model_data=None, reason="GDPR review")
+    data = edit_form(service, collect_model_data=None, reason="GDPR review")
     data.pop("collect_model_data", None)
 
     with django_capture_on_commit_callbacks(execute=True):
@@ -85,7 +66,9 @@ def test_it_checks_app_insights(
     client.force_login(alice)
 
     with django_capture_on_commit_callbacks() as callbacks:
-        client.post(reverse("deployments:service-edit", args=[service.pk]), _form(service, enable_app_insights="on"))
+        client.post(
+            reverse("deployments:service-edit", args=[service.pk]), edit_form(service, enable_app_insights="on")
+        )
 
     service.refresh_from_db()
     assert service.enable_app_insights is True
@@ -96,7 +79,7 @@ def test_it_checks_app_insights(
 def test_it_lets_a_contributor_update(client: Client, carol: Any, service: Service) -> None:
     client.force_login(carol)
 
-    response = client.post(reverse("deployments:service-edit", args=[service.pk]), _form(service, replicas=3))
+    response = client.post(reverse("deployments:service-edit", args=[service.pk]), edit_form(service, replicas=3))
 
     assert response.status_code == 302
     service.refresh_from_db()
@@ -106,7 +89,7 @@ def test_it_lets_a_contributor_update(client: Client, carol: Any, service: Servi
 def test_it_requires_write_access(client: Client, bob: Any, service: Service) -> None:
     client.force_login(bob)
 
-    response = client.post(reverse("deployments:service-edit", args=[service.pk]), _form(service, replicas=3))
+    response = client.post(reverse("deployments:service-edit", args=[service.pk]), edit_form(service, replicas=3))
 
     assert response.status_code == 403
     service.refresh_from_db()
@@ -125,13 +108,13 @@ def test_it_is_404_for_outsiders(client: Client, charlie: Any, service: Service)
     client.force_login(charlie)
 
     assert client.get(reverse("deployments:service-edit", args=[service.pk])).status_code == 404
-    assert client.post(reverse("deployments:service-edit", args=[service.pk]), _form(service)).status_code == 404
+    assert client.post(reverse("deployments:service-edit", args=[service.pk]), edit_form(service)).status_code == 404
 
 
 def test_it_refuses_a_stale_edit(client: Client, alice: Any, carol: Any, service: Service) -> None:
-    stale = _form(service, replicas=5)
+    stale = edit_form(service, replicas=5)
     client.force_login(carol)
-    client.post(reverse("deployments:service-edit", args=[service.pk]), _form(service, replicas=2))
+    client.post(reverse("deployments:service-edit", args=[service.pk]), edit_form(service, replicas=2))
     client.force_login(alice)
 
     response = client.post(reverse("deployments:service-edit", args=[service.pk]), stale)
@@ -150,7 +133,7 @@ def test_it_refuses_a_stale_edit(client: Client, alice: Any, carol: Any, service
 def test_it_says_when_nothing_changed(client: Client, alice: Any, service: Service) -> None:
     client.force_login(alice)
 
-    response = client.post(reverse("deployments:service-edit", args=[service.pk]), _form(service))
+    response = client.post(reverse("deployments:service-edit", args=[service.pk]), edit_form(service))
 
     assert b"No parameters provided to update" in response.content
     service.refresh_from_db()
@@ -163,7 +146,7 @@ def test_it_rerenders_the_form_region_for_htmx(client: Client, alice: Any, servi
 
     response = client.post(
         reverse("deployments:service-edit", args=[service.pk]),
-        _form(service, replicas=0),
+        edit_form(service, replicas=0),
         headers={"HX-Request": "true"},
     )
 
@@ -178,7 +161,7 @@ def test_it_redirects_htmx_with_hx_redirect(client: Client, alice: Any, service:
 
     response = client.post(
         reverse("deployments:service-edit", args=[service.pk]),
-        _form(service, replicas=2),
+        edit_form(service, replicas=2),
         headers={"HX-Request": "true"},
     )
 
@@ -190,7 +173,7 @@ def test_it_refuses_a_compute_target_of_another_workspace(client: Client, alice:
     client.force_login(alice)
 
     response = client.post(
-        reverse("deployments:service-edit", args=[service.pk]), _form(service, compute_target=foreign.pk)
+        reverse("deployments:service-edit", args=[service.pk]), edit_form(service, compute_target=foreign.pk)
     )
 
     assert b"No parameters provided to update" in response.content  # the target is not the form's to change
@@ -204,7 +187,7 @@ def test_a_service_stays_on_its_compute_target(client: Client, alice: Any, servi
 
     response = client.post(
         reverse("deployments:service-edit", args=[service.pk]),
-        _form(service, compute_target=cluster.pk, image="r.example/churn:2"),
+        edit_form(service, compute_target=cluster.pk, image="r.example/churn:2"),
     )
 
     # Applied where it runs: moving it would have left it running, unmanaged, on its first target.
@@ -222,7 +205,7 @@ def test_it_requires_csrf(alice: Any, service: Service) -> None:
     client = Client(enforce_csrf_checks=True)
     client.force_login(alice)
 
-    response = client.post(reverse("deployments:service-edit", args=[service.pk]), _form(service, replicas=2))
+    response = client.post(reverse("deployments:service-edit", args=[service.pk]), edit_form(service, replicas=2))
 
     assert response.status_code == 403
     service.refresh_from_db()

@@ -11,10 +11,9 @@ from django.test import Client
 from django.urls import reverse
 
 from deployments import actions, drivers
-from deployments.forms import ServiceSettingsForm
 from deployments.models import ApiToken, AuditEvent, ComputeTarget, Service, Workspace
 from tests.conftest import on_cluster
-from tests.factories import ModelFactory, ServiceFactory
+from tests.factories import ModelFactory, ServiceFactory, edit_form
 
 pytestmark = pytest.mark.django_db
 
@@ -24,22 +23,6 @@ def service(workspace: Workspace, cluster: ComputeTarget) -> Service:
     return ServiceFactory(
         workspace=workspace, name="churn", compute_target=cluster, image="r.example/churn:1", cpu_cores=0.5
     )
-
-
-def _edit_form(service: Service, **changes: Any) -> dict[str, Any]:
-    """The edit form as the page posts it, with `changes` made."""
-    data = {
-        "compute_target": service.compute_target_id,
-        "models": [m.pk for m in service.models.all()],
-        "entry_script": service.entry_script,
-        "image": service.image,
-        "replicas": service.replicas,
-        "version": service.version,
-    }
-    for name in ServiceSettingsForm.RESOURCES:
-        value = getattr(service, name)
-        data[name] = "" if value is None else value
-    return {**data, **changes}
 
 
 def _container(kube: Any, name: str) -> dict[str, Any]:
@@ -96,7 +79,7 @@ def test_an_edit_changes_them_with_an_audit_row_and_emptied_they_leave_the_pods(
     client.force_login(alice)
 
     response = client.post(
-        reverse("deployments:service-edit", args=[service.pk]), _edit_form(service, cpu_cores="", cpu_cores_limit="1")
+        reverse("deployments:service-edit", args=[service.pk]), edit_form(service, cpu_cores="", cpu_cores_limit="1")
     )
 
     assert response.status_code == 302
@@ -108,7 +91,7 @@ def test_an_edit_changes_them_with_an_audit_row_and_emptied_they_leave_the_pods(
     assert _container(kube, "churn")["resources"] == {"limits": {"cpu": "1000m"}}
 
     service.refresh_from_db()
-    client.post(reverse("deployments:service-edit", args=[service.pk]), _edit_form(service, cpu_cores_limit=""))
+    client.post(reverse("deployments:service-edit", args=[service.pk]), edit_form(service, cpu_cores_limit=""))
     service.refresh_from_db()
     driver.apply(actions.desired_spec(service, 3))
     assert "resources" not in _container(kube, "churn")  # the merge patch replaces the container whole
@@ -120,7 +103,7 @@ def test_a_limit_below_its_request_or_resources_on_this_machine_are_refused_and_
     client.force_login(alice)
 
     response = client.post(
-        reverse("deployments:service-edit", args=[service.pk]), _edit_form(service, cpu_cores_limit="0.2")
+        reverse("deployments:service-edit", args=[service.pk]), edit_form(service, cpu_cores_limit="0.2")
     )
 
     assert response.status_code == 200
@@ -140,7 +123,7 @@ def test_a_limit_below_its_request_or_resources_on_this_machine_are_refused_and_
     assert "The local compute target runs processes without requests or limits." in response.content.decode()
     for nonsense in ("-1", "0", "lots", "1e9"):
         response = client.post(
-            reverse("deployments:service-edit", args=[service.pk]), _edit_form(service, memory_gb=nonsense)
+            reverse("deployments:service-edit", args=[service.pk]), edit_form(service, memory_gb=nonsense)
         )
         assert response.status_code == 200, nonsense
     assert Service.objects.get(pk=service.pk).version == service.version

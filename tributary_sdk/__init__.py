@@ -15,6 +15,7 @@ standard library is used, so the SDK installs anywhere a notebook runs.
 from tributary_sdk.client import WebserviceException
 from tributary_sdk.webservice import (
     AksWebservice,
+    AutoScaler,
     DeploymentConfiguration,
     InferenceConfig,
     LocalWebservice,
@@ -25,6 +26,7 @@ from tributary_sdk.webservice import (
 
 __all__ = [
     "AksWebservice",
+    "AutoScaler",
     "DeploymentConfiguration",
     "InferenceConfig",
     "LocalWebservice",

@@ -60,12 +60,34 @@ class Workspace:
         return {s["name"]: Webservice._from_json(self, s) for s in found}
 
 
+AUTOSCALE_SETTINGS = (
+    "autoscale_enabled",
+    "autoscale_min_replicas",
+    "autoscale_max_replicas",
+    "autoscale_target_utilization",
+)
+
+
+@dataclass
+class AutoScaler:
+    """A service's autoscaling, as azureml.core's `AksWebservice.autoscaler` had it. Tributary's is a Kubernetes
+    HorizontalPodAutoscaler: `target_utilization` is the pods' average CPU use, in % of what each requests
+    (Azure ML's counted requests in flight). `refresh_period_seconds` is the cluster's own (15 s by default)."""
+
+    autoscale_enabled: bool
+    max_replicas: int
+    min_replicas: int
+    target_utilization: int
+    refresh_period_seconds: int | None = None
+
+
 @dataclass
 class DeploymentConfiguration:
     compute_type: str
     collect_model_data: bool = False
     enable_app_insights: bool = False
-    num_replicas: int = 1
+    # None: 1, or the fewest replicas of an autoscaled service.
+    num_replicas: int | None = None
     compute_target: str | None = None
     # POST /score needs one of the service's keys (get_keys()). None: the portal's default, which requires one
     # (as Azure ML's AKS services did).
@@ -76,6 +98,12 @@ class DeploymentConfiguration:
     memory_gb: float | None = None
     cpu_cores_limit: float | None = None
     memory_gb_limit: float | None = None
+    # Kubernetes: a HorizontalPodAutoscaler on the pods' CPU use (it needs cpu_cores) instead of num_replicas.
+    # Off unless asked for: Azure ML turned it on when num_replicas was not given.
+    autoscale_enabled: bool | None = None
+    autoscale_min_replicas: int | None = None
+    autoscale_max_replicas: int | None = None
+    autoscale_target_utilization: int | None = None
 
     def resources(self) -> dict[str, float]:
         return {
@@ -83,6 +111,9 @@ class DeploymentConfiguration:
             for name in ("cpu_cores", "memory_gb", "cpu_cores_limit", "memory_gb_limit")
             if (value := getattr(self, name)) is not None
         }
+
+    def autoscale(self) -> dict[str, Any]:
+        return {name: value for name in AUTOSCALE_SETTINGS if (value := getattr(self, name)) is not None}
 
 
 @dataclass
@@ -99,17 +130,24 @@ class AksWebservice:
     def deploy_configuration(
         collect_model_data: bool = False,
         enable_app_insights: bool = False,
-        num_replicas: int = 1,
+        num_replicas: int | None = None,
         compute_target: str | None = None,
         auth_enabled: bool | None = None,
         cpu_cores: float | None = None,
         memory_gb: float | None = None,
         cpu_cores_limit: float | None = None,
         memory_gb_limit: float | None = None,
+        autoscale_enabled: bool | None = None,
+        autoscale_min_replicas: int | None = None,
+        autoscale_max_replicas: int | None = None,
+        autoscale_target_utilization: int | None = None,
         **_ignored: Any,
     ) -> DeploymentConfiguration:
-        """As in azureml.core (a key is required unless `auth_enabled=False`); settings that Tributary does not use
-        (autoscale_*, tags, ...) are accepted."""
+        """As in azureml.core (a key is required unless `auth_enabled=False`), but autoscaling is off unless
+        `autoscale_enabled=True`, and then it scales on the pods' CPU use against `cpu_cores`. Settings that
+        Tributary does not use (autoscale_refresh_seconds, tags, ...) are accepted."""
+        if autoscale_enabled and num_replicas:
+            raise WebserviceException("Invalid configuration, autoscale enabled and num_replicas provided.")
         return DeploymentConfiguration(
             "kubernetes",
             collect_model_data,
@@ -121,6 +159,10 @@ class AksWebservice:
             memory_gb=memory_gb,
             cpu_cores_limit=cpu_cores_limit,
             memory_gb_limit=memory_gb_limit,
+            autoscale_enabled=autoscale_enabled,
+            autoscale_min_replicas=autoscale_min_replicas,
+            autoscale_max_replicas=autoscale_max_replicas,
+            autoscale_target_utilization=autoscale_target_utilization,
         )
 
 
@@ -176,6 +218,16 @@ class Webservice:
         self.memory_gb: float | None = data.get("memory_gb")
         self.cpu_cores_limit: float | None = data.get("cpu_cores_limit")
         self.memory_gb_limit: float | None = data.get("memory_gb_limit")
+        self.num_replicas: int | None = data.get("replicas")
+        # None from a portal older than autoscaling.
+        self.autoscaler: AutoScaler | None = None
+        if "autoscale_enabled" in data:
+            self.autoscaler = AutoScaler(
+                autoscale_enabled=data["autoscale_enabled"],
+                max_replicas=data["autoscale_max_replicas"],
+                min_replicas=data["autoscale_min_replicas"],
+                target_utilization=data["autoscale_target_utilization"],
+            )
         self.error: str = data["state_reason"]
 
     def update_deployment_state(self) -> None:
@@ -192,6 +244,10 @@ class Webservice:
         memory_gb: float | None = None,
         cpu_cores_limit: float | None = None,
         memory_gb_limit: float | None = None,
+        autoscale_enabled: bool | None = None,
+        autoscale_min_replicas: int | None = None,
+        autoscale_max_replicas: int | None = None,
+        autoscale_target_utilization: int | None = None,
         models: list[Model | str] | None = None,
         inference_config: InferenceConfig | None = None,
         reason: str = "",
@@ -199,8 +255,10 @@ class Webservice:
     ) -> None:
         """Change settings; the portal applies them in the background (follow with `wait_for_deployment()`).
 
-        The legacy signature's other settings (autoscale_*, tags, ...) mean nothing to Tributary: given beside a
-        setting it applies, each is named in a warning; given alone, they are refused."""
+        The legacy signature's other settings (autoscale_refresh_seconds, tags, ...) mean nothing to Tributary:
+        given beside a setting it applies, each is named in a warning; given alone, they are refused."""
+        if autoscale_enabled and num_replicas:
+            raise WebserviceException("Invalid configuration, autoscale enabled and num_replicas provided.")
         changes: dict[str, Any] = {
             key: value
             for key, value in (
@@ -212,6 +270,10 @@ class Webservice:
                 ("memory_gb", memory_gb),
                 ("cpu_cores_limit", cpu_cores_limit),
                 ("memory_gb_limit", memory_gb_limit),
+                ("autoscale_enabled", autoscale_enabled),
+                ("autoscale_min_replicas", autoscale_min_replicas),
+                ("autoscale_max_replicas", autoscale_max_replicas),
+                ("autoscale_target_utilization", autoscale_target_utilization),
             )
             if value is not None
         }
@@ -373,7 +435,7 @@ class Model:
             "compute_target": target,
             "models": [str(m) for m in models],
             **_inference_settings(inference_config or InferenceConfig()),
-            "replicas": config.num_replicas,
+            "replicas": config.num_replicas or 1,
             "collect_model_data": config.collect_model_data,
             "enable_app_insights": config.enable_app_insights,
             "reason": reason,
@@ -381,6 +443,7 @@ class Model:
         if config.auth_enabled is not None:
             body["auth_enabled"] = config.auth_enabled
         body.update(config.resources())
+        body.update(config.autoscale())
         data = workspace._client.request("POST", f"workspaces/{workspace.id}/services/", body)
         return Webservice._from_json(workspace, data)
 

@@ -51,12 +51,17 @@ CACHED_CLIENTS = 32  # kubeconfigs (file and context) whose API client a process
 # A kept client is made again after this long even if its kubeconfig has not changed: the credentials it read once
 # (a token file, an exec plugin's token without an expiry) may have been rotated since.
 CLIENT_MAX_AGE = 15 * 60
+AUTOSCALER_RBAC = (
+    "an autoscaled service needs the kubeconfig's user to have horizontalpodautoscalers get, create, patch and "
+    "delete in the autoscaling API group"
+)
 
 
 class KubernetesDriver:
     def __init__(self, *, api_client: client.ApiClient, namespace: str) -> None:
         self.apps = client.AppsV1Api(api_client)
         self.core = client.CoreV1Api(api_client)
+        self.autoscaling = client.AutoscalingV2Api(api_client)
         self.namespace = namespace
 
     @classmethod
@@ -65,6 +70,9 @@ class KubernetesDriver:
 
     def apply(self, spec: DesiredSpec) -> None:
         name = _name(spec)
+        if not spec.autoscale:
+            # First: while it is there, it would scale the Deployment away from the replicas patched below.
+            self._remove_autoscaler(spec)
         with _translated_errors("apply the Deployment"):
             current = self._read_deployment(name)
             if current is not None and not _ours(current.metadata, spec):
@@ -83,6 +91,9 @@ class KubernetesDriver:
                     "metadata": manifest["metadata"],
                     "spec": {k: manifest["spec"][k] for k in ("replicas", "template")},
                 }
+                if spec.autoscale:
+                    # The autoscaler owns the count: keep the current one, brought within the new bounds.
+                    patch["spec"]["replicas"] = _within(current.spec.replicas, spec.autoscale)
                 self.apps.patch_namespaced_deployment(
                     name, self.namespace, patch, _content_type="application/merge-patch+json"
                 )
@@ -101,6 +112,58 @@ class KubernetesDriver:
                 if exc.status != 404:
                     raise
                 self.core.create_namespaced_service(self.namespace, cast(Any, service_manifest(spec)))
+        if spec.autoscale:
+            self._apply_autoscaler(spec)
+
+    def _apply_autoscaler(self, spec: DesiredSpec) -> None:
+        name = _name(spec)
+        with _translated_errors("apply the HorizontalPodAutoscaler", forbidden=AUTOSCALER_RBAC):
+            current = self._read_autoscaler(name)
+            if current is None:
+                self.autoscaling.create_namespaced_horizontal_pod_autoscaler(
+                    self.namespace, cast(Any, autoscaler_manifest(spec))
+                )
+            elif not _ours(current.metadata, spec):
+                raise PermanentError(
+                    f"The namespace {self.namespace} already has a HorizontalPodAutoscaler named {name} that is not "
+                    "this service's: delete it, or deploy under another name or namespace."
+                )
+            else:  # a merge patch: its metrics list is replaced whole
+                self.autoscaling.patch_namespaced_horizontal_pod_autoscaler(
+                    name, self.namespace, autoscaler_manifest(spec), _content_type="application/merge-patch+json"
+                )
+
+    def _remove_autoscaler(self, spec: DesiredSpec) -> None:
+        """Delete the service's HorizontalPodAutoscaler, if it has one. A kubeconfig whose user may not read them
+        never made one: services that do not autoscale need no such permission."""
+        with _translated_errors("remove the HorizontalPodAutoscaler", forbidden=AUTOSCALER_RBAC):
+            try:
+                current = self._read_autoscaler(_name(spec))
+            except ApiException as exc:
+                if exc.status == 403:
+                    return
+                raise
+            if current is not None and _ours(current.metadata, spec):
+                try:
+                    self.autoscaling.delete_namespaced_horizontal_pod_autoscaler(_name(spec), self.namespace)
+                except ApiException as exc:
+                    if exc.status != 404:
+                        raise
+
+    def autoscaler(self, spec: DesiredSpec) -> client.V2HorizontalPodAutoscaler | None:
+        """The service's HorizontalPodAutoscaler as the cluster has it (its status says what it sees and does),
+        or None when it has none of its own."""
+        with _translated_errors("read the HorizontalPodAutoscaler", forbidden=AUTOSCALER_RBAC):
+            found = self._read_autoscaler(_name(spec), _request_timeout=READ_TIMEOUT)
+        return found if found is not None and _ours(found.metadata, spec) else None
+
+    def _read_autoscaler(self, name: str, **options: Any) -> client.V2HorizontalPodAutoscaler | None:
+        try:
+            return self.autoscaling.read_namespaced_horizontal_pod_autoscaler(name, self.namespace, **options)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
 
     def rollout_state(self, spec: DesiredSpec) -> RolloutState:
         with _translated_errors("read the Deployment"):
@@ -149,6 +212,7 @@ class KubernetesDriver:
         """Delete the service's Deployment (its pods stop with SIGTERM: the collector flushes) and Service; those
         of the same name that are not this service's stay."""
         name = _name(spec)
+        self._remove_autoscaler(spec)  # first: it would otherwise act on a Deployment on its way out
         with _translated_errors("remove the service"):
             for read, delete in (
                 (self.apps.read_namespaced_deployment, self.apps.delete_namespaced_deployment),
@@ -364,6 +428,11 @@ def _status_port(container: client.V1Container | None) -> int:
     return int(port)
 
 
+def _within(replicas: int | None, autoscale: dict[str, int]) -> int:
+    """A Deployment's replica count brought within an autoscaler's bounds, as the autoscaler itself would."""
+    return min(max(replicas if replicas is not None else 1, autoscale["min_replicas"]), autoscale["max_replicas"])
+
+
 def _name(spec: DesiredSpec) -> str:
     return spec.service_name
 
@@ -453,7 +522,7 @@ def deployment_manifest(spec: DesiredSpec, *, probe_port: int = PROBE_PORT) -> d
             },
         },
         "spec": {
-            "replicas": spec.replicas,
+            "replicas": spec.autoscale["min_replicas"] if spec.autoscale else spec.replicas,
             "selector": {"matchLabels": {SERVICE_LABEL: spec.service_name}},
             "progressDeadlineSeconds": 600,
             "template": {
@@ -465,6 +534,35 @@ def deployment_manifest(spec: DesiredSpec, *, probe_port: int = PROBE_PORT) -> d
                     "terminationGracePeriodSeconds": 60,
                 },
             },
+        },
+    }
+
+
+def autoscaler_manifest(spec: DesiredSpec) -> dict[str, Any]:
+    """A HorizontalPodAutoscaler (autoscaling/v2) that keeps the pods' average CPU use near the target share of
+    their CPU request, with min to max replicas of the service's Deployment."""
+    autoscale = spec.autoscale
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": {
+            "name": _name(spec),
+            "labels": _labels(spec),
+            "annotations": {SERVICE_ID_ANNOTATION: str(spec.service_id)},
+        },
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": _name(spec)},
+            "minReplicas": autoscale["min_replicas"],
+            "maxReplicas": autoscale["max_replicas"],
+            "metrics": [
+                {
+                    "type": "Resource",
+                    "resource": {
+                        "name": "cpu",
+                        "target": {"type": "Utilization", "averageUtilization": autoscale["target_cpu_utilization"]},
+                    },
+                }
+            ],
         },
     }
 
@@ -486,12 +584,15 @@ def service_manifest(spec: DesiredSpec) -> dict[str, Any]:
 
 
 @contextmanager
-def _translated_errors(doing: str) -> Iterator[None]:
-    """Turns client errors into the driver's: 409, 429, 5xx and network errors are worth a retry; others not."""
+def _translated_errors(doing: str, *, forbidden: str = "") -> Iterator[None]:
+    """Turns client errors into the driver's: 409, 429, 5xx and network errors are worth a retry; others not.
+    `forbidden` says what permission a 403 means the kubeconfig's user lacks."""
     try:
         yield
     except ApiException as exc:
         message = f"Could not {doing}: HTTP {exc.status} {_reason(exc)}"
+        if exc.status == 403 and forbidden:
+            message = f"{message} ({forbidden})"
         if exc.status in (409, 429) or (exc.status or 0) >= 500:
             raise TransientError(message) from exc
         raise PermanentError(message) from exc

@@ -251,6 +251,8 @@ class LocalDriver:
             raise PermanentError(f"replicas must be between 1 and 64 on the local target, not {spec.replicas}")
         if spec.resources:
             raise PermanentError("the local target runs processes without CPU or memory requests or limits")
+        if spec.autoscale:
+            raise PermanentError("the local target runs a fixed number of processes: it does not autoscale")
         for model in spec.models:
             for what, value in (("model name", model.name), ("model version", model.version)):
                 if not _SEGMENT.match(str(value)):
@@ -277,7 +279,9 @@ class LocalDriver:
         """Everything the process runs with; a change means a restart. The secret is in it only as a hash."""
         data = spec.to_json()
         data.pop("update_id")
-        data.pop("resources")  # always empty here (_validate): no restart of processes started before it existed
+        # Always empty here (_validate): no restart of processes started before they existed.
+        data.pop("resources")
+        data.pop("autoscale")
         try:
             script_hash = hashlib.sha256(script.read_bytes()).hexdigest()
         except OSError as exc:
