@@ -207,6 +207,9 @@ class ServiceFilterForm(forms.Form):
 
 class AuditFilterForm(forms.Form):
     service = forms.CharField(required=False, max_length=100)
+    # One service, not every service that had its name (a deleted one, then a new one deployed under the same name):
+    # what a service page's "Full audit log" link asks for.
+    service_id = forms.IntegerField(required=False, min_value=1, widget=forms.HiddenInput)
     actor = forms.CharField(required=False, max_length=150)
 
     action = forms.ChoiceField(required=False, choices=[("", "Any action"), *AuditEvent.Action.choices])

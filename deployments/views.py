@@ -372,6 +372,8 @@ def audit_log(request: HtmxHttpRequest, workspace_id: int) -> HttpResponse:
         data = filters.cleaned_data
         if data["service"]:
             events = events.filter(target_type="service", target_repr=data["service"])
+        if data["service_id"]:
+            events = events.filter(target_type="service", target_id=data["service_id"])
         if data["actor"]:
             events = events.filter(actor_name=data["actor"])
         if data["action"]:

@@ -93,3 +93,38 @@ def test_it_is_404_for_outsiders(client: Client, charlie: Any, workspace: Worksp
     client.force_login(charlie)
 
     assert client.get(reverse("deployments:audit-log", args=[workspace.pk])).status_code == 404
+
+
+def test_a_services_full_audit_log_leaves_out_a_deleted_service_of_the_same_name(
+    client: Client, alice: Any, workspace: Workspace
+) -> None:
+    from tests.factories import ServiceFactory
+
+    service = ServiceFactory(workspace=workspace, name="churn")
+    for target_id, action, reason in (
+        (service.pk + 1, AuditEvent.Action.SERVICE_DELETED, "the old churn goes"),
+        (service.pk, AuditEvent.Action.SERVICE_CREATED, "the new churn comes"),
+    ):
+        AuditEvent.objects.create(
+            workspace=workspace,
+            actor=alice,
+            actor_name="alice",
+            action=action,
+            target_type="service",
+            target_id=target_id,
+            target_repr="churn",
+            reason=reason,
+        )
+    client.force_login(alice)
+    page = client.get(reverse("deployments:service-detail", args=[service.pk])).content.decode()
+    link = reverse("deployments:audit-log", args=[workspace.pk]) + f"?service=churn&amp;service_id={service.pk}"
+    assert f'href="{link}"' in page
+
+    one = client.get(link.replace("&amp;", "&")).content.decode()
+    every = client.get(reverse("deployments:audit-log", args=[workspace.pk]), {"service": "churn"}).content.decode()
+
+    assert "the new churn comes" in one
+    assert "the old churn goes" not in one
+    assert "The changes of this churn only" in one
+    assert "the old churn goes" in every
+    assert "the new churn comes" in every
