@@ -13,7 +13,15 @@ from deployments.models import ApiToken, ComputeTarget, Service, ServiceUpdate, 
 from tests.conftest import wait_until
 from tests.factories import EXAMPLE_SCRIPT, ModelFactory, ServiceFactory
 from tests.test_scoring_runtime import SCHEMA_SCRIPT, start_runtime, write_script
-from tributary_sdk import AksWebservice, AutoScaler, InferenceConfig, Model, Webservice, WebserviceException
+from tributary_sdk import (
+    AksWebservice,
+    AutoScaler,
+    InferenceConfig,
+    LocalWebservice,
+    Model,
+    Webservice,
+    WebserviceException,
+)
 from tributary_sdk import Workspace as SdkWorkspace
 
 EXAMPLE = str(EXAMPLE_SCRIPT)
@@ -218,3 +226,15 @@ def test_swagger_uri_is_where_the_service_serves_its_swagger_document(
         assert ws.webservices["churn"].swagger_uri == service.swagger_uri
     finally:
         runtime.stop()
+
+
+def test_deploy_configuration_names_the_legacy_settings_it_does_not_apply() -> None:
+    with pytest.warns(UserWarning, match=r"^Tributary does not apply these settings: scoring_timeout_ms, tags$") as w:
+        config = AksWebservice.deploy_configuration(
+            cpu_cores=1, scoring_timeout_ms=5000, tags={"a": "b"}, gpu_cores=None
+        )
+    assert w[0].filename == __file__  # the warning points at the caller's line
+    assert config.cpu_cores == 1
+
+    with pytest.warns(UserWarning, match=r"^Tributary does not apply these settings: port$"):
+        LocalWebservice.deploy_configuration(port=8890)

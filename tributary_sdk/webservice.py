@@ -141,11 +141,13 @@ class AksWebservice:
         autoscale_min_replicas: int | None = None,
         autoscale_max_replicas: int | None = None,
         autoscale_target_utilization: int | None = None,
-        **_ignored: Any,
+        **others: Any,
     ) -> DeploymentConfiguration:
         """As in azureml.core (a key is required unless `auth_enabled=False`), but autoscaling is off unless
         `autoscale_enabled=True`, and then it scales on the pods' CPU use against `cpu_cores`. Settings that
-        Tributary does not use (autoscale_refresh_seconds, tags, ...) are accepted."""
+        Tributary does not use (autoscale_refresh_seconds, token_auth_enabled, tags, ...) are accepted, each named
+        in a warning."""
+        _warn_unused(others)
         if autoscale_enabled and num_replicas:
             raise WebserviceException("Invalid configuration, autoscale enabled and num_replicas provided.")
         return DeploymentConfiguration(
@@ -173,10 +175,11 @@ class LocalWebservice:
         enable_app_insights: bool = False,
         compute_target: str | None = None,
         auth_enabled: bool | None = None,
-        **_ignored: Any,
+        **others: Any,
     ) -> DeploymentConfiguration:
         """A service on the portal's machine. Unlike the legacy local services, it requires a key unless
-        `auth_enabled=False`, as every new service does."""
+        `auth_enabled=False`, as every new service does. Other settings (port, ...) are named in a warning."""
+        _warn_unused(others)
         return DeploymentConfiguration(
             "local", collect_model_data, enable_app_insights, 1, compute_target, auth_enabled=auth_enabled
         )
@@ -282,13 +285,11 @@ class Webservice:
         if inference_config is not None:
             # Only what it names: an entry script alone leaves the image as it is, and the other way round.
             changes.update({k: v for k, v in _inference_settings(inference_config).items() if v})
-        unsupported = sorted(key for key, value in others.items() if value is not None)
         if not changes:
-            if unsupported:
-                raise WebserviceException(f"Tributary does not apply these settings: {', '.join(unsupported)}")
+            if _unused(others):
+                raise WebserviceException(_unused(others))
             raise WebserviceException("No parameters provided to update")
-        if unsupported:
-            warnings.warn(f"Tributary does not apply these settings: {', '.join(unsupported)}", stacklevel=2)
+        _warn_unused(others)
         self._load(self.workspace._client.request("PATCH", self._path(), {**changes, "reason": reason}))
 
     def delete(self, *, reason: str = "", timeout_sec: float | None = None) -> None:
@@ -446,6 +447,19 @@ class Model:
         body.update(config.autoscale())
         data = workspace._client.request("POST", f"workspaces/{workspace.id}/services/", body)
         return Webservice._from_json(workspace, data)
+
+
+def _unused(settings: dict[str, Any]) -> str:
+    """What to say of the legacy settings given that Tributary does not apply ("" when none is)."""
+    names = sorted(name for name, value in settings.items() if value is not None)
+    return f"Tributary does not apply these settings: {', '.join(names)}" if names else ""
+
+
+def _warn_unused(settings: dict[str, Any]) -> None:
+    """Warn, at the caller's line, of the settings that are given but mean nothing here: a script written for
+    azureml-core (scoring_timeout_ms=..., say) is told instead of silently getting the default."""
+    if message := _unused(settings):
+        warnings.warn(message, stacklevel=3)  # the line that called deploy_configuration() or update()
 
 
 def _inference_settings(config: InferenceConfig) -> dict[str, str]:
