@@ -331,7 +331,7 @@ class FailedLogin(models.Model):
     created = models.DateTimeField(auto_now_add=True)
 
     class Meta:
-        indexes = [models.Index(fields=["username", "created"])]
+        indexes = [models.Index(fields=["username", "created"]), models.Index(fields=["ip", "created"])]
 
     def __str__(self) -> str:
         return f"{self.username} from {self.ip} at {self.created:%Y-%m-%d %H:%M:%S}"

@@ -132,10 +132,17 @@ AUTH_PASSWORD_VALIDATORS = [
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "deployments:home"
 LOGOUT_REDIRECT_URL = "login"
-# Password guessing: this many wrong passwords for one username within the window refuse it until the oldest
-# leaves the window (deployments.login).
+# Password guessing (deployments.login): this many wrong passwords for one username from one address within the
+# window refuse that username from that address, and this many from one address, whatever the usernames, refuse
+# the address, until the oldest leaves the window.
 LOGIN_MAX_FAILURES = envint("LOGIN_MAX_FAILURES", "10")
+LOGIN_MAX_FAILURES_PER_ADDRESS = envint("LOGIN_MAX_FAILURES_PER_ADDRESS", "50")
 LOGIN_FAILURE_WINDOW_SECONDS = envint("LOGIN_FAILURE_WINDOW_SECONDS", "900")
+# How many reverse proxies stand in front of the portal: the client's address is then read from X-Forwarded-For.
+# 0: the address the request came from (behind a proxy, every client would have the proxy's).
+TRUSTED_PROXIES = envint("TRUSTED_PROXIES", "0")
+if TRUSTED_PROXIES < 0:
+    raise ImproperlyConfigured("TRUSTED_PROXIES must be 0 or more")
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"

@@ -109,3 +109,56 @@ def test_staff_let_a_refused_username_in_again_from_the_admin(
 
     assert not FailedLogin.objects.exists()
     assert client.post(reverse("login"), {"username": "alice", "password": "password"}).status_code == 302
+
+
+def test_wrong_passwords_from_elsewhere_do_not_lock_the_user_out(client: Client, alice: Any, settings: Any) -> None:
+    settings.LOGIN_MAX_FAILURES = 3
+    guesser = Client(REMOTE_ADDR="198.51.100.7")
+    for _ in range(3):
+        guesser.post(reverse("login"), {"username": "alice", "password": "guess"})
+
+    assert guesser.post(reverse("login"), {"username": "alice", "password": "password"}).status_code == 429
+    # Alice, at her own address, is let in: typing her name with wrong passwords is no way to lock her out.
+    assert client.post(reverse("login"), {"username": "alice", "password": "password"}).status_code == 302
+    # Her success clears her own count, not the guesser's.
+    assert guesser.post(reverse("login"), {"username": "alice", "password": "password"}).status_code == 429
+
+
+def test_wrong_passwords_for_many_usernames_from_one_address_refuse_the_address(
+    client: Client, alice: Any, settings: Any
+) -> None:
+    settings.LOGIN_MAX_FAILURES_PER_ADDRESS = 4
+    sprayer = Client(REMOTE_ADDR="198.51.100.7")
+    for name in ("root", "admin", "bob", "carol"):
+        assert sprayer.post(reverse("login"), {"username": name, "password": "Winter2026"}).status_code == 200
+
+    refused = sprayer.post(reverse("login"), {"username": "alice", "password": "password"})
+
+    assert refused.status_code == 429
+    assert "Too many wrong passwords from your address: try again in 15 minutes." in refused.content.decode()
+    assert client.post(reverse("login"), {"username": "alice", "password": "password"}).status_code == 302
+
+
+@pytest.mark.parametrize(
+    ("proxies", "forwarded", "counted_as"),
+    [
+        (0, "203.0.113.9", "10.0.0.2"),  # no proxy is trusted: the header is the client's to write
+        (1, "192.0.2.66, 203.0.113.9", "203.0.113.9"),  # what the proxy saw, not what the client claimed before it
+        (2, "192.0.2.66, 203.0.113.9, 10.0.0.3", "203.0.113.9"),
+        (1, "not an address", None),
+    ],
+)
+def test_behind_trusted_proxies_the_address_is_the_one_they_saw(
+    client: Client, alice: Any, settings: Any, proxies: int, forwarded: str, counted_as: str | None
+) -> None:
+    from deployments.models import FailedLogin
+
+    settings.TRUSTED_PROXIES = proxies
+    client.post(
+        reverse("login"),
+        {"username": "alice", "password": "guess"},
+        REMOTE_ADDR="10.0.0.2",
+        headers={"X-Forwarded-For": forwarded},
+    )
+
+    assert list(FailedLogin.objects.values_list("ip", flat=True)) == [counted_as]
