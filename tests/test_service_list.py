@@ -31,6 +31,23 @@ def test_it_lists_services_with_state_target_models_and_flags(client: Client, al
     assert "<td>Enabled</td>\n        <td>Disabled</td>" in content
 
 
+def test_it_says_how_each_service_scales_and_whether_it_needs_a_key(
+    client: Client, alice: Any, workspace: Workspace
+) -> None:
+    ServiceFactory(workspace=workspace, name="churn", replicas=3, auth_enabled=True)
+    ServiceFactory(
+        workspace=workspace, name="fraud", autoscale_enabled=True, autoscale_min_replicas=2, autoscale_max_replicas=8
+    )
+    client.force_login(alice)
+
+    content = client.get(_url(workspace)).content.decode()
+
+    rows = {row.split("</a>")[0].rsplit(">", 1)[-1]: row for row in content.split("<tr>")[2:]}
+    assert "<td>3</td>\n        <td>Required</td>" in rows["churn"]
+    assert '<td>2–8 <span class="muted">(autoscaled)</span></td>' in rows["fraud"]
+    assert '<td><span class="warn">None</span></td>' in rows["fraud"]
+
+
 def test_it_filters_by_name_and_state(client: Client, alice: Any, workspace: Workspace) -> None:
     ServiceFactory(workspace=workspace, name="churn-a")
     ServiceFactory(workspace=workspace, name="churn-b", state=Service.State.FAILED)
