@@ -256,6 +256,9 @@ def service(request: HttpRequest, workspace_id: int, name: str) -> JsonResponse:
         raise actions.NothingToUpdate()
     if "compute_target" in body and body["compute_target"] != service.compute_target.name:
         raise actions.TargetChange()  # the edit form would ignore it: a service stays on its target
+    if service.autoscale_enabled and body.get("autoscale_enabled") is False and "replicas" not in body:
+        # Its count, unused while it autoscaled, may be far below what runs now: say it, as azureml-core made say.
+        raise ValueError("replicas: give the number of replicas to run once it no longer autoscales.")
     # Without a version the caller accepts the current one, as the legacy SDK's update() did.
     current = {**ServiceEditForm.initial_for(service), "models": list(service.models.values_list("pk", flat=True))}
     form = ServiceEditForm(

@@ -23,7 +23,11 @@ class ServiceSettingsForm(forms.Form):
     )
     image = forms.CharField(max_length=500, required=False, help_text="Scoring image (Kubernetes compute targets).")
     replicas = forms.IntegerField(
-        min_value=1, max_value=50, initial=1, help_text="How many copies serve it; while it autoscales, unused."
+        min_value=1,
+        max_value=50,
+        initial=1,
+        help_text="How many copies serve it. While it autoscales, the autoscaler decides; unticking Autoscale "
+        "sets this count again.",
     )
     collect_model_data = forms.BooleanField(required=False, label="Enable model data collection")
     enable_app_insights = forms.BooleanField(required=False, label="Enable AppInsights diagnostics")
@@ -96,13 +100,28 @@ class ServiceSettingsForm(forms.Form):
         low, high = data.get("autoscale_min_replicas"), data.get("autoscale_max_replicas")
         if low is not None and high is not None and high < low:
             self.add_error("autoscale_max_replicas", "The most replicas cannot be fewer than the fewest.")
-        if data.get("autoscale_enabled") and data.get("cpu_cores") is None and "cpu_cores" not in self.errors:
-            target = data.get("compute_target")
-            if target is not None and target.kind == ComputeTarget.Kind.KUBERNETES:
+        if not data.get("autoscale_enabled"):
+            return
+        if "replicas" in self.changed_data and "replicas" not in self.errors:
+            self.add_error(
+                "replicas", "While it autoscales, the autoscaler sets the replicas: change the fewest and most instead."
+            )
+        request, limit = data.get("cpu_cores"), data.get("cpu_cores_limit")
+        target = data.get("autoscale_target_utilization")
+        if request is None and "cpu_cores" not in self.errors:
+            kind = getattr(data.get("compute_target"), "kind", None)
+            if kind == ComputeTarget.Kind.KUBERNETES:
                 self.add_error(
                     "cpu_cores",
                     "Autoscaling compares the pods' CPU use with what each requests: give the CPU cores to request.",
                 )
+        elif request and limit and target is not None and target >= 100 * limit / request:
+            # A pod's use stops at its limit: a target at or above it would never add a pod.
+            self.add_error(
+                "autoscale_target_utilization",
+                f"The pods can use at most {100 * limit / request:.0f}% of what they request (their limit): "
+                "set a lower target, or a higher limit.",
+            )
 
     def _check_resources(self, data: dict[str, Any]) -> None:
         for name in self.RESOURCES:

@@ -6,15 +6,19 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from collector import tabular
 from deployments import actions, drivers
-from deployments.compute import DriverError
+from deployments.compute import DesiredSpec, DriverError
 from deployments.logs import without_secrets
 from deployments.models import ComputeTarget, Service
+
+if TYPE_CHECKING:
+    from deployments.compute.kubernetes import KubernetesDriver
 
 
 @dataclass(frozen=True)
@@ -118,18 +122,25 @@ def of_service(service: Service) -> Runtime:
 
     try:
         driver = drivers.driver_for(service)
-        assert isinstance(driver, KubernetesDriver)
-        spec = actions.desired_spec(service, 0)  # names only: no update is meant
-        statuses = driver.pod_statuses(spec)
     except DriverError as exc:
         return Runtime(None, error=str(exc))
-    scaler = None
-    if service.autoscale_enabled:
+    assert isinstance(driver, KubernetesDriver)
+    spec = actions.desired_spec(service, 0)  # names only: no update is meant
+    # The autoscaler beside the pods, not after them: each read may take the whole READ_TIMEOUT.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        scaler = pool.submit(_autoscaler, driver, spec) if service.autoscale_enabled else None
         try:
-            scaler = autoscaler_of(driver.autoscaler(spec))
+            statuses = driver.pod_statuses(spec)
         except DriverError as exc:
-            scaler = Autoscaler(problem=str(exc))
-    return Runtime(figures_of_pods(statuses), pods=len(statuses), autoscaler=scaler)
+            return Runtime(None, error=str(exc), autoscaler=scaler.result() if scaler else None)
+        return Runtime(figures_of_pods(statuses), pods=len(statuses), autoscaler=scaler.result() if scaler else None)
+
+
+def _autoscaler(driver: KubernetesDriver, spec: DesiredSpec) -> Autoscaler:
+    try:
+        return autoscaler_of(driver.autoscaler(spec))
+    except DriverError as exc:
+        return Autoscaler(problem=str(exc))
 
 
 def autoscaler_of(hpa: Any) -> Autoscaler:
@@ -137,8 +148,8 @@ def autoscaler_of(hpa: Any) -> Autoscaler:
     if hpa is None:
         return Autoscaler(problem="The cluster has no autoscaler for this service: the service's update makes it.")
     status = hpa.status
-    if status is None:
-        return Autoscaler(problem="The autoscaler has not said anything yet.")
+    if status is None or status.current_replicas is None:  # a real server answers desiredReplicas: 0 at first
+        return Autoscaler(problem="The autoscaler has not counted the pods yet.")
     cpu = None
     for metric in status.current_metrics or []:
         if metric.type == "Resource" and metric.resource and metric.resource.name == "cpu":

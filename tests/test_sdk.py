@@ -108,12 +108,16 @@ def test_it_deploys_a_service_that_autoscales_then_fixes_its_replicas(
 
     assert service.state == "Healthy"
     assert service.autoscaler == AutoScaler(
-        autoscale_enabled=True, max_replicas=8, min_replicas=2, target_utilization=50
+        autoscale_enabled=True, max_replicas=8, min_replicas=2, refresh_period_seconds=None, target_utilization=50
     )
     hpa = kube.get_object("autoscaling/v2/horizontalpodautoscalers", "ml", "churn")
     assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 8)
     with pytest.raises(WebserviceException, match="autoscale enabled and num_replicas provided"):
         service.update(autoscale_enabled=True, num_replicas=3)
+    with pytest.raises(WebserviceException, match=r"autoscale disabled but num_replicas not provided\.$"):
+        service.update(autoscale_enabled=False)  # 8 pods would fall to the 1 of its unused count at once
+    with pytest.raises(WebserviceException, match=r"^Invalid configuration, autoscale_max_replicas provided without"):
+        service.update(autoscale_max_replicas=4)  # as azureml-core: bounds come with autoscale_enabled=True
 
     service.update(autoscale_enabled=False, num_replicas=3)
     service.wait_for_deployment(timeout_sec=60)

@@ -97,11 +97,11 @@ def test_an_edit_turns_it_on_the_autoscaler_keeps_the_count_and_turning_it_off_r
 ) -> None:
     on_cluster(service)
     driver = drivers.driver_for(service)
+    edit_url = reverse("deployments:service-edit", args=[service.pk])
     client.force_login(alice)
 
     response = client.post(
-        reverse("deployments:service-edit", args=[service.pk]),
-        edit_form(service, autoscale_enabled="on", autoscale_min_replicas=2, autoscale_max_replicas=4),
+        edit_url, edit_form(service, autoscale_enabled="on", autoscale_min_replicas=2, autoscale_max_replicas=4)
     )
 
     assert response.status_code == 302
@@ -114,26 +114,36 @@ def test_an_edit_turns_it_on_the_autoscaler_keeps_the_count_and_turning_it_off_r
     service.refresh_from_db()
     driver.apply(actions.desired_spec(service, 2))
     assert kube.get_object(HPAS, "ml", "churn")["spec"]["maxReplicas"] == 4
-    assert _replicas(kube) == 2  # the one replica it had, brought up to the fewest
+    assert _replicas(kube) == 2  # the one replica it had, brought up to the fewest for the new autoscaler
+    assert _pods_made_by(kube) == "1"  # a change of scaling alone restarts no pod
 
     _scale_to(kube, 4)  # the cluster's autoscaler at work; an edit of something else leaves its count alone
-    client.post(reverse("deployments:service-edit", args=[service.pk]), edit_form(service, memory_gb="1"))
+    assert client.post(edit_url, edit_form(service, memory_gb="1")).status_code == 302
     service.refresh_from_db()
     driver.apply(actions.desired_spec(service, 3))
     assert _replicas(kube) == 4
+    assert _pods_made_by(kube) == "3"  # new pods for the new memory
 
-    client.post(reverse("deployments:service-edit", args=[service.pk]), edit_form(service, autoscale_max_replicas=3))
+    assert client.post(edit_url, edit_form(service, autoscale_max_replicas=3)).status_code == 302
     service.refresh_from_db()
     driver.apply(actions.desired_spec(service, 4))
-    assert _replicas(kube) == 3  # within the new bounds at once
     assert kube.get_object(HPAS, "ml", "churn")["spec"]["maxReplicas"] == 3
+    assert _replicas(kube) == 4  # the autoscaler's to bring down, at its next round: no write races its own
+    assert _pods_made_by(kube) == "3"
 
-    client.post(reverse("deployments:service-edit", args=[service.pk]), edit_form(service, autoscale_enabled=False))
+    assert client.post(edit_url, edit_form(service, autoscale_enabled=False, replicas=3)).status_code == 302
     service.refresh_from_db()
-    assert service.autoscale_enabled is False
+    assert (service.autoscale_enabled, service.replicas) == (False, 3)
     driver.apply(actions.desired_spec(service, 5))
     assert kube.get_object(HPAS, "ml", "churn") is None
-    assert _replicas(kube) == 1  # the fixed count again
+    assert _replicas(kube) == 3  # the fixed count again
+    assert _pods_made_by(kube) == "3"
+
+
+def _pods_made_by(kube: Any) -> str:
+    """The update whose pod template the Deployment runs: a new one means new pods."""
+    template = kube.get_object("apps/v1/deployments", "ml", "churn")["spec"]["template"]
+    return str(template["metadata"]["annotations"]["tributary.dev/update-id"])
 
 
 @pytest.mark.parametrize(
@@ -144,6 +154,12 @@ def test_an_edit_turns_it_on_the_autoscaler_keeps_the_count_and_turning_it_off_r
         ({"autoscale_target_utilization": 0}, "autoscale_target_utilization", "greater than or equal to 1"),
         ({"autoscale_target_utilization": 101}, "autoscale_target_utilization", "less than or equal to 100"),
         ({"autoscale_max_replicas": 51}, "autoscale_max_replicas", "less than or equal to 50"),
+        ({"replicas": 3}, "replicas", "While it autoscales, the autoscaler sets the replicas"),
+        (
+            {"cpu_cores_limit": "0.5", "autoscale_target_utilization": 100},
+            "autoscale_target_utilization",
+            "The pods can use at most 100% of what they request (their limit)",
+        ),
     ],
 )
 def test_bad_autoscaling_is_a_form_error_and_changes_nothing(
@@ -206,23 +222,56 @@ def test_deleting_the_service_deletes_its_autoscaler_and_leaves_one_that_is_not_
     assert kube.get_object(HPAS, "ml", "churn")["spec"]["maxReplicas"] == 3
 
 
-def test_without_permission_on_autoscalers_only_an_autoscaled_service_fails_and_says_what_is_missing(
+def test_without_permission_on_autoscalers_only_an_autoscaled_service_fails_and_leaves_its_deployment_as_it_was(
     service: Service, kube: Any
 ) -> None:
     driver = drivers.driver_for(service)
     kube.emulator[kmock.resource(HPAS)] << 403  # kmock's DSL: RBAC's answer to every request
 
     driver.apply(actions.desired_spec(service, 1))  # it never made one: it needs no such permission
-    assert kube.get_object("apps/v1/deployments", "ml", "churn") is not None
+    assert _pods_made_by(kube) == "1"
 
     service.autoscale_enabled = True
+    service.memory_gb = 2
     service.save()
     with pytest.raises(PermanentError) as failure:
         driver.apply(actions.desired_spec(service, 2))
+
     assert str(failure.value).startswith("Could not apply the HorizontalPodAutoscaler: HTTP 403")
     assert "needs the kubeconfig's user to have horizontalpodautoscalers get, create, patch and delete" in str(
         failure.value
     )
+    assert _pods_made_by(kube) == "1"  # the autoscaler is asked first: nothing else of the update was applied
+    annotations = kube.get_object("apps/v1/deployments", "ml", "churn")["metadata"]["annotations"]
+    assert annotations["tributary.dev/update-id"] == "1"
+
+
+def test_a_service_that_autoscaled_does_not_take_a_refusal_to_remove_its_autoscaler_for_an_answer(
+    service: Service, kube: Any
+) -> None:
+    service.autoscale_enabled = True
+    service.save()
+    driver = drivers.driver_for(service)
+    driver.apply(actions.desired_spec(service, 1))
+    kube.emulator[kmock.resource(HPAS)] << 403  # the kubeconfig's user lost the permission since
+
+    service.autoscale_enabled = False
+    service.save()
+    with pytest.raises(PermanentError, match="Could not remove the HorizontalPodAutoscaler: HTTP 403"):
+        driver.apply(actions.desired_spec(service, 2))  # else its autoscaler would go on scaling the fixed count
+    with pytest.raises(PermanentError, match="Could not remove the HorizontalPodAutoscaler: HTTP 403"):
+        driver.remove(actions.desired_spec(service, 3))
+    assert kube.get_object("apps/v1/deployments", "ml", "churn") is not None
+
+
+def test_a_cluster_without_autoscaling_v2_is_named_as_the_reason(service: Service, kube: Any) -> None:
+    service.autoscale_enabled = True
+    service.save()
+    kube.emulator[kmock.action.CREATE, kmock.resource(HPAS)] << 404
+
+    with pytest.raises(PermanentError, match=r"needs the cluster's autoscaling/v2 API, Kubernetes 1\.23 or later"):
+        drivers.driver_for(service).apply(actions.desired_spec(service, 1))
+    assert kube.get_object("apps/v1/deployments", "ml", "churn") is None
 
 
 def test_the_service_page_says_what_the_autoscaler_sees_and_why_it_cannot_scale(
@@ -239,6 +288,9 @@ def test_the_service_page_says_what_the_autoscaler_sees_and_why_it_cannot_scale(
     assert "Autoscaler (1 to 5 replicas): The cluster has no autoscaler for this service" in page
 
     on_cluster(service)
+    page = _text(client.get(runtime_url, headers=htmx).content.decode())
+    assert "Autoscaler (1 to 5 replicas): The autoscaler has not counted the pods yet." in page
+
     k8s.AutoscalingV2Api(kube.api_client()).patch_namespaced_horizontal_pod_autoscaler_status(
         "churn",
         "ml",
@@ -271,15 +323,25 @@ def test_the_service_page_says_what_the_autoscaler_sees_and_why_it_cannot_scale(
                         "status": "False",
                         "reason": "FailedGetResourceMetric",
                         "message": "the HPA was unable to compute the replica count: <no metrics returned>",
-                    }
+                    },
+                    {
+                        "type": "ScalingLimited",
+                        "status": "True",
+                        "reason": "TooManyReplicas",
+                        "message": "the desired replica count is more than the maximum replica count",
+                    },
                 ],
             }
         },
     )
+    kube.emulator[kmock.resource("", "v1", "pods")] << 403  # the pods cannot be listed: the autoscaler still shows
     html = client.get(runtime_url, headers=htmx).content.decode()
     assert (
         "FailedGetResourceMetric: the HPA was unable to compute the replica count: &lt;no metrics returned&gt;" in html
     )
+    page = _text(html)
+    assert "Could not list the service's pods: HTTP 403" in page
+    assert "the desired replica count is more than the maximum replica count" in page
 
 
 def test_the_api_sets_and_shows_autoscaling_and_refuses_what_is_not_a_whole_number(
@@ -303,6 +365,9 @@ def test_the_api_sets_and_shows_autoscaling_and_refuses_what_is_not_a_whole_numb
         assert refused.json()["error"] == "autoscale_max_replicas must be a whole number."
     refused = client.patch(url, json.dumps({"autoscale_enabled": "yes"}), "application/json", headers=auth)
     assert refused.json()["error"] == "autoscale_enabled must be true or false."
+    off = client.patch(url, json.dumps({"autoscale_enabled": False}), "application/json", headers=auth)
+    assert off.status_code == 400
+    assert off.json()["error"] == "replicas: give the number of replicas to run once it no longer autoscales."
     without_cpu = client.patch(url, json.dumps({"cpu_cores": None}), "application/json", headers=auth)
     assert without_cpu.status_code == 400
     assert without_cpu.json()["error"].startswith("cpu_cores: Autoscaling compares the pods' CPU use")

@@ -44,7 +44,7 @@ def test_it_says_how_each_service_scales_and_whether_it_needs_a_key(
 
     rows = {row.split("</a>")[0].rsplit(">", 1)[-1]: row for row in content.split("<tr>")[2:]}
     assert "<td>3</td>\n        <td>Required</td>" in rows["churn"]
-    assert '<td>2–8 <span class="muted">(autoscaled)</span></td>' in rows["fraud"]
+    assert '<td>2 to 8 <span class="muted">(autoscaled)</span></td>' in rows["fraud"]
     assert '<td><span class="warn">None</span></td>' in rows["fraud"]
 
 

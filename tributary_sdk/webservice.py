@@ -70,15 +70,25 @@ AUTOSCALE_SETTINGS = (
 
 @dataclass
 class AutoScaler:
-    """A service's autoscaling, as azureml.core's `AksWebservice.autoscaler` had it. Tributary's is a Kubernetes
-    HorizontalPodAutoscaler: `target_utilization` is the pods' average CPU use, in % of what each requests
-    (Azure ML's counted requests in flight). `refresh_period_seconds` is the cluster's own (15 s by default)."""
+    """A service's autoscaling, as azureml.core's `AksWebservice.autoscaler` had it (the same fields, in the same
+    order). Tributary's is a Kubernetes HorizontalPodAutoscaler: `target_utilization` is the pods' average CPU use,
+    in % of what each requests (Azure ML's counted requests in flight); `refresh_period_seconds` is None, the
+    cluster's own period (15 s unless its administrator changed it)."""
 
     autoscale_enabled: bool
     max_replicas: int
     min_replicas: int
+    refresh_period_seconds: int | None
     target_utilization: int
-    refresh_period_seconds: int | None = None
+
+    def serialize(self) -> dict[str, Any]:
+        return {
+            "autoscaleEnabled": self.autoscale_enabled,
+            "maxReplicas": self.max_replicas,
+            "minReplicas": self.min_replicas,
+            "refreshPeriodInSeconds": self.refresh_period_seconds,
+            "targetUtilization": self.target_utilization,
+        }
 
 
 @dataclass
@@ -148,8 +158,13 @@ class AksWebservice:
         Tributary does not use (autoscale_refresh_seconds, token_auth_enabled, tags, ...) are accepted, each named
         in a warning."""
         _warn_unused(others)
-        if autoscale_enabled and num_replicas:
-            raise WebserviceException("Invalid configuration, autoscale enabled and num_replicas provided.")
+        _check_autoscale(
+            autoscale_enabled,
+            num_replicas,
+            autoscale_min_replicas=autoscale_min_replicas,
+            autoscale_max_replicas=autoscale_max_replicas,
+            autoscale_target_utilization=autoscale_target_utilization,
+        )
         return DeploymentConfiguration(
             "kubernetes",
             collect_model_data,
@@ -229,6 +244,7 @@ class Webservice:
                 autoscale_enabled=data["autoscale_enabled"],
                 max_replicas=data["autoscale_max_replicas"],
                 min_replicas=data["autoscale_min_replicas"],
+                refresh_period_seconds=None,
                 target_utilization=data["autoscale_target_utilization"],
             )
         self.error: str = data["state_reason"]
@@ -260,8 +276,13 @@ class Webservice:
 
         The legacy signature's other settings (autoscale_refresh_seconds, tags, ...) mean nothing to Tributary:
         given beside a setting it applies, each is named in a warning; given alone, they are refused."""
-        if autoscale_enabled and num_replicas:
-            raise WebserviceException("Invalid configuration, autoscale enabled and num_replicas provided.")
+        _check_autoscale(
+            autoscale_enabled,
+            num_replicas,
+            autoscale_min_replicas=autoscale_min_replicas,
+            autoscale_max_replicas=autoscale_max_replicas,
+            autoscale_target_utilization=autoscale_target_utilization,
+        )
         changes: dict[str, Any] = {
             key: value
             for key, value in (
@@ -447,6 +468,20 @@ class Model:
         body.update(config.autoscale())
         data = workspace._client.request("POST", f"workspaces/{workspace.id}/services/", body)
         return Webservice._from_json(workspace, data)
+
+
+def _check_autoscale(enabled: bool | None, num_replicas: int | None, **bounds: int | None) -> None:
+    """azureml-core's rules, with its words: autoscaling and a fixed count exclude each other, bounds come with
+    `autoscale_enabled=True`, and turning it off says how many replicas to run instead."""
+    problems = []
+    if enabled and num_replicas:
+        problems.append("autoscale enabled and num_replicas provided.")
+    if not enabled:
+        if enabled is False and not num_replicas:
+            problems.append("autoscale disabled but num_replicas not provided.")
+        problems += [f"{name} provided without enabling autoscaling." for name, v in bounds.items() if v is not None]
+    if problems:
+        raise WebserviceException("Invalid configuration, " + " ".join(problems))
 
 
 def _unused(settings: dict[str, Any]) -> str:

@@ -1,14 +1,17 @@
 """The Kubernetes driver: a Deployment and a Service per web service, through the official client.
 
-The Deployment is created whole, or changed with a JSON merge patch that carries the whole pod template (so a
-patched container list keeps its image on every API server), and stamped with the update id: applying the same
-update again changes nothing. A rollout is followed as `kubectl rollout status` follows it.
+The Deployment is created whole, or changed with a JSON merge patch that carries the whole pod template when it
+changes (so a patched container list keeps its image on every API server; a change of the replicas alone restarts
+no pod), and stamped with the update id: applying the same update again changes nothing. A rollout is followed as
+`kubectl rollout status` follows it. A service that autoscales has a HorizontalPodAutoscaler (autoscaling/v2) of
+its Deployment, on the pods' CPU use; it owns the replica count.
 
 The storage connection string reaches the pods by reference only: `secretKeyRef` to the workspace's Secret.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import threading
@@ -28,6 +31,9 @@ from deployments.compute import APP_INSIGHTS_KEY, DesiredSpec, PermanentError, R
 from scoring import config as runtime
 
 UPDATE_ANNOTATION = "tributary.dev/update-id"
+TEMPLATE_ANNOTATION = "tributary.dev/pod-template-sha256"
+# "true" while the service has a HorizontalPodAutoscaler of Tributary's making.
+AUTOSCALED_ANNOTATION = "tributary.dev/autoscaled"
 # Whose objects these are: a Deployment or Service of the same name that another service (of another workspace
 # sharing the namespace) or someone else made is neither taken over by apply() nor deleted by remove().
 SERVICE_ID_ANNOTATION = "tributary.dev/service-id"
@@ -70,9 +76,6 @@ class KubernetesDriver:
 
     def apply(self, spec: DesiredSpec) -> None:
         name = _name(spec)
-        if not spec.autoscale:
-            # First: while it is there, it would scale the Deployment away from the replicas patched below.
-            self._remove_autoscaler(spec)
         with _translated_errors("apply the Deployment"):
             current = self._read_deployment(name)
             if current is not None and not _ours(current.metadata, spec):
@@ -80,22 +83,23 @@ class KubernetesDriver:
                     f"The namespace {self.namespace} already has a Deployment named {name} that is not this "
                     "service's: delete it, or deploy under another name or namespace."
                 )
+        # The autoscaler first, either way. Made or changed first, a refusal (no permission, no autoscaling/v2)
+        # leaves the Deployment as it was; removed first, it cannot scale the Deployment away from its fixed count.
+        scaling_before = False
+        if spec.autoscale:
+            scaling_before = self._apply_autoscaler(spec)
+        else:
+            self._remove_autoscaler(spec, made_one=_annotations(current).get(AUTOSCALED_ANNOTATION) == "true")
+        with _translated_errors("apply the Deployment"):
             if current is None:
                 # The client serializes plain dicts as they are: the manifest stays readable JSON.
                 self.apps.create_namespaced_deployment(self.namespace, cast(Any, deployment_manifest(spec)))
-            elif ((current.metadata and current.metadata.annotations) or {}).get(UPDATE_ANNOTATION) != str(
-                spec.update_id
-            ):
-                manifest = deployment_manifest(spec, probe_port=probe_port_for(current, spec))
-                patch = {
-                    "metadata": manifest["metadata"],
-                    "spec": {k: manifest["spec"][k] for k in ("replicas", "template")},
-                }
-                if spec.autoscale:
-                    # The autoscaler owns the count: keep the current one, brought within the new bounds.
-                    patch["spec"]["replicas"] = _within(current.spec.replicas, spec.autoscale)
+            elif _annotations(current).get(UPDATE_ANNOTATION) != str(spec.update_id):
                 self.apps.patch_namespaced_deployment(
-                    name, self.namespace, patch, _content_type="application/merge-patch+json"
+                    name,
+                    self.namespace,
+                    deployment_patch(spec, current, scaling_before=scaling_before),
+                    _content_type="application/merge-patch+json",
                 )
         with _translated_errors("apply the Service"):
             try:
@@ -112,35 +116,45 @@ class KubernetesDriver:
                 if exc.status != 404:
                     raise
                 self.core.create_namespaced_service(self.namespace, cast(Any, service_manifest(spec)))
-        if spec.autoscale:
-            self._apply_autoscaler(spec)
 
-    def _apply_autoscaler(self, spec: DesiredSpec) -> None:
+    def _apply_autoscaler(self, spec: DesiredSpec) -> bool:
+        """Make or change the service's HorizontalPodAutoscaler; whether it had one already. One made before the
+        Deployment is harmless: it waits for its target."""
         name = _name(spec)
         with _translated_errors("apply the HorizontalPodAutoscaler", forbidden=AUTOSCALER_RBAC):
             current = self._read_autoscaler(name)
-            if current is None:
-                self.autoscaling.create_namespaced_horizontal_pod_autoscaler(
-                    self.namespace, cast(Any, autoscaler_manifest(spec))
-                )
-            elif not _ours(current.metadata, spec):
+            if current is not None and not _ours(current.metadata, spec):
                 raise PermanentError(
                     f"The namespace {self.namespace} already has a HorizontalPodAutoscaler named {name} that is not "
                     "this service's: delete it, or deploy under another name or namespace."
                 )
-            else:  # a merge patch: its metrics list is replaced whole
+            if current is not None:  # a merge patch: its metrics list is replaced whole
                 self.autoscaling.patch_namespaced_horizontal_pod_autoscaler(
                     name, self.namespace, autoscaler_manifest(spec), _content_type="application/merge-patch+json"
                 )
+                return True
+            try:
+                self.autoscaling.create_namespaced_horizontal_pod_autoscaler(
+                    self.namespace, cast(Any, autoscaler_manifest(spec))
+                )
+            except ApiException as exc:
+                if exc.status == 404:  # no such API (or namespace: the server's reason says which)
+                    raise PermanentError(
+                        f"Could not apply the HorizontalPodAutoscaler: HTTP 404 {_reason(exc)} (autoscaling needs the "
+                        "cluster's autoscaling/v2 API, Kubernetes 1.23 or later)."
+                    ) from exc
+                raise
+            return False
 
-    def _remove_autoscaler(self, spec: DesiredSpec) -> None:
-        """Delete the service's HorizontalPodAutoscaler, if it has one. A kubeconfig whose user may not read them
-        never made one: services that do not autoscale need no such permission."""
+    def _remove_autoscaler(self, spec: DesiredSpec, *, made_one: bool = True) -> None:
+        """Delete the service's HorizontalPodAutoscaler, if it has one. When the service never had one (`made_one`
+        False), a user who may not read them is no obstacle: services that never autoscaled need no such
+        permission."""
         with _translated_errors("remove the HorizontalPodAutoscaler", forbidden=AUTOSCALER_RBAC):
             try:
                 current = self._read_autoscaler(_name(spec))
             except ApiException as exc:
-                if exc.status == 403:
+                if exc.status == 403 and not made_one:
                     return
                 raise
             if current is not None and _ours(current.metadata, spec):
@@ -212,7 +226,11 @@ class KubernetesDriver:
         """Delete the service's Deployment (its pods stop with SIGTERM: the collector flushes) and Service; those
         of the same name that are not this service's stay."""
         name = _name(spec)
-        self._remove_autoscaler(spec)  # first: it would otherwise act on a Deployment on its way out
+        with _translated_errors("remove the service"):
+            current = self._read_deployment(name)
+        # First: it would otherwise act on a Deployment on its way out.
+        made_one = bool(spec.autoscale) or _annotations(current).get(AUTOSCALED_ANNOTATION) == "true"
+        self._remove_autoscaler(spec, made_one=made_one)
         with _translated_errors("remove the service"):
             for read, delete in (
                 (self.apps.read_namespaced_deployment, self.apps.delete_namespaced_deployment),
@@ -429,8 +447,28 @@ def _status_port(container: client.V1Container | None) -> int:
 
 
 def _within(replicas: int | None, autoscale: dict[str, int]) -> int:
-    """A Deployment's replica count brought within an autoscaler's bounds, as the autoscaler itself would."""
-    return min(max(replicas if replicas is not None else 1, autoscale["min_replicas"]), autoscale["max_replicas"])
+    """The count an autoscaler that is new starts from: the Deployment's, brought within its bounds (as it would
+    bring it on its first round, some seconds later)."""
+    return min(max(replicas or 1, autoscale["min_replicas"]), autoscale["max_replicas"])
+
+
+def _annotations(obj: Any) -> dict[str, str]:
+    return dict((obj.metadata.annotations if obj is not None and obj.metadata else None) or {})
+
+
+def deployment_patch(spec: DesiredSpec, current: client.V1Deployment, *, scaling_before: bool) -> dict[str, Any]:
+    """The merge patch that makes `current` the Deployment of `spec`. Its pod template only when that changes:
+    a change of the replicas or of autoscaling alone restarts no pod. Its replicas: the fixed count, or, for a
+    service that autoscales, none (the autoscaler's own count stands) unless its autoscaler is new."""
+    manifest = deployment_manifest(spec, probe_port=probe_port_for(current, spec))
+    patch: dict[str, Any] = {"metadata": manifest["metadata"], "spec": {}}
+    if _annotations(current).get(TEMPLATE_ANNOTATION) != manifest["metadata"]["annotations"][TEMPLATE_ANNOTATION]:
+        patch["spec"]["template"] = manifest["spec"]["template"]
+    if not spec.autoscale:
+        patch["spec"]["replicas"] = spec.replicas
+    elif not scaling_before:
+        patch["spec"]["replicas"] = _within(current.spec.replicas if current.spec else None, spec.autoscale)
+    return patch
 
 
 def _name(spec: DesiredSpec) -> str:
@@ -509,6 +547,11 @@ def deployment_manifest(spec: DesiredSpec, *, probe_port: int = PROBE_PORT) -> d
     }
     if spec.resources:
         container["resources"] = spec.resources
+    pod_spec = {
+        "containers": [container],
+        "volumes": [{"name": "spool", "emptyDir": {}}],
+        "terminationGracePeriodSeconds": 60,
+    }
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -519,6 +562,11 @@ def deployment_manifest(spec: DesiredSpec, *, probe_port: int = PROBE_PORT) -> d
                 UPDATE_ANNOTATION: str(spec.update_id),
                 SERVICE_ID_ANNOTATION: str(spec.service_id),
                 "tributary.dev/models": json.dumps([f"{m.name}:{m.version}" for m in spec.models]),
+                AUTOSCALED_ANNOTATION: "true" if spec.autoscale else "false",
+                # What the pods run, but for the update that made it: the same means no rollout (deployment_patch).
+                TEMPLATE_ANNOTATION: hashlib.sha256(
+                    json.dumps([labels, pod_spec], sort_keys=True).encode()
+                ).hexdigest(),
             },
         },
         "spec": {
@@ -528,11 +576,7 @@ def deployment_manifest(spec: DesiredSpec, *, probe_port: int = PROBE_PORT) -> d
             "template": {
                 "metadata": {"labels": labels, "annotations": {UPDATE_ANNOTATION: str(spec.update_id)}},
                 # SIGTERM lets the runtime flush the collector's spool before the pod goes.
-                "spec": {
-                    "containers": [container],
-                    "volumes": [{"name": "spool", "emptyDir": {}}],
-                    "terminationGracePeriodSeconds": 60,
-                },
+                "spec": pod_spec,
             },
         },
     }
