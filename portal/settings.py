@@ -4,6 +4,7 @@ Every variable is listed with its default in `.env.example`. A secret can also b
 names a file whose contents are the value of `X` (the Docker and Kubernetes secrets convention).
 """
 
+import ipaddress
 import os
 from pathlib import Path
 
@@ -138,11 +139,18 @@ LOGOUT_REDIRECT_URL = "login"
 LOGIN_MAX_FAILURES = envint("LOGIN_MAX_FAILURES", "10")
 LOGIN_MAX_FAILURES_PER_ADDRESS = envint("LOGIN_MAX_FAILURES_PER_ADDRESS", "50")
 LOGIN_FAILURE_WINDOW_SECONDS = envint("LOGIN_FAILURE_WINDOW_SECONDS", "900")
-# How many reverse proxies stand in front of the portal: the client's address is then read from X-Forwarded-For.
-# 0: the address the request came from (behind a proxy, every client would have the proxy's).
-TRUSTED_PROXIES = envint("TRUSTED_PROXIES", "0")
-if TRUSTED_PROXIES < 0:
-    raise ImproperlyConfigured("TRUSTED_PROXIES must be 0 or more")
+for _name in ("LOGIN_MAX_FAILURES", "LOGIN_MAX_FAILURES_PER_ADDRESS", "LOGIN_FAILURE_WINDOW_SECONDS"):
+    if globals()[_name] < 1:
+        raise ImproperlyConfigured(f"{_name} must be at least 1")
+# The reverse proxies in front of the portal, as addresses or networks (10.0.0.0/8, ...): from them, the client's
+# address is read from X-Forwarded-For. Empty: the address the request came from (behind a proxy, every client
+# would have the proxy's, and the log-in limits would count them all as one).
+TRUSTED_PROXIES = envlist("TRUSTED_PROXIES", "")
+try:
+    for _network in TRUSTED_PROXIES:
+        ipaddress.ip_network(_network, strict=False)
+except ValueError as exc:
+    raise ImproperlyConfigured(f"TRUSTED_PROXIES: {exc}") from exc
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"

@@ -140,16 +140,26 @@ def test_wrong_passwords_for_many_usernames_from_one_address_refuse_the_address(
 
 
 @pytest.mark.parametrize(
-    ("proxies", "forwarded", "counted_as"),
+    ("proxies", "remote", "forwarded", "counted_as"),
     [
-        (0, "203.0.113.9", "10.0.0.2"),  # no proxy is trusted: the header is the client's to write
-        (1, "192.0.2.66, 203.0.113.9", "203.0.113.9"),  # what the proxy saw, not what the client claimed before it
-        (2, "192.0.2.66, 203.0.113.9, 10.0.0.3", "203.0.113.9"),
-        (1, "not an address", None),
+        ([], "10.0.0.2", "203.0.113.9", "10.0.0.2"),  # no proxy is trusted: the header is the client's to write
+        (["10.0.0.0/8"], "10.0.0.2", "192.0.2.66, 203.0.113.9", "203.0.113.9"),  # not what the client claimed
+        (["10.0.0.0/8"], "10.0.0.2", "192.0.2.66, 203.0.113.9, 10.0.0.3", "203.0.113.9"),  # two proxies
+        (["10.0.0.0/8"], "198.51.100.4", "203.0.113.9", "198.51.100.4"),  # not through the proxy: not believed
+        (["10.0.0.2"], "10.0.0.2", "203.0.113.9:51234", "203.0.113.9"),  # with a port, as some gateways write
+        (["10.0.0.2"], "10.0.0.2", "[2001:db8:1:2:aaaa::1]:443", "2001:db8:1:2::"),  # an IPv6 host: its /64
+        ([], "::ffff:198.51.100.4", "", "198.51.100.4"),  # IPv4 in IPv6 is IPv4
+        (["10.0.0.2"], "10.0.0.2", "not an address", None),
     ],
 )
-def test_behind_trusted_proxies_the_address_is_the_one_they_saw(
-    client: Client, alice: Any, settings: Any, proxies: int, forwarded: str, counted_as: str | None
+def test_the_address_counted_is_the_clients_as_the_trusted_proxies_saw_it(
+    client: Client,
+    alice: Any,
+    settings: Any,
+    proxies: list[str],
+    remote: str,
+    forwarded: str,
+    counted_as: str | None,
 ) -> None:
     from deployments.models import FailedLogin
 
@@ -157,8 +167,31 @@ def test_behind_trusted_proxies_the_address_is_the_one_they_saw(
     client.post(
         reverse("login"),
         {"username": "alice", "password": "guess"},
-        REMOTE_ADDR="10.0.0.2",
+        REMOTE_ADDR=remote,
         headers={"X-Forwarded-For": forwarded},
     )
 
     assert list(FailedLogin.objects.values_list("ip", flat=True)) == [counted_as]
+
+
+# Padded past the 150 characters a username has, in full-width letters (NFKC makes them ALICE), in another case.
+@pytest.mark.parametrize("spelling", [" " * 150 + "alice", "\uff21\uff2c\uff29\uff23\uff25", "Alice "])
+def test_every_spelling_that_logs_in_as_the_user_is_counted_as_the_user(
+    client: Client, alice: Any, settings: Any, spelling: str
+) -> None:
+    settings.LOGIN_MAX_FAILURES = 2
+    for _ in range(2):
+        assert client.post(reverse("login"), {"username": spelling, "password": "guess"}).status_code == 200
+
+    assert client.post(reverse("login"), {"username": "alice", "password": "password"}).status_code == 429
+    assert client.post(reverse("login"), {"username": spelling, "password": "password"}).status_code == 429
+
+
+def test_requests_without_a_readable_address_are_limited_together(client: Client, alice: Any, settings: Any) -> None:
+    settings.LOGIN_MAX_FAILURES_PER_ADDRESS = 2
+    for name in ("root", "admin"):
+        client.post(reverse("login"), {"username": name, "password": "guess"}, REMOTE_ADDR="unix-socket")
+
+    refused = client.post(reverse("login"), {"username": "alice", "password": "password"}, REMOTE_ADDR="")
+
+    assert refused.status_code == 429

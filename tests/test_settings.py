@@ -65,6 +65,23 @@ def test_it_rejects_a_malformed_boolean(tmp_path: Path) -> None:
     assert "DEBUG must be true or false" in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("LOGIN_MAX_FAILURES", "0", "LOGIN_MAX_FAILURES must be at least 1"),
+        ("LOGIN_MAX_FAILURES_PER_ADDRESS", "0", "LOGIN_MAX_FAILURES_PER_ADDRESS must be at least 1"),
+        ("TRUSTED_PROXIES", "10.0.0.0/8,proxy.internal", "TRUSTED_PROXIES: 'proxy.internal' does not appear to be"),
+    ],
+)
+def test_log_in_limits_and_proxies_that_cannot_work_stop_it_at_start(
+    tmp_path: Path, variable: str, value: str, message: str
+) -> None:
+    result = _manage("check", DEBUG="true", VAR_DIR=str(tmp_path), **{variable: value})
+
+    assert result.returncode != 0
+    assert message in result.stderr
+
+
 def test_it_lists_every_setting_in_env_example() -> None:
     settings_source = (REPO / "portal" / "settings.py").read_text()
     example = (REPO / ".env.example").read_text()
