@@ -11,6 +11,9 @@ from deployments.models import ApiToken, AuditEvent, ComputeTarget, Membership, 
 
 # The longest reason a change may give (it goes into the audit log).
 REASON_MAX_LENGTH = 500
+# A HorizontalPodAutoscaler leaves the replicas alone while use is within 10% of its target (the controller's
+# default --horizontal-pod-autoscaler-tolerance).
+AUTOSCALE_TOLERANCE = 1.1
 
 
 class ServiceSettingsForm(forms.Form):
@@ -115,12 +118,14 @@ class ServiceSettingsForm(forms.Form):
                     "cpu_cores",
                     "Autoscaling compares the pods' CPU use with what each requests: give the CPU cores to request.",
                 )
-        elif request and limit and target is not None and target >= 100 * limit / request:
-            # A pod's use stops at its limit: a target at or above it would never add a pod.
+        elif request and limit and target is not None and target * AUTOSCALE_TOLERANCE >= 100 * limit / request:
+            # A pod's use stops at its limit, and Kubernetes adds a pod only once use is 10% above the target.
+            ceiling = 100 * limit / request
             self.add_error(
                 "autoscale_target_utilization",
-                f"The pods can use at most {100 * limit / request:.0f}% of what they request (their limit): "
-                "set a lower target, or a higher limit.",
+                f"The pods can use at most {ceiling:.0f}% of what they request (their limit), and Kubernetes adds a "
+                f"pod only once use is 10% above the target: set a target under {ceiling / AUTOSCALE_TOLERANCE:.0f}%, "
+                "or a higher limit.",
             )
 
     def _check_resources(self, data: dict[str, Any]) -> None:

@@ -368,8 +368,10 @@ def audit_log(request: HtmxHttpRequest, workspace_id: int) -> HttpResponse:
     workspace, _ = get_workspace_for_user(request, workspace_id)
     events = AuditEvent.objects.filter(workspace=workspace)
     filters = AuditFilterForm(request.GET)
+    one_service = False  # one service's changes (a service page's "Full audit log"), not every one of its name
     if filters.is_valid():
         data = filters.cleaned_data
+        one_service = bool(data["service_id"])
         if data["service"]:
             events = events.filter(target_type="service", target_repr=data["service"])
         if data["service_id"]:
@@ -380,7 +382,8 @@ def audit_log(request: HtmxHttpRequest, workspace_id: int) -> HttpResponse:
             events = events.filter(action=data["action"])
     page = Paginator(events, AUDIT_EVENTS_PER_PAGE).get_page(request.GET.get("page"))
     template = "deployments/audit_log.html" + ("#events" if request.htmx else "")
-    return render(request, template, {"workspace": workspace, "page": page, "filters": filters, "nav": "audit"})
+    context = {"workspace": workspace, "page": page, "filters": filters, "one_service": one_service, "nav": "audit"}
+    return render(request, template, context)
 
 
 @require_GET

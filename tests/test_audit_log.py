@@ -126,5 +126,15 @@ def test_a_services_full_audit_log_leaves_out_a_deleted_service_of_the_same_name
     assert "the new churn comes" in one
     assert "the old churn goes" not in one
     assert "The changes of this churn only" in one
+    assert 'href="?service=churn">Every service named churn</a>' in one
+    # Filtering again from the form (it does not carry the id) shows every service of the name, and says nothing
+    # of one service; so does a link whose other filters are not valid.
+    refiltered = client.get(
+        reverse("deployments:audit-log", args=[workspace.pk]), {"service": "churn"}, headers={"HX-Request": "true"}
+    ).content.decode()
+    assert "the old churn goes" in refiltered
+    assert "The changes of this" not in refiltered
+    invalid = client.get(link.replace("&amp;", "&") + "&action=no.such.action").content.decode()
+    assert "The changes of this" not in invalid
     assert "the old churn goes" in every
     assert "the new churn comes" in every

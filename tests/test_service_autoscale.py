@@ -140,6 +140,28 @@ def test_an_edit_turns_it_on_the_autoscaler_keeps_the_count_and_turning_it_off_r
     assert _pods_made_by(kube) == "3"
 
 
+def test_a_change_of_the_replicas_alone_restarts_no_pod_unless_someone_changed_the_pods_by_hand(
+    service: Service, kube: Any
+) -> None:
+    driver = drivers.driver_for(service)
+    driver.apply(actions.desired_spec(service, 1))
+
+    service.replicas = 3
+    driver.apply(actions.desired_spec(service, 2))
+    assert (_replicas(kube), _pods_made_by(kube)) == (3, "1")
+
+    # `kubectl set image`: the next update puts the service's own image back, with new pods.
+    apps = k8s.AppsV1Api(kube.api_client())
+    apps.patch_namespaced_deployment(
+        "churn", "ml", {"spec": {"template": {"spec": {"containers": [{"name": "scoring", "image": "r.example/x:9"}]}}}}
+    )
+    service.replicas = 2
+    driver.apply(actions.desired_spec(service, 3))
+    deployment = kube.get_object("apps/v1/deployments", "ml", "churn")
+    assert deployment["spec"]["template"]["spec"]["containers"][0]["image"] == "r.example/churn:1"
+    assert (_replicas(kube), _pods_made_by(kube)) == (2, "3")
+
+
 def _pods_made_by(kube: Any) -> str:
     """The update whose pod template the Deployment runs: a new one means new pods."""
     template = kube.get_object("apps/v1/deployments", "ml", "churn")["spec"]["template"]
@@ -156,9 +178,9 @@ def _pods_made_by(kube: Any) -> str:
         ({"autoscale_max_replicas": 51}, "autoscale_max_replicas", "less than or equal to 50"),
         ({"replicas": 3}, "replicas", "While it autoscales, the autoscaler sets the replicas"),
         (
-            {"cpu_cores_limit": "0.5", "autoscale_target_utilization": 100},
+            {"cpu_cores_limit": "0.5", "autoscale_target_utilization": 91},
             "autoscale_target_utilization",
-            "The pods can use at most 100% of what they request (their limit)",
+            "Kubernetes adds a pod only once use is 10% above the target: set a target under 91%",
         ),
     ],
 )

@@ -387,6 +387,7 @@ def _new_api_client(path: str, context: str | None) -> client.ApiClient:
 
 
 _clients = _ApiClients(CACHED_CLIENTS)
+_as_sent = client.ApiClient().sanitize_for_serialization  # a model as JSON, as the client would send it
 
 
 def rollout_state_of(deployment: client.V1Deployment, *, scoring_url: str) -> RolloutState:
@@ -462,13 +463,26 @@ def deployment_patch(spec: DesiredSpec, current: client.V1Deployment, *, scaling
     service that autoscales, none (the autoscaler's own count stands) unless its autoscaler is new."""
     manifest = deployment_manifest(spec, probe_port=probe_port_for(current, spec))
     patch: dict[str, Any] = {"metadata": manifest["metadata"], "spec": {}}
-    if _annotations(current).get(TEMPLATE_ANNOTATION) != manifest["metadata"]["annotations"][TEMPLATE_ANNOTATION]:
+    made = _annotations(current).get(TEMPLATE_ANNOTATION) == manifest["metadata"]["annotations"][TEMPLATE_ANNOTATION]
+    if not made or _edited(current, manifest):
         patch["spec"]["template"] = manifest["spec"]["template"]
     if not spec.autoscale:
         patch["spec"]["replicas"] = spec.replicas
     elif not scaling_before:
         patch["spec"]["replicas"] = _within(current.spec.replicas if current.spec else None, spec.autoscale)
     return patch
+
+
+def _edited(current: client.V1Deployment, manifest: dict[str, Any]) -> bool:
+    """Whether someone changed the scoring container's image or environment since Tributary made it (`kubectl set
+    image`, `kubectl set env`, an edit): then its template is applied whole again, as the spec says it. The other
+    fields are compared by the hash alone: an API server writes its defaults into them."""
+    live = _scoring_container(current.spec.template.spec if current.spec and current.spec.template else None)
+    wanted = manifest["spec"]["template"]["spec"]["containers"][0]
+    if live is None:
+        return True
+    env = _as_sent(live.env or [])
+    return bool(live.image != wanted["image"] or env != wanted["env"])
 
 
 def _name(spec: DesiredSpec) -> str:
