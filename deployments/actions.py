@@ -52,6 +52,10 @@ SERVICE_FIELDS = (
     "autoscale_min_replicas",
     "autoscale_max_replicas",
     "autoscale_target_utilization",
+    "liveness_period_seconds",
+    "liveness_initial_delay_seconds",
+    "liveness_timeout_seconds",
+    "liveness_failure_threshold",
 )
 
 
@@ -153,6 +157,7 @@ def desired_spec(service: Service, update_id: int) -> DesiredSpec:
         key_hashes=tuple(k.digest for k in service.keys.all()) if service.auth_enabled else (),
         resources=container_resources(service),
         autoscale=_autoscale(service),
+        liveness=_liveness(service),
         storage_secret=service.workspace.storage_secret,
         environment=_service_environment(service),
         target={"namespace": service.compute_target.namespace}
@@ -187,6 +192,17 @@ def _autoscale(service: Service) -> dict[str, int]:
         "max_replicas": service.autoscale_max_replicas,
         "target_cpu_utilization": service.autoscale_target_utilization,
     }
+
+
+def _liveness(service: Service) -> dict[str, int]:
+    """The service's liveness settings that are set, as a Kubernetes probe names them."""
+    probe = {
+        "periodSeconds": service.liveness_period_seconds,
+        "initialDelaySeconds": service.liveness_initial_delay_seconds,
+        "timeoutSeconds": service.liveness_timeout_seconds,
+        "failureThreshold": service.liveness_failure_threshold,
+    }
+    return {name: value for name, value in probe.items() if value is not None}
 
 
 def _service_environment(service: Service) -> dict[str, str]:
@@ -231,6 +247,10 @@ def do_deploy_service(
     autoscale_min_replicas: int = 1,
     autoscale_max_replicas: int = 10,
     autoscale_target_utilization: int = 70,
+    liveness_period_seconds: int | None = None,
+    liveness_initial_delay_seconds: int | None = None,
+    liveness_timeout_seconds: int | None = None,
+    liveness_failure_threshold: int | None = None,
     reason: str = "",
     request_id: uuid.UUID | None = None,
 ) -> ServiceUpdate:
@@ -255,6 +275,10 @@ def do_deploy_service(
                 autoscale_min_replicas=autoscale_min_replicas,
                 autoscale_max_replicas=autoscale_max_replicas,
                 autoscale_target_utilization=autoscale_target_utilization,
+                liveness_period_seconds=liveness_period_seconds,
+                liveness_initial_delay_seconds=liveness_initial_delay_seconds,
+                liveness_timeout_seconds=liveness_timeout_seconds,
+                liveness_failure_threshold=liveness_failure_threshold,
                 state=Service.State.TRANSITIONING,
             )
     except IntegrityError as exc:

@@ -40,6 +40,7 @@ UPDATABLE = {
     "cpu_cores_limit",
     "memory_gb_limit",
     *ServiceCreateForm.AUTOSCALE,
+    *ServiceCreateForm.LIVENESS,
 }
 FLAGS = ("collect_model_data", "enable_app_insights", "auth_enabled", "autoscale_enabled")
 RESOURCES = ServiceCreateForm.RESOURCES  # numbers, or null for none
@@ -132,6 +133,10 @@ def _form_data(workspace: Workspace, values: dict[str, Any]) -> dict[str, Any]:
     for name in WHOLE_NUMBERS:
         if name in data and (isinstance(data[name], bool) or not isinstance(data[name], int)):
             raise ValueError(f"{name} must be a whole number.")
+    for name in ServiceCreateForm.LIVENESS:
+        value = data.get(name)
+        if name in data and value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ValueError(f"{name} must be a whole number, or null for the default.")
     if "models" in data:
         data["models"] = _model_ids(workspace, data["models"])
     if "compute_target" in data:
@@ -178,7 +183,7 @@ def _service_json(service: Service) -> dict[str, Any]:
         "enable_app_insights": service.enable_app_insights,
         "auth_enabled": service.auth_enabled,
         **{name: getattr(service, name) for name in RESOURCES},
-        **{name: getattr(service, name) for name in ServiceCreateForm.AUTOSCALE},
+        **{name: getattr(service, name) for name in (*ServiceCreateForm.AUTOSCALE, *ServiceCreateForm.LIVENESS)},
         "version": service.version,
         "latest_update": _update_json(service.updates.first()),
     }

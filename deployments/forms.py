@@ -56,6 +56,35 @@ class ServiceSettingsForm(forms.Form):
     autoscale_target_utilization = forms.IntegerField(
         required=False, min_value=1, max_value=100, initial=70, label="Target CPU use (% of requested)"
     )
+    # Azure ML's period_seconds, initial_delay_seconds, timeout_seconds and failure_threshold: Kubernetes only.
+    liveness_period_seconds = forms.IntegerField(
+        required=False,
+        min_value=1,
+        max_value=3600,
+        label="Every (seconds)",
+        widget=forms.NumberInput({"placeholder": 10}),
+    )
+    liveness_initial_delay_seconds = forms.IntegerField(
+        required=False,
+        min_value=0,
+        max_value=3600,
+        label="First after (seconds)",
+        widget=forms.NumberInput({"placeholder": 0}),
+    )
+    liveness_timeout_seconds = forms.IntegerField(
+        required=False,
+        min_value=1,
+        max_value=3600,
+        label="Answer within (seconds)",
+        widget=forms.NumberInput({"placeholder": 1}),
+    )
+    liveness_failure_threshold = forms.IntegerField(
+        required=False,
+        min_value=1,
+        max_value=100,
+        label="Restart after failures",
+        widget=forms.NumberInput({"placeholder": 3}),
+    )
     reason = forms.CharField(
         max_length=REASON_MAX_LENGTH,
         required=False,
@@ -72,6 +101,12 @@ class ServiceSettingsForm(forms.Form):
         "autoscale_min_replicas",
         "autoscale_max_replicas",
         "autoscale_target_utilization",
+    )
+    LIVENESS = (
+        "liveness_period_seconds",
+        "liveness_initial_delay_seconds",
+        "liveness_timeout_seconds",
+        "liveness_failure_threshold",
     )
 
     def __init__(self, *args: Any, workspace: Workspace, **kwargs: Any) -> None:
@@ -91,6 +126,9 @@ class ServiceSettingsForm(forms.Form):
                     self.add_error(name, "The local compute target runs processes without requests or limits.")
             if data.get("autoscale_enabled"):
                 self.add_error("autoscale_enabled", "The local compute target runs a fixed number of processes.")
+            for name in self.LIVENESS:
+                if data.get(name) is not None:
+                    self.add_error(name, "The local compute target watches its processes itself: it has no probes.")
         self._check_resources(data)
         self._check_autoscale(data)
         return data
@@ -155,7 +193,7 @@ class ServiceSettingsForm(forms.Form):
             self.add_error("entry_script", "No such file on this machine.")
 
     def basic_fields(self) -> list[forms.BoundField]:
-        grouped = (*self.ADVANCED, *self.RESOURCES, *self.AUTOSCALE, "reason")
+        grouped = (*self.ADVANCED, *self.RESOURCES, *self.AUTOSCALE, *self.LIVENESS, "reason")
         return [f for f in self.visible_fields() if f.name not in grouped]
 
     def advanced_fields(self) -> list[forms.BoundField]:
@@ -163,6 +201,9 @@ class ServiceSettingsForm(forms.Form):
 
     def resource_fields(self) -> list[forms.BoundField]:
         return [self[name] for name in self.RESOURCES]
+
+    def liveness_fields(self) -> list[forms.BoundField]:
+        return [self[name] for name in self.LIVENESS]
 
     def autoscale_fields(self) -> list[forms.BoundField]:
         """The numbers of autoscaling (its checkbox is shown on its own)."""
@@ -198,7 +239,9 @@ class ServiceEditForm(ServiceSettingsForm):
             "memory_gb": service.memory_gb,
             "cpu_cores_limit": service.cpu_cores_limit,
             "memory_gb_limit": service.memory_gb_limit,
-            **{name: getattr(service, name) for name in ServiceSettingsForm.AUTOSCALE},
+            **{
+                name: getattr(service, name) for name in (*ServiceSettingsForm.AUTOSCALE, *ServiceSettingsForm.LIVENESS)
+            },
             "version": service.version,
         }
 

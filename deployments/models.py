@@ -154,6 +154,13 @@ class Service(models.Model):
     autoscale_min_replicas = models.PositiveSmallIntegerField(default=1)
     autoscale_max_replicas = models.PositiveSmallIntegerField(default=10)
     autoscale_target_utilization = models.PositiveSmallIntegerField(default=70)
+    # Kubernetes only: the scoring container's liveness probe (GET / on its probe port; failing it, the container
+    # is restarted), as Azure ML's period_seconds, initial_delay_seconds, timeout_seconds and failure_threshold.
+    # Unset: every 10 s from the start, 1 s to answer, 3 failures in a row (Kubernetes' defaults but the period).
+    liveness_period_seconds = models.PositiveSmallIntegerField(null=True, blank=True)
+    liveness_initial_delay_seconds = models.PositiveSmallIntegerField(null=True, blank=True)
+    liveness_timeout_seconds = models.PositiveSmallIntegerField(null=True, blank=True)
+    liveness_failure_threshold = models.PositiveSmallIntegerField(null=True, blank=True)
     state = models.CharField(max_length=20, choices=State.choices, default=State.TRANSITIONING)
     state_reason = models.TextField(blank=True)
     scoring_url = models.CharField(max_length=500, blank=True)
@@ -192,6 +199,16 @@ class Service(models.Model):
         return (
             f"{self.autoscale_min_replicas} to {self.autoscale_max_replicas}, autoscaled at "
             f"{self.autoscale_target_utilization}% of the requested CPU"
+        )
+
+    def liveness_text(self) -> str:
+        """Its liveness probe as its page says it: "every 10 s from the start, 1 s to answer, restarted after 3
+        failures in a row"."""
+        delay = self.liveness_initial_delay_seconds
+        return (
+            f"every {self.liveness_period_seconds or 10} s from {f'{delay} s after' if delay else 'the'} start, "
+            f"{self.liveness_timeout_seconds or 1} s to answer, restarted after {self.liveness_failure_threshold or 3} "
+            "failures in a row"
         )
 
     @property

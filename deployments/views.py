@@ -146,6 +146,7 @@ def service_detail(request: HtmxHttpRequest, service_id: int) -> HttpResponse:
         "models": service.models.all(),
         "events": events[:10],
         "telemetry": _telemetry_destinations(service),
+        "local": service.compute_target.kind == ComputeTarget.Kind.LOCAL,  # no resources, probes or pods to show
         "placeholder": True,  # the runtime's figures come by htmx, so that a slow runtime never slows the page
         "nav": "deployments",
     }

@@ -17,6 +17,7 @@ from tributary_sdk import (
     AksWebservice,
     AutoScaler,
     InferenceConfig,
+    LivenessProbeRequirements,
     LocalWebservice,
     Model,
     Webservice,
@@ -94,6 +95,7 @@ def test_it_deploys_a_service_that_autoscales_then_fixes_its_replicas(
         autoscale_max_replicas=8,
         autoscale_target_utilization=50,
         auth_enabled=False,
+        initial_delay_seconds=310,  # as Azure ML's default: a model that loads for minutes
     )
 
     service = Model.deploy(
@@ -112,6 +114,9 @@ def test_it_deploys_a_service_that_autoscales_then_fixes_its_replicas(
     )
     hpa = kube.get_object("autoscaling/v2/horizontalpodautoscalers", "ml", "churn")
     assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 8)
+    assert service.liveness_probe_requirements == LivenessProbeRequirements(10, 310, 1, 1, 3)
+    probe = kube.get_object("apps/v1/deployments", "ml", "churn")["spec"]["template"]["spec"]["containers"][0]
+    assert probe["livenessProbe"]["initialDelaySeconds"] == 310
     with pytest.raises(WebserviceException, match="autoscale enabled and num_replicas provided"):
         service.update(autoscale_enabled=True, num_replicas=3)
     with pytest.raises(WebserviceException, match=r"autoscale disabled but num_replicas not provided\.$"):
@@ -239,6 +244,9 @@ def test_deploy_configuration_names_the_legacy_settings_it_does_not_apply() -> N
         )
     assert w[0].filename == __file__  # the warning points at the caller's line
     assert config.cpu_cores == 1
+
+    with pytest.warns(UserWarning, match=r"^Tributary does not apply these settings: success_threshold$"):
+        AksWebservice.deploy_configuration(period_seconds=20, success_threshold=1)
 
     with pytest.warns(UserWarning, match=r"^Tributary does not apply these settings: port$"):
         LocalWebservice.deploy_configuration(port=8890)

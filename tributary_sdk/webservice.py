@@ -92,6 +92,27 @@ class AutoScaler:
 
 
 @dataclass
+class LivenessProbeRequirements:
+    """A service's liveness probe, as azureml.core's `AksWebservice.liveness_probe_requirements` had it (the same
+    fields, in the same order); Kubernetes requires `success_threshold` 1 for a liveness probe."""
+
+    period_seconds: int
+    initial_delay_seconds: int
+    timeout_seconds: int
+    success_threshold: int
+    failure_threshold: int
+
+
+# The legacy keyword of each liveness setting, and the portal's name for it.
+LIVENESS_SETTINGS = {
+    "period_seconds": "liveness_period_seconds",
+    "initial_delay_seconds": "liveness_initial_delay_seconds",
+    "timeout_seconds": "liveness_timeout_seconds",
+    "failure_threshold": "liveness_failure_threshold",
+}
+
+
+@dataclass
 class DeploymentConfiguration:
     compute_type: str
     collect_model_data: bool = False
@@ -114,6 +135,11 @@ class DeploymentConfiguration:
     autoscale_min_replicas: int | None = None
     autoscale_max_replicas: int | None = None
     autoscale_target_utilization: int | None = None
+    # Kubernetes: the liveness probe (None: the portal's default for each).
+    period_seconds: int | None = None
+    initial_delay_seconds: int | None = None
+    timeout_seconds: int | None = None
+    failure_threshold: int | None = None
 
     def resources(self) -> dict[str, float]:
         return {
@@ -124,6 +150,11 @@ class DeploymentConfiguration:
 
     def autoscale(self) -> dict[str, Any]:
         return {name: value for name in AUTOSCALE_SETTINGS if (value := getattr(self, name)) is not None}
+
+    def liveness(self) -> dict[str, int]:
+        return {
+            ours: value for legacy, ours in LIVENESS_SETTINGS.items() if (value := getattr(self, legacy)) is not None
+        }
 
 
 @dataclass
@@ -151,11 +182,16 @@ class AksWebservice:
         autoscale_min_replicas: int | None = None,
         autoscale_max_replicas: int | None = None,
         autoscale_target_utilization: int | None = None,
+        period_seconds: int | None = None,
+        initial_delay_seconds: int | None = None,
+        timeout_seconds: int | None = None,
+        failure_threshold: int | None = None,
         **others: Any,
     ) -> DeploymentConfiguration:
         """As in azureml.core (a key is required unless `auth_enabled=False`), but autoscaling is off unless
-        `autoscale_enabled=True`, and then it scales on the pods' CPU use against `cpu_cores`. Settings that
-        Tributary does not use (autoscale_refresh_seconds, token_auth_enabled, tags, ...) are accepted, each named
+        `autoscale_enabled=True`, and then it scales on the pods' CPU use against `cpu_cores`; the liveness probe's
+        settings default to Kubernetes' (Azure ML's first probe came after 310 s). Settings that Tributary does not
+        use (autoscale_refresh_seconds, success_threshold, token_auth_enabled, tags, ...) are accepted, each named
         in a warning."""
         _warn_unused(others)
         _check_autoscale(
@@ -180,6 +216,10 @@ class AksWebservice:
             autoscale_min_replicas=autoscale_min_replicas,
             autoscale_max_replicas=autoscale_max_replicas,
             autoscale_target_utilization=autoscale_target_utilization,
+            period_seconds=period_seconds,
+            initial_delay_seconds=initial_delay_seconds,
+            timeout_seconds=timeout_seconds,
+            failure_threshold=failure_threshold,
         )
 
 
@@ -239,6 +279,15 @@ class Webservice:
         self.num_replicas: int | None = data.get("replicas")
         # None from a portal older than autoscaling.
         self.autoscaler: AutoScaler | None = None
+        self.liveness_probe_requirements: LivenessProbeRequirements | None = None
+        if "liveness_period_seconds" in data:  # None from a portal older than liveness settings
+            self.liveness_probe_requirements = LivenessProbeRequirements(
+                period_seconds=data["liveness_period_seconds"] or 10,
+                initial_delay_seconds=data["liveness_initial_delay_seconds"] or 0,
+                timeout_seconds=data["liveness_timeout_seconds"] or 1,
+                success_threshold=1,
+                failure_threshold=data["liveness_failure_threshold"] or 3,
+            )
         if "autoscale_enabled" in data:
             self.autoscaler = AutoScaler(
                 autoscale_enabled=data["autoscale_enabled"],
@@ -267,6 +316,10 @@ class Webservice:
         autoscale_min_replicas: int | None = None,
         autoscale_max_replicas: int | None = None,
         autoscale_target_utilization: int | None = None,
+        period_seconds: int | None = None,
+        initial_delay_seconds: int | None = None,
+        timeout_seconds: int | None = None,
+        failure_threshold: int | None = None,
         models: list[Model | str] | None = None,
         inference_config: InferenceConfig | None = None,
         reason: str = "",
@@ -298,6 +351,10 @@ class Webservice:
                 ("autoscale_min_replicas", autoscale_min_replicas),
                 ("autoscale_max_replicas", autoscale_max_replicas),
                 ("autoscale_target_utilization", autoscale_target_utilization),
+                ("liveness_period_seconds", period_seconds),
+                ("liveness_initial_delay_seconds", initial_delay_seconds),
+                ("liveness_timeout_seconds", timeout_seconds),
+                ("liveness_failure_threshold", failure_threshold),
             )
             if value is not None
         }
@@ -466,6 +523,7 @@ class Model:
             body["auth_enabled"] = config.auth_enabled
         body.update(config.resources())
         body.update(config.autoscale())
+        body.update(config.liveness())
         data = workspace._client.request("POST", f"workspaces/{workspace.id}/services/", body)
         return Webservice._from_json(workspace, data)
 

@@ -72,6 +72,8 @@ class DesiredSpec:
     # Kubernetes only: {"min_replicas": 1, "max_replicas": 10, "target_cpu_utilization": 70} for a
     # HorizontalPodAutoscaler that sets the replicas instead of `replicas`; empty: `replicas`, fixed.
     autoscale: dict[str, int] = field(default_factory=dict)
+    # Kubernetes only: the liveness probe's settings that differ from the driver's, e.g. {"initialDelaySeconds": 310}.
+    liveness: dict[str, int] = field(default_factory=dict)
     # A reference, never the value: an env var name of the worker for the local target, a Secret name for k8s.
     storage_secret: str = ""
     # Non-secret extra environment for the scoring processes.

@@ -557,7 +557,7 @@ def deployment_manifest(spec: DesiredSpec, *, probe_port: int = PROBE_PORT) -> d
         "env": container_env(spec, probe_port),
         "volumeMounts": [{"name": "spool", "mountPath": SPOOL_DIR}],
         "readinessProbe": {"httpGet": {"path": "/ready", "port": probe_port}, "periodSeconds": 5},
-        "livenessProbe": {"httpGet": {"path": "/", "port": probe_port}, "periodSeconds": 10},
+        "livenessProbe": {"httpGet": {"path": "/", "port": probe_port}, "periodSeconds": 10, **spec.liveness},
     }
     if spec.resources:
         container["resources"] = spec.resources

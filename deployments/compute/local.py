@@ -253,6 +253,8 @@ class LocalDriver:
             raise PermanentError("the local target runs processes without CPU or memory requests or limits")
         if spec.autoscale:
             raise PermanentError("the local target runs a fixed number of processes: it does not autoscale")
+        if spec.liveness:
+            raise PermanentError("the local target watches its processes itself: it has no liveness probe")
         for model in spec.models:
             for what, value in (("model name", model.name), ("model version", model.version)):
                 if not _SEGMENT.match(str(value)):
@@ -282,6 +284,7 @@ class LocalDriver:
         # Always empty here (_validate): no restart of processes started before they existed.
         data.pop("resources")
         data.pop("autoscale")
+        data.pop("liveness")
         try:
             script_hash = hashlib.sha256(script.read_bytes()).hexdigest()
         except OSError as exc:
