@@ -204,11 +204,11 @@ class Service(models.Model):
     def liveness_text(self) -> str:
         """Its liveness probe as its page says it: "every 10 s from the start, 1 s to answer, restarted after 3
         failures in a row"."""
-        delay = self.liveness_initial_delay_seconds
+        delay, failures = self.liveness_initial_delay_seconds, self.liveness_failure_threshold or 3
         return (
-            f"every {self.liveness_period_seconds or 10} s from {f'{delay} s after' if delay else 'the'} start, "
-            f"{self.liveness_timeout_seconds or 1} s to answer, restarted after {self.liveness_failure_threshold or 3} "
-            "failures in a row"
+            f"every {self.liveness_period_seconds or 10} s from {f'{delay} s after ' if delay else ''}the start, "
+            f"{self.liveness_timeout_seconds or 1} s to answer, restarted after "
+            + (f"{failures} failures in a row" if failures > 1 else "its first failure")
         )
 
     @property

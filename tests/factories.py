@@ -115,7 +115,8 @@ def edit_form(service: Service, **changes: object) -> dict[str, object]:
         "replicas": service.replicas,
         "version": service.version,
     }
-    for name in (*ServiceSettingsForm.ADVANCED, *ServiceSettingsForm.RESOURCES, *ServiceSettingsForm.AUTOSCALE):
+    form = ServiceSettingsForm
+    for name in (*form.ADVANCED, *form.RESOURCES, *form.AUTOSCALE, *form.LIVENESS):
         value = getattr(service, name)
         data[name] = "" if value is None else value
     data.update(changes)

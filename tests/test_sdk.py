@@ -124,7 +124,7 @@ def test_it_deploys_a_service_that_autoscales_then_fixes_its_replicas(
     with pytest.raises(WebserviceException, match=r"^Invalid configuration, autoscale_max_replicas provided without"):
         service.update(autoscale_max_replicas=4)  # as azureml-core: bounds come with autoscale_enabled=True
 
-    service.update(autoscale_enabled=False, num_replicas=3)
+    service.update(autoscale_enabled=False, num_replicas=3, period_seconds=20)
     service.wait_for_deployment(timeout_sec=60)
 
     assert service.autoscaler is not None
@@ -132,6 +132,7 @@ def test_it_deploys_a_service_that_autoscales_then_fixes_its_replicas(
     assert service.num_replicas == 3
     assert kube.get_object("autoscaling/v2/horizontalpodautoscalers", "ml", "churn") is None
     assert kube.get_object("apps/v1/deployments", "ml", "churn")["spec"]["replicas"] == 3
+    assert service.liveness_probe_requirements == LivenessProbeRequirements(20, 310, 1, 1, 3)
 
 
 @pytest.mark.django_db(transaction=True)
@@ -246,7 +247,8 @@ def test_deploy_configuration_names_the_legacy_settings_it_does_not_apply() -> N
     assert config.cpu_cores == 1
 
     with pytest.warns(UserWarning, match=r"^Tributary does not apply these settings: success_threshold$"):
-        AksWebservice.deploy_configuration(period_seconds=20, success_threshold=1)
+        AksWebservice.deploy_configuration(period_seconds=20, success_threshold=2)  # Kubernetes allows only 1
+    AksWebservice.deploy_configuration(period_seconds=20, success_threshold=1)  # what it applies: no warning
 
     with pytest.warns(UserWarning, match=r"^Tributary does not apply these settings: port$"):
         LocalWebservice.deploy_configuration(port=8890)

@@ -14,6 +14,7 @@ from django.test import Client
 from django.urls import reverse
 
 from deployments import actions, drivers
+from deployments.compute import PermanentError
 from deployments.models import ApiToken, AuditEvent, ComputeTarget, Service, Workspace
 from tests.factories import EXAMPLE_SCRIPT, ServiceFactory, edit_form, local_service
 
@@ -58,7 +59,7 @@ def test_a_slow_loading_model_gets_its_first_probe_later_and_the_page_says_so(
     driver.apply(actions.desired_spec(service, 2))
     assert _probe(kube) == {**DEFAULT_PROBE, "initialDelaySeconds": 310, "timeoutSeconds": 2}
     page = _text(client.get(reverse("deployments:service-detail", args=[service.pk])).content.decode())
-    assert "every 10 s from 310 s after start, 2 s to answer, restarted after 3 failures in a row" in page
+    assert "every 10 s from 310 s after the start, 2 s to answer, restarted after 3 failures in a row" in page
 
     # Emptied, they are the defaults again (the merge patch replaces the container whole).
     client.post(
@@ -108,6 +109,13 @@ def test_this_machine_has_no_probes_to_set(client: Client, alice: Any, workspace
     assert "Resources" not in page  # neither has this machine's process
 
 
+def test_the_local_driver_refuses_a_probe_too(workspace: Workspace) -> None:
+    service = local_service(workspace, EXAMPLE_SCRIPT, liveness_failure_threshold=1)
+
+    with pytest.raises(PermanentError, match="the local target watches its processes itself: it has no liveness probe"):
+        drivers.driver_for(service).apply(actions.desired_spec(service, 1))
+
+
 def test_the_api_sets_them_and_null_is_the_default(
     client: Client, alice: Any, workspace: Workspace, service: Service
 ) -> None:
@@ -120,9 +128,10 @@ def test_the_api_sets_them_and_null_is_the_default(
     assert answer.status_code == 202, answer.content
     assert answer.json()["liveness_failure_threshold"] == 5
     assert answer.json()["liveness_period_seconds"] is None
-    refused = client.patch(url, json.dumps({"liveness_timeout_seconds": "2"}), "application/json", headers=auth)
-    assert refused.status_code == 400
-    assert refused.json()["error"] == "liveness_timeout_seconds must be a whole number, or null for the default."
+    for bad in ("2", 2.0, True):
+        refused = client.patch(url, json.dumps({"liveness_timeout_seconds": bad}), "application/json", headers=auth)
+        assert refused.status_code == 400
+        assert refused.json()["error"] == "liveness_timeout_seconds must be a whole number, or null for the default."
     back = client.patch(url, json.dumps({"liveness_failure_threshold": None}), "application/json", headers=auth)
     assert back.status_code == 202
     assert Service.objects.get(pk=service.pk).liveness_failure_threshold is None

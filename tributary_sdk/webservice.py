@@ -193,6 +193,8 @@ class AksWebservice:
         settings default to Kubernetes' (Azure ML's first probe came after 310 s). Settings that Tributary does not
         use (autoscale_refresh_seconds, success_threshold, token_auth_enabled, tags, ...) are accepted, each named
         in a warning."""
+        if others.get("success_threshold") == 1:  # what Kubernetes applies to every liveness probe
+            others.pop("success_threshold")
         _warn_unused(others)
         _check_autoscale(
             autoscale_enabled,
@@ -280,7 +282,8 @@ class Webservice:
         # None from a portal older than autoscaling.
         self.autoscaler: AutoScaler | None = None
         self.liveness_probe_requirements: LivenessProbeRequirements | None = None
-        if "liveness_period_seconds" in data:  # None from a portal older than liveness settings
+        # None on this machine (its processes have no probe), and from a portal older than liveness settings.
+        if "liveness_period_seconds" in data and data["compute_type"] != "local":
             self.liveness_probe_requirements = LivenessProbeRequirements(
                 period_seconds=data["liveness_period_seconds"] or 10,
                 initial_delay_seconds=data["liveness_initial_delay_seconds"] or 0,
@@ -358,6 +361,8 @@ class Webservice:
             )
             if value is not None
         }
+        if others.get("success_threshold") == 1:  # what Kubernetes applies to every liveness probe
+            others.pop("success_threshold")
         if models is not None:
             changes["models"] = [str(m) for m in models]
         if inference_config is not None:
