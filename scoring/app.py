@@ -93,6 +93,8 @@ class ScoringApp:
         # One run() at a time by default, as the legacy runtime: scripts keep module globals and are rarely thread-safe.
         n = settings.run_concurrency
         self._gate: Any = threading.Lock() if n == 1 else threading.BoundedSemaphore(n)
+        # The run() calls under way: when each started (time.monotonic()) and for which request, by thread.
+        self.running: dict[int, tuple[float, str]] = {}
 
     # -- loading -------------------------------------------------------------------------------------------------
 
@@ -263,6 +265,8 @@ class ScoringApp:
             headers.pop("Authorization", None)  # the service's key is the portal's, not the script's
         run_started = time.perf_counter()
         with self._gate, collector.request_context(request_id):
+            thread = threading.get_ident()
+            self.running[thread] = (time.monotonic(), request_id)
             try:
                 result = loaded.call(body, headers)
             except scripts.BadInput as exc:
@@ -272,6 +276,8 @@ class ScoringApp:
                 log.error("run() raised %s: %s (request %s)", type(exc).__name__, message, request_id, exc_info=exc)
                 status, hdrs, out, msg = _error(500, message, error=type(exc).__name__)
                 return (status, [*hdrs, ("x-ms-run-function-failed", "True")], out, msg), len(raw)
+            finally:
+                del self.running[thread]
         elapsed_ms = (time.perf_counter() - run_started) * 1000
         try:
             out = json.dumps(result, default=_json_default).encode()
@@ -279,6 +285,14 @@ class ScoringApp:
             log.error("run() returned an answer that is not JSON (request %s): %s", request_id, exc)
             return _error(500, str(exc), error=type(exc).__name__), len(raw)
         return (200, [_JSON, ("x-ms-run-fn-exec-ms", f"{elapsed_ms:.3f}")], out, ""), len(raw)
+
+    def longest_run(self) -> tuple[float, str] | None:
+        """The run() call under way for the longest: for how many seconds, and for which request; None if none is."""
+        # list() copies the values in one step under the GIL: the request threads add and remove theirs meanwhile.
+        started = min(list(self.running.values()), default=None)
+        if started is None:
+            return None
+        return time.monotonic() - started[0], started[1]
 
 
 def _headers(environ: dict[str, Any]) -> dict[str, str]:

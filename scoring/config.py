@@ -16,7 +16,7 @@ sets both. Command-line options of `python -m scoring` win over these variables.
 | `WORKER_COUNT` | worker processes, each with its own `init()` (`--workers`; azmlinfsrv's name) | `1` |
 | `SCORING_THREADS` | threads per worker: probes and status are answered while `run()` works | `4` |
 | `SCORING_RUN_CONCURRENCY` | `run()` calls at once in one worker; `1` serialises them as the legacy runtime did | `1` |
-| `WORKER_TIMEOUT` | seconds a worker may stop answering its master before it is restarted (azmlinfsrv's name) | `300` |
+| `WORKER_TIMEOUT` | seconds a worker may stop answering its master, or one `run()` may take, before the worker is restarted (azmlinfsrv's name) | `300` |
 | `SCORING_GRACEFUL_TIMEOUT` | seconds a SIGTERM gives a worker: for its requests in flight (all but a quarter of it, at least 2 s, and one more second), then to flush collected rows and telemetry | `30` |
 | `SCORING_MAX_REQUEST_BYTES` | larger request bodies are answered 413 | `104857600` |
 | `SCORING_ACCESS_LOG` | `true` logs one line per request | off |

@@ -109,7 +109,25 @@ class ScoringWorker(ThreadWorker):
     def wait_for_and_dispatch_events(self, timeout: float) -> None:
         if self.joining and self.alive and self._may_join():
             self._join()
+        if self.alive:
+            self._give_up_on_a_stuck_run()
         super().wait_for_and_dispatch_events(timeout)
+
+    def _give_up_on_a_stuck_run(self) -> None:
+        """A run() that has outlasted WORKER_TIMEOUT holds its thread, and the gate every other run() waits at, for
+        good: the worker stops (its other requests finish first) and the master starts another. gunicorn's own
+        timeout restarts a worker whose event loop stops (a sync worker's stuck request did); a gthread worker's
+        loop goes on while its threads are stuck, and would take requests it never answers."""
+        app = _worker.get("app")
+        longest = app.longest_run() if app is not None else None
+        if longest is not None and longest[0] > self.cfg.timeout:
+            log.error(
+                "run() of request %s has run for %.1f s, more than WORKER_TIMEOUT (%d s): restarting this worker",
+                longest[1],
+                longest[0],
+                self.cfg.timeout,
+            )
+            self.alive = False
 
     def _may_join(self) -> bool:
         app, status = _worker.get("app"), _worker.get("status")
@@ -147,6 +165,13 @@ def _worker_exit(server: Any, worker: Any) -> None:
     status = _worker.get("status")
     if status is not None:
         status.stop_publishing()
+    app = _worker.get("app")
+    if app is not None and app.longest_run() is not None:
+        # A run() still stuck: the interpreter's exit would wait for its thread for ever (the master would kill the
+        # worker at its deadline). What had to be flushed is.
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        os._exit(0)
 
 
 def _child_exit(server: Any, worker: Any) -> None:

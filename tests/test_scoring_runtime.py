@@ -863,6 +863,57 @@ def test_it_keeps_counting_across_a_worker_restart(tmp_path, runtimes) -> None:
     assert runtime.score("y") == (200, {"data": "y", "agent": None, "trace": None})
 
 
+STUCK_SCRIPT = """
+    import os
+    import threading
+
+    def init():
+        pass
+
+    def run(raw_data):
+        if raw_data == "hang":
+            threading.Event().wait()  # a deadlock, say: it never returns
+        return os.getpid()
+"""
+
+
+def test_a_run_that_outlasts_worker_timeout_restarts_its_worker_and_the_service_answers_again(
+    tmp_path, runtimes
+) -> None:
+    # One run() at a time (the gate): without a restart, this worker would never answer another request, while its
+    # probes went on saying it was ready.
+    runtime = start_runtime(
+        write_script(tmp_path, STUCK_SCRIPT),
+        tmp_path,
+        env={scoring_config.WORKER_TIMEOUT: "2", scoring_config.GRACEFUL_TIMEOUT: "4"},
+    )
+    runtimes.append(runtime)
+    runtime.wait_ready()
+    (worker,) = runtime.status()["workers"]
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        stuck = pool.submit(runtime.request, "POST", "/score", b"hang", {"x-request-id": "req-stuck"})
+        wait_until(
+            lambda: "run() of request req-stuck has run for" in runtime.log(),
+            timeout=20,
+            message="the worker giving up on the stuck run()",
+        )
+        assert "more than WORKER_TIMEOUT (2 s): restarting this worker" in runtime.log()
+
+        def answered_by_another() -> bool:
+            try:
+                status, pid = runtime.score("x")
+            except OSError:  # no worker on the port for a moment
+                return False
+            return status == 200 and pid != worker["pid"]
+
+        wait_until(answered_by_another, timeout=30, message="a new worker answering")
+        # The stuck request's client is let go (its worker is gone), not left waiting for ever.
+        with pytest.raises((http.client.HTTPException, OSError)):
+            stuck.result(timeout=30)
+    assert runtime.status()["workers_exited"] == 1
+
+
 HELD_INIT_SCRIPT = """
     import os
     import pathlib
