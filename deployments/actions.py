@@ -251,9 +251,14 @@ def do_deploy_service(
     liveness_initial_delay_seconds: int | None = None,
     liveness_timeout_seconds: int | None = None,
     liveness_failure_threshold: int | None = None,
+    given_keys: dict[ScoringKey.Slot, str] | None = None,
     reason: str = "",
     request_id: uuid.UUID | None = None,
 ) -> ServiceUpdate:
+    """Create a service and apply it. Its two scoring keys are generated, but for those in `given_keys` (Azure ML's
+    primary_key and secondary_key: clients that already hold a key keep it); the audit row says which were given,
+    never the keys."""
+    given_keys = {slot: keys.check(key) for slot, key in (given_keys or {}).items()}  # before anything is written
     try:
         # The form checked the name, but a second submit of the same form may have got here first.
         with transaction.atomic():
@@ -285,9 +290,10 @@ def do_deploy_service(
         raise ActionError(f"A service named {name} already exists in this workspace.") from exc
     service.models.set(models)
     for slot in ScoringKey.Slot:  # both, whether required or not: switching auth on later needs no extra step
-        _set_key(service, slot, keys.generate())
+        _set_key(service, slot, given_keys.get(slot) or keys.generate())
     after = _snapshot(service)
     changes = {name: [None, _display(name, value)] for name, value in after.items()}
+    changes.update({f"{slot.label.lower()} key": [None, "given by the user"] for slot in given_keys})
     _audit(
         workspace,
         AuditEvent.Action.SERVICE_CREATED,

@@ -45,6 +45,8 @@ UPDATABLE = {
 FLAGS = ("collect_model_data", "enable_app_insights", "auth_enabled", "autoscale_enabled")
 RESOURCES = ServiceCreateForm.RESOURCES  # numbers, or null for none
 WHOLE_NUMBERS = ServiceCreateForm.AUTOSCALE[1:]
+# A new service's keys, when the caller gives them (Azure ML's primary_key and secondary_key); else generated.
+KEY_FIELDS = {"primary_key": ScoringKey.Slot.PRIMARY, "secondary_key": ScoringKey.Slot.SECONDARY}
 
 
 def _error(message: str, status: int) -> JsonResponse:
@@ -227,9 +229,12 @@ def services(request: HttpRequest, workspace_id: int) -> JsonResponse:
     if not can_write:
         raise PermissionDenied
     body = _body(request)
-    unknown = set(body) - UPDATABLE - {"name", "reason"}
+    unknown = set(body) - UPDATABLE - {"name", "reason", *KEY_FIELDS}
     if unknown:
         raise ValueError(f"Unknown parameters: {', '.join(sorted(unknown))}")
+    given_keys = {slot: body.pop(field) for field, slot in KEY_FIELDS.items() if body.get(field) is not None}
+    if not all(isinstance(key, str) for key in given_keys.values()):
+        raise ValueError("primary_key and secondary_key must be strings.")
     defaults = {"replicas": 1, "auth_enabled": True}  # a key is required unless the caller says otherwise
     form = ServiceCreateForm(_as_form_post({**defaults, **_form_data(workspace, body)}), workspace=workspace)
     if not form.is_valid():
@@ -239,6 +244,7 @@ def services(request: HttpRequest, workspace_id: int) -> JsonResponse:
         acting_user=request.user,
         reason=form.cleaned_data["reason"],
         request_id=request_id(request),
+        given_keys=given_keys,
         **form.settings(),
     )
     return JsonResponse(_service_json(update.service), status=202)

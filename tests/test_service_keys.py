@@ -553,6 +553,53 @@ def test_a_service_deployed_through_the_api_requires_a_key_unless_told_otherwise
 
 
 @pytest.mark.django_db
+def test_a_service_deployed_with_the_keys_its_clients_hold_takes_them_and_the_audit_says_so_without_them(
+    client: Client, alice: Any, workspace: Workspace
+) -> None:
+    template = ServiceFactory(workspace=workspace, name="template")
+    url = reverse("deployments:api-services", args=[workspace.pk])
+    headers = {"Authorization": f"Bearer {ApiToken.issue(alice, 'test')[1]}"}
+    held = "k" * 40
+    body = {
+        "compute_target": template.compute_target.name,
+        "models": [str(m) for m in template.models.all()],
+        "entry_script": str(EXAMPLE_SCRIPT),
+    }
+
+    too_short = client.post(
+        url, json.dumps({**body, "name": "moved", "primary_key": "short"}), "application/json", headers=headers
+    )
+    not_text = client.post(
+        url, json.dumps({**body, "name": "moved", "secondary_key": 42}), "application/json", headers=headers
+    )
+    answer = client.post(
+        url, json.dumps({**body, "name": "moved", "primary_key": held}), "application/json", headers=headers
+    )
+
+    assert (too_short.status_code, too_short.json()["error"]) == (400, "A key must be 32 to 128 characters long.")
+    assert (not_text.status_code, not_text.json()["error"]) == (400, "primary_key and secondary_key must be strings.")
+    assert answer.status_code == 202, answer.content
+    service = Service.objects.get(name="moved")
+    found = _keys(service)
+    assert found["primary"] == held
+    assert len(found["secondary"]) == 43  # generated
+    created = AuditEvent.objects.get(action=AuditEvent.Action.SERVICE_CREATED, target_id=service.pk)
+    assert created.changes["primary key"] == [None, "given by the user"]
+    assert "secondary key" not in created.changes
+    assert held not in json.dumps(created.changes)
+    assert Service.objects.filter(workspace=workspace).count() == 2  # the refused ones made nothing
+
+
+def test_the_sdk_sends_the_keys_of_deploy_configuration_and_never_shows_them() -> None:
+    from tributary_sdk import AksWebservice
+
+    config = AksWebservice.deploy_configuration(primary_key="p" * 40, secondary_key="s" * 40)
+
+    assert (config.primary_key, config.secondary_key) == ("p" * 40, "s" * 40)
+    assert "p" * 40 not in repr(config)
+
+
+@pytest.mark.django_db
 def test_readers_cannot_regenerate_a_key_through_the_api(client: Client, bob: Any, service: Service) -> None:
     before = _keys(service)
 

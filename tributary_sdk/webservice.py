@@ -140,6 +140,9 @@ class DeploymentConfiguration:
     initial_delay_seconds: int | None = None
     timeout_seconds: int | None = None
     failure_threshold: int | None = None
+    # Kubernetes: the new service's keys, when it must take keys its clients hold already (None: generated).
+    primary_key: str | None = field(default=None, repr=False)
+    secondary_key: str | None = field(default=None, repr=False)
 
     def resources(self) -> dict[str, float]:
         return {
@@ -186,6 +189,8 @@ class AksWebservice:
         initial_delay_seconds: int | None = None,
         timeout_seconds: int | None = None,
         failure_threshold: int | None = None,
+        primary_key: str | None = None,
+        secondary_key: str | None = None,
         **others: Any,
     ) -> DeploymentConfiguration:
         """As in azureml.core (a key is required unless `auth_enabled=False`), but autoscaling is off unless
@@ -222,6 +227,8 @@ class AksWebservice:
             initial_delay_seconds=initial_delay_seconds,
             timeout_seconds=timeout_seconds,
             failure_threshold=failure_threshold,
+            primary_key=primary_key,
+            secondary_key=secondary_key,
         )
 
 
@@ -529,6 +536,7 @@ class Model:
         body.update(config.resources())
         body.update(config.autoscale())
         body.update(config.liveness())
+        body.update({name: key for name in ("primary_key", "secondary_key") if (key := getattr(config, name))})
         data = workspace._client.request("POST", f"workspaces/{workspace.id}/services/", body)
         return Webservice._from_json(workspace, data)
 
