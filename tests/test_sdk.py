@@ -252,3 +252,20 @@ def test_deploy_configuration_names_the_legacy_settings_it_does_not_apply() -> N
 
     with pytest.warns(UserWarning, match=r"^Tributary does not apply these settings: port$"):
         LocalWebservice.deploy_configuration(port=8890)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_webservice_list_filters_by_compute_type_and_model_and_refuses_filters_it_cannot_apply(
+    ws: SdkWorkspace, workspace: Workspace, cluster: ComputeTarget
+) -> None:
+    churn_model = ModelFactory(workspace=workspace, name="churn_model", version=2)
+    ServiceFactory(workspace=workspace, name="churn", models=[churn_model])  # on this machine
+    ServiceFactory(workspace=workspace, name="fraud", compute_target=cluster, image="registry.example/fraud:1")
+
+    assert [s.name for s in Webservice.list(ws)] == ["churn", "fraud"]
+    assert [s.name for s in Webservice.list(ws, compute_type="AKS")] == ["fraud"]
+    assert [s.name for s in Webservice.list(ws, compute_type="Local")] == ["churn"]
+    assert Webservice.list(ws, compute_type="ACI") == []
+    assert [s.name for s in Webservice.list(ws, model_name="churn_model")] == ["churn"]
+    with pytest.raises(WebserviceException, match=r"^Tributary does not filter services by: tags$"):
+        Webservice.list(ws, tags=[["team", "risk"]])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import json
 import os
 import time
@@ -257,6 +258,29 @@ class Webservice:
         self.name = name
         self._load(workspace._client.request("GET", self._path()))
 
+    @staticmethod
+    def list(
+        workspace: Workspace,
+        compute_type: str | None = None,
+        model_name: str | None = None,
+        **others: Any,
+    ) -> list[Webservice]:
+        """The workspace's services, by name, as azureml.core's `Webservice.list()`: of one compute type ("AKS" or
+        "Kubernetes", "Local"; Azure's others have none here), and serving a model of that name. Its other filters
+        (image_name, tags, ...) are refused: a list that ignored them would look filtered and not be."""
+        if message := _unused(others):
+            raise WebserviceException(message.replace("apply these settings", "filter services by"))
+        # Azure's names for the kinds that exist here; any other (ACI, ...) matches no service.
+        kinds = {"aks": "kubernetes", "kubernetes": "kubernetes", "local": "local"}
+        wanted = kinds.get(compute_type.lower(), "none") if compute_type else None
+        services = sorted(workspace.webservices.values(), key=lambda s: s.name)
+        return [
+            s
+            for s in services
+            if (wanted is None or s.compute_type == wanted)
+            and (model_name is None or any(m.partition(":")[0] == model_name for m in s._data["models"]))
+        ]
+
     @classmethod
     def _from_json(cls, workspace: Workspace, data: dict[str, Any]) -> Webservice:
         service = cls.__new__(cls)
@@ -330,7 +354,7 @@ class Webservice:
         initial_delay_seconds: int | None = None,
         timeout_seconds: int | None = None,
         failure_threshold: int | None = None,
-        models: list[Model | str] | None = None,
+        models: builtins.list[Model | str] | None = None,  # `list` is the method above, in here
         inference_config: InferenceConfig | None = None,
         reason: str = "",
         **others: Any,
