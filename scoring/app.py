@@ -95,6 +95,9 @@ class ScoringApp:
         self._gate: Any = threading.Lock() if n == 1 else threading.BoundedSemaphore(n)
         # The run() calls under way: when each started (time.monotonic()) and for which request, by thread.
         self.running: dict[int, tuple[float, str]] = {}
+        # Set when the worker gives up on a stuck run(): requests waiting for their turn at run() then answer 503
+        # instead of waiting for a gate that the stuck call holds for good.
+        self.stopping = threading.Event()
 
     # -- loading -------------------------------------------------------------------------------------------------
 
@@ -264,7 +267,11 @@ class ScoringApp:
         if headers is not None and self.settings.key_hashes is not None:
             headers.pop("Authorization", None)  # the service's key is the portal's, not the script's
         run_started = time.perf_counter()
-        with self._gate, collector.request_context(request_id):
+        if not self._enter_gate():
+            message = "this worker is restarting (a run() did not return): send the request again"
+            status, hdrs, out, msg = _error(503, message)
+            return (status, [*hdrs, ("Retry-After", "1"), ("Connection", "close")], out, msg), len(raw)
+        with _Held(self._gate), collector.request_context(request_id):
             thread = threading.get_ident()
             self.running[thread] = (time.monotonic(), request_id)
             try:
@@ -286,6 +293,15 @@ class ScoringApp:
             return _error(500, str(exc), error=type(exc).__name__), len(raw)
         return (200, [_JSON, ("x-ms-run-fn-exec-ms", f"{elapsed_ms:.3f}")], out, ""), len(raw)
 
+    def _enter_gate(self) -> bool:
+        """Take a turn at run() (the gate); False once the worker has given up on a stuck run()."""
+        if self._gate.acquire(blocking=False):  # the usual case: nobody else is in run()
+            return True
+        while not self.stopping.is_set():
+            if self._gate.acquire(timeout=0.5):
+                return True
+        return False
+
     def longest_run(self) -> tuple[float, str] | None:
         """The run() call under way for the longest: for how many seconds, and for which request; None if none is."""
         # list() copies the values in one step under the GIL: the request threads add and remove theirs meanwhile.
@@ -293,6 +309,19 @@ class ScoringApp:
         if started is None:
             return None
         return time.monotonic() - started[0], started[1]
+
+
+class _Held:
+    """Releases a gate taken by ScoringApp._enter_gate when the block ends."""
+
+    def __init__(self, gate: Any) -> None:
+        self.gate = gate
+
+    def __enter__(self) -> None:
+        pass
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.gate.release()
 
 
 def _headers(environ: dict[str, Any]) -> dict[str, str]:

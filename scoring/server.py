@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -46,6 +47,8 @@ from scoring.stats import Board, WorkerStatus
 
 log = logging.getLogger("scoring")
 
+# How long a worker that gave up on a stuck run() drains when nothing but stuck calls is left in it.
+STUCK_DRAIN_SECONDS = 2
 WORKER_BOOT_ERROR = 3  # gunicorn's Arbiter.WORKER_BOOT_ERROR: the master halts instead of respawning
 
 # This worker's app and telemetry (set in the worker by load(), read by the worker_exit hook).
@@ -105,6 +108,7 @@ class ScoringWorker(ThreadWorker):
     owns the listening sockets, opens them once the script is ready, or once no other worker is."""
 
     joining = False
+    sockets: list[Any]  # gunicorn's listening sockets, which this worker may open late and close early
 
     def wait_for_and_dispatch_events(self, timeout: float) -> None:
         if self.joining and self.alive and self._may_join():
@@ -115,19 +119,33 @@ class ScoringWorker(ThreadWorker):
 
     def _give_up_on_a_stuck_run(self) -> None:
         """A run() that has outlasted WORKER_TIMEOUT holds its thread, and the gate every other run() waits at, for
-        good: the worker stops (its other requests finish first) and the master starts another. gunicorn's own
-        timeout restarts a worker whose event loop stops (a sync worker's stuck request did); a gthread worker's
-        loop goes on while its threads are stuck, and would take requests it never answers."""
+        good: the worker stops and the master starts another. gunicorn's own timeout restarts a worker whose event
+        loop stops (a sync worker's stuck request did); a gthread worker's loop goes on while its threads are stuck,
+        and would take requests it never answers.
+
+        Stopping, it closes its listening sockets at once (the kernel sends new connections to the other workers,
+        or refuses them until the new worker listens), the requests waiting for their turn at run() answer 503
+        with Retry-After, and the drain is cut short when no run() but stuck ones could still end."""
         app = _worker.get("app")
         longest = app.longest_run() if app is not None else None
-        if longest is not None and longest[0] > self.cfg.timeout:
-            log.error(
-                "run() of request %s has run for %.1f s, more than WORKER_TIMEOUT (%d s): restarting this worker",
-                longest[1],
-                longest[0],
-                self.cfg.timeout,
-            )
-            self.alive = False
+        if app is None or longest is None or longest[0] <= self.cfg.timeout:
+            return
+        log.error(
+            "run() of request %s has run for %.1f s, more than WORKER_TIMEOUT (%d s): restarting this worker",
+            longest[1],
+            longest[0],
+            self.cfg.timeout,
+        )
+        self.alive = False
+        app.stopping.set()
+        self.set_accept_enabled(False)
+        for listener in self.sockets:
+            listener.close()
+        self.sockets = []
+        running = list(app.running.values())
+        if all(time.monotonic() - started > self.cfg.timeout for started, _ in running):
+            # Only stuck calls left: time enough for the 503s to go out, not for what will never come.
+            self.cfg.set("graceful_timeout", min(self.cfg.graceful_timeout, STUCK_DRAIN_SECONDS))
 
     def _may_join(self) -> bool:
         app, status = _worker.get("app"), _worker.get("status")
@@ -171,6 +189,8 @@ def _worker_exit(server: Any, worker: Any) -> None:
         # worker at its deadline). What had to be flushed is.
         for handler in logging.getLogger().handlers:
             handler.flush()
+        sys.stdout.flush()  # the script's last prints: os._exit() skips the interpreter's own flush
+        sys.stderr.flush()
         os._exit(0)
 
 
