@@ -128,17 +128,17 @@ def _form_data(workspace: Workspace, values: dict[str, Any]) -> dict[str, Any]:
         if flag in data and not isinstance(data[flag], bool):
             # A form reads any text but "false" and "0" as on: "no" must not switch collection on.
             raise ValueError(f"{flag} must be true or false.")
-    for name in RESOURCES:
-        value = data.get(name)
-        if name in data and value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
-            raise ValueError(f"{name} must be a number, or null for none.")
-    for name in WHOLE_NUMBERS:
-        if name in data and (isinstance(data[name], bool) or not isinstance(data[name], int)):
-            raise ValueError(f"{name} must be a whole number.")
-    for name in ServiceCreateForm.LIVENESS:
-        value = data.get(name)
-        if name in data and value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-            raise ValueError(f"{name} must be a whole number, or null for the default.")
+    # JSON numbers of the right kind: a form would read "2", 2.5 or true as a number too.
+    for names, kinds, nullable, what in (
+        (RESOURCES, int | float, True, "a number, or null for none"),
+        (WHOLE_NUMBERS, int, False, "a whole number"),
+        (ServiceCreateForm.LIVENESS, int, True, "a whole number, or null for the default"),
+    ):
+        for name in names:
+            if name not in data or (nullable and data[name] is None):
+                continue
+            if isinstance(data[name], bool) or not isinstance(data[name], kinds):
+                raise ValueError(f"{name} must be {what}.")
     if "models" in data:
         data["models"] = _model_ids(workspace, data["models"])
     if "compute_target" in data:

@@ -61,11 +61,17 @@ def _fatal(reason: str) -> None:
     if status is not None:
         status.publish()
     collector.shutdown(2.0)
+    _exit_now(WORKER_BOOT_ERROR)
+
+
+def _exit_now(code: int) -> None:
+    """End this worker process at once, its log and the script's last prints flushed first: os._exit() skips the
+    interpreter's own flush, and its wait for threads that may never end."""
     for handler in logging.getLogger().handlers:
         handler.flush()
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(WORKER_BOOT_ERROR)
+    os._exit(code)
 
 
 def drain_seconds(graceful_timeout: float) -> int:
@@ -187,11 +193,7 @@ def _worker_exit(server: Any, worker: Any) -> None:
     if app is not None and app.longest_run() is not None:
         # A run() still stuck: the interpreter's exit would wait for its thread for ever (the master would kill the
         # worker at its deadline). What had to be flushed is.
-        for handler in logging.getLogger().handlers:
-            handler.flush()
-        sys.stdout.flush()  # the script's last prints: os._exit() skips the interpreter's own flush
-        sys.stderr.flush()
-        os._exit(0)
+        _exit_now(0)
 
 
 def _child_exit(server: Any, worker: Any) -> None:

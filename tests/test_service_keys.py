@@ -590,7 +590,7 @@ def test_a_service_deployed_with_the_keys_its_clients_hold_takes_them_and_the_au
     assert Service.objects.filter(workspace=workspace).count() == 2  # the refused ones made nothing
 
 
-def test_the_sdk_sends_the_keys_of_deploy_configuration_and_never_shows_them() -> None:
+def test_the_sdk_keeps_the_keys_of_deploy_configuration_and_never_shows_them() -> None:
     from tributary_sdk import AksWebservice
 
     config = AksWebservice.deploy_configuration(primary_key="p" * 40, secondary_key="s" * 40)

@@ -199,8 +199,6 @@ class AksWebservice:
         settings default to Kubernetes' (Azure ML's first probe came after 310 s). Settings that Tributary does not
         use (autoscale_refresh_seconds, success_threshold, token_auth_enabled, tags, ...) are accepted, each named
         in a warning."""
-        if others.get("success_threshold") == 1:  # what Kubernetes applies to every liveness probe
-            others.pop("success_threshold")
         _warn_unused(others)
         _check_autoscale(
             autoscale_enabled,
@@ -392,8 +390,6 @@ class Webservice:
             )
             if value is not None
         }
-        if others.get("success_threshold") == 1:  # what Kubernetes applies to every liveness probe
-            others.pop("success_threshold")
         if models is not None:
             changes["models"] = [str(m) for m in models]
         if inference_config is not None:
@@ -579,9 +575,17 @@ def _check_autoscale(enabled: bool | None, num_replicas: int | None, **bounds: i
         raise WebserviceException("Invalid configuration, " + " ".join(problems))
 
 
+# Legacy settings whose only value here is what Tributary applies anyway: given so, nothing to warn of.
+APPLIED_AS_GIVEN = {"success_threshold": 1}  # Kubernetes allows no other for a liveness probe
+
+
 def _unused(settings: dict[str, Any]) -> str:
     """What to say of the legacy settings given that Tributary does not apply ("" when none is)."""
-    names = sorted(name for name, value in settings.items() if value is not None)
+    names = sorted(
+        name
+        for name, value in settings.items()
+        if value is not None and not (name in APPLIED_AS_GIVEN and value == APPLIED_AS_GIVEN[name])
+    )
     return f"Tributary does not apply these settings: {', '.join(names)}" if names else ""
 
 

@@ -158,11 +158,7 @@ class KubernetesDriver:
                     return
                 raise
             if current is not None and _ours(current.metadata, spec):
-                try:
-                    self.autoscaling.delete_namespaced_horizontal_pod_autoscaler(_name(spec), self.namespace)
-                except ApiException as exc:
-                    if exc.status != 404:
-                        raise
+                _found(self.autoscaling.delete_namespaced_horizontal_pod_autoscaler, _name(spec), self.namespace)
 
     def autoscaler(self, spec: DesiredSpec) -> client.V2HorizontalPodAutoscaler | None:
         """The service's HorizontalPodAutoscaler as the cluster has it (its status says what it sees and does),
@@ -172,12 +168,7 @@ class KubernetesDriver:
         return found if found is not None and _ours(found.metadata, spec) else None
 
     def _read_autoscaler(self, name: str, **options: Any) -> client.V2HorizontalPodAutoscaler | None:
-        try:
-            return self.autoscaling.read_namespaced_horizontal_pod_autoscaler(name, self.namespace, **options)
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
+        return _found(self.autoscaling.read_namespaced_horizontal_pod_autoscaler, name, self.namespace, **options)
 
     def rollout_state(self, spec: DesiredSpec) -> RolloutState:
         with _translated_errors("read the Deployment"):
@@ -227,21 +218,18 @@ class KubernetesDriver:
         of the same name that are not this service's stay."""
         name = _name(spec)
         with _translated_errors("remove the service"):
-            current = self._read_deployment(name)
+            deployment = self._read_deployment(name)
         # First: it would otherwise act on a Deployment on its way out.
-        made_one = bool(spec.autoscale) or _annotations(current).get(AUTOSCALED_ANNOTATION) == "true"
+        made_one = bool(spec.autoscale) or _annotations(deployment).get(AUTOSCALED_ANNOTATION) == "true"
         self._remove_autoscaler(spec, made_one=made_one)
         with _translated_errors("remove the service"):
-            for read, delete in (
-                (self.apps.read_namespaced_deployment, self.apps.delete_namespaced_deployment),
-                (self.core.read_namespaced_service, self.core.delete_namespaced_service),
+            service = _found(self.core.read_namespaced_service, name, self.namespace)
+            for found, delete in (
+                (deployment, self.apps.delete_namespaced_deployment),
+                (service, self.core.delete_namespaced_service),
             ):
-                try:
-                    if _ours(read(name, self.namespace).metadata, spec):
-                        delete(name, self.namespace)
-                except ApiException as exc:
-                    if exc.status != 404:
-                        raise
+                if found is not None and _ours(found.metadata, spec):
+                    _found(delete, name, self.namespace)  # gone meanwhile is as good
 
     def pod_statuses(self, spec: DesiredSpec) -> dict[str, dict[str, Any] | None]:
         """Each of the service's pods' runtime figures (its `GET /status` on the probe port, through the API
@@ -318,12 +306,7 @@ class KubernetesDriver:
             return f"(no log: the cluster did not answer: {type(exc).__name__})"
 
     def _read_deployment(self, name: str, **options: Any) -> client.V1Deployment | None:
-        try:
-            return self.apps.read_namespaced_deployment(name, self.namespace, **options)
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
+        return _found(self.apps.read_namespaced_deployment, name, self.namespace, **options)
 
 
 class _Kept(NamedTuple):
@@ -451,6 +434,16 @@ def _within(replicas: int | None, autoscale: dict[str, int]) -> int:
     """The count an autoscaler that is new starts from: the Deployment's, brought within its bounds (as it would
     bring it on its first round, some seconds later)."""
     return min(max(replicas or 1, autoscale["min_replicas"]), autoscale["max_replicas"])
+
+
+def _found(call: Any, *args: Any, **options: Any) -> Any:
+    """What a read or delete of one object answers; None when the object is not there (404)."""
+    try:
+        return call(*args, **options)
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
 
 
 def _annotations(obj: Any) -> dict[str, str]:
